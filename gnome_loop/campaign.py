@@ -1,0 +1,551 @@
+"""The campaign state machine: rounds of generate → dedup → select → submit → wait →
+hull → train → metrics, each stage atomic and idempotent.
+
+This module orchestrates and owns no science: every step calls a science module
+(`generate`, `structures`, `models`, `select`, `oracle`, `execute`, `hull`,
+`metrics`) that is usable on its own. State lives in the store only, so a
+campaign can be killed at any moment and resumed: a stage either committed (and
+is not repeated) or did not (and is re-run with the same content-hash ids).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import numpy as np
+from pymatgen.core import Composition
+from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+
+from gnome_loop.config import CampaignConfig, ConfigError, dump_config, load_config
+from gnome_loop.execute import Scheduler, make_scheduler
+from gnome_loop.export import stable_rows, write_cif_zip, write_entries_json, write_stable_hull_csv
+from gnome_loop.generate.substitution import substitute
+from gnome_loop.hull import STABLE_TOL, Hull
+from gnome_loop.metrics import classification, hit_rate, mean_absolute_error
+from gnome_loop.models.base import EnergyModel, load_model, make_model
+from gnome_loop.oracle.base import read_result, write_job
+from gnome_loop.select import Scored, select_candidates
+from gnome_loop.snapshot import load_snapshot
+from gnome_loop.snapshot.prototypes import prototype_templates
+from gnome_loop.store import Job, Store, StoreError, campaign_lock
+from gnome_loop.structures import (
+    find_duplicates,
+    structure_from_json,
+    structure_to_json,
+    symmetry_label,
+    validate_structure,
+)
+
+BOOTSTRAP_STAGES = ("snapshot", "submit", "wait", "hull", "train", "metrics")
+ROUND_STAGES = ("generate", "dedup", "select", "submit", "wait", "hull", "train", "metrics")
+
+#: progress(label, total) -> context manager yielding advance(n=1)
+Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
+
+
+@contextmanager
+def no_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda n=1: None
+
+
+@dataclass
+class Outcome:
+    """How a `run` ended: all rounds done, or waiting for oracle jobs."""
+
+    status: str  # "done" | "waiting"
+    waiting_jobs: int = 0
+
+    @property
+    def message(self) -> str:
+        if self.status == "waiting":
+            return f"waiting for {self.waiting_jobs} jobs"
+        return "all rounds done"
+
+
+def stages_of(round_: int) -> tuple[str, ...]:
+    return BOOTSTRAP_STAGES if round_ == 0 else ROUND_STAGES
+
+
+class Campaign:
+    """One campaign directory: config.yaml, campaign.db, jobs/, models/, exports/."""
+
+    def __init__(self, directory: Path | str, progress: Progress = no_progress,
+                 say: Callable[[str], None] = lambda msg: None):
+        self.dir = Path(directory)
+        if not (self.dir / "campaign.db").exists():
+            raise StoreError(f"{self.dir} is not a campaign directory (no campaign.db); run `gnome-loop init`")
+        self.config = load_config(self.dir / "config.yaml")
+        self.store = Store(self.dir / "campaign.db")
+        self.progress = progress
+        self.say = say
+        self._scheduler: Scheduler | None = None
+
+    @classmethod
+    def create(cls, config: CampaignConfig, directory: Path | str, **kwargs) -> "Campaign":
+        """Create a campaign directory from a validated config (never over an existing campaign)."""
+        directory = Path(directory)
+        if (directory / "campaign.db").exists():
+            raise ConfigError(f"{directory} already holds a campaign; choose another directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        for sub in ("jobs", "models", "exports"):
+            (directory / sub).mkdir(exist_ok=True)
+        dump_config(config, directory / "config.yaml")
+        store = Store(directory / "campaign.db", create=True)
+        with store.transaction():
+            store.set_meta("config_hash", config.digest())
+            store.set_meta("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+            store.start_round(0, BOOTSTRAP_STAGES[0])
+            store.log("init", f"campaign {config.name} created")
+        store.close()
+        return cls(directory, **kwargs)
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        """Advance until all rounds are done or the campaign must wait for jobs."""
+        with campaign_lock(self.dir):
+            try:
+                while True:
+                    round_, stage = self.store.current_round()
+                    if stage == "done":
+                        return Outcome("done")
+                    self.say(f"round {round_}: {stage}")
+                    waiting = getattr(self, f"_stage_{stage}")(round_)
+                    if waiting:
+                        return Outcome("waiting", waiting)
+            finally:
+                if self._scheduler is not None:
+                    self._scheduler.close()
+                    self._scheduler = None
+
+    def _advance(self, round_: int, stage: str, started: float) -> None:
+        """Move to the next stage (call inside the stage's transaction)."""
+        self.store.update_round_metrics(round_, {f"seconds_{stage}": round(time.time() - started, 3)})
+        stages = stages_of(round_)
+        following = stages.index(stage) + 1
+        if following < len(stages):
+            self.store.set_stage(round_, stages[following])
+            return
+        self.store.set_stage(round_, "done", finished=True)
+        if round_ < self.config.rounds:
+            self.store.start_round(round_ + 1, ROUND_STAGES[0])
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            self._scheduler = make_scheduler(self.config.scheduler, self.dir)
+        return self._scheduler
+
+    # --- stages --------------------------------------------------------------------------
+    def _stage_snapshot(self, round_: int) -> int:
+        started = time.time()
+        phases = load_snapshot(self.config)
+        reevaluate = self._reevaluate()
+        rows = [
+            _candidate_row(p.id, round_, "snapshot", p.structure, info={"source": p.source, "energy": p.energy,
+                                                                         "scale": p.scale, **p.info})
+            for p in phases if p.structure is not None
+        ]
+        with self.store.transaction():
+            self.store.add_candidates(rows)
+            if reevaluate:
+                self.store.set_meta("scale", self.config.oracle.scale())
+                ids = [row["id"] for row in rows]
+                self.store.mark_selected((key, False) for key in ids)
+                self.store.add_jobs(self._job_row(key, round_) for key in ids)
+            else:
+                scales = {p.scale for p in phases}
+                if len(scales) != 1 or None in scales:
+                    raise ValueError(f"snapshot energies must share one known scale to be used as they are; "
+                                     f"found {sorted(map(str, scales))}")
+                self.store.set_meta("scale", scales.pop())
+                for phase in phases:
+                    self.store.add_entry(_entry_row(
+                        entry_id=f"e-{phase.id}", source="snapshot", round_=round_,
+                        candidate_id=phase.id if phase.structure is not None else None, structure=phase.structure,
+                        composition=phase.composition, energy=phase.energy, scale=self.store.meta("scale"),
+                        is_reference=True))
+            self.store.update_round_metrics(round_, {"references": len(rows), "reevaluated": reevaluate})
+            self.store.log("snapshot", f"{len(rows)} reference phases from {self.config.snapshot.source}")
+            self._advance(round_, "snapshot", started)
+        return 0
+
+    def _reevaluate(self) -> bool:
+        """Reference phases go through the oracle unless their energies are already on its scale."""
+        mode = self.config.snapshot.reevaluate
+        if mode != "auto":
+            return mode == "always"
+        # An ML-potential oracle must judge candidates against a hull in its own energy scale.
+        return self.config.snapshot.source == "prototypes" or self.config.oracle.kind == "ase"
+
+    def _stage_generate(self, round_: int) -> int:
+        started = time.time()
+        space = self.config.chemical_space
+        settings = self.config.generators.substitution
+        entries = self.store.entries()
+        proposed = self.store.candidate_ids()
+        rows, generated, rejected = [], Counter(), Counter()
+        if settings.enabled:
+            parents = [(e["id"], structure_from_json(e["structure"])) for e in entries if e["structure"]]
+            if settings.parents == "known+prototypes":
+                parents += prototype_templates()
+            candidates = substitute(
+                parents, space.elements, {e["reduced_formula"] for e in entries},
+                threshold=settings.threshold, alpha=settings.alpha, max_elements=space.max_elements,
+                max_atoms=space.max_atoms, charge_balanced=settings.charge_balanced)
+            for candidate in candidates:
+                if len(rows) >= settings.max_candidates:
+                    break
+                if candidate.id in proposed:
+                    continue
+                generated["substitution"] += 1
+                reason = validate_structure(candidate.structure, space.elements, space.max_atoms, space.max_elements)
+                if reason:
+                    rejected[reason.split(":")[0]] += 1
+                    continue
+                rows.append(_candidate_row(candidate.id, round_, candidate.generator, candidate.structure,
+                                           candidate.parent_ids, candidate.info))
+        with self.store.transaction():
+            added = self.store.add_candidates(rows)
+            self.store.update_round_metrics(round_, {"generated": dict(generated), "rejected": dict(rejected),
+                                                     "valid": added})
+            self.store.log("generate", f"round {round_}: {added} candidates, {sum(rejected.values())} rejected")
+            self._advance(round_, "generate", started)
+        return 0
+
+    def _stage_dedup(self, round_: int) -> int:
+        started = time.time()
+        new = self.store.candidates(round_=round_, status="new")
+        labels = {row["fingerprint"] for row in new}
+        known = [(e["id"], e["fingerprint"], structure_from_json(e["structure"]))
+                 for e in self.store.entries(fingerprints=labels) if e["structure"]]
+        known += [(c["id"], c["fingerprint"], structure_from_json(c["structure"]))
+                  for c in self.store.candidates(status="new", fingerprints=labels) if c["round"] < round_]
+        items = [(c["id"], c["fingerprint"], structure_from_json(c["structure"])) for c in new]
+        duplicates = find_duplicates(items, known)
+        with self.store.transaction():
+            self.store.mark_duplicates(duplicates)
+            self.store.update_round_metrics(round_, {"unique": len(new) - len(duplicates)})
+            self._advance(round_, "dedup", started)
+        return 0
+
+    def _stage_select(self, round_: int) -> int:
+        started = time.time()
+        rows = self.store.candidates(round_=round_, status="new")
+        structures = [structure_from_json(r["structure"]) for r in rows]
+        hull = self._hull()
+        updates, scored = [], []
+        for row, structure, (energy, std, error) in zip(rows, structures, _predict(self._model(), structures)):
+            ehull = None
+            if error is None:
+                ehull = hull.e_hull_of(structure.composition, energy * len(structure))
+                if ehull is None:
+                    missing = hull.missing_elements(structure.composition)
+                    error = "no hull: missing elemental reference for " + ",".join(missing)
+            updates.append((row["id"], energy, std, ehull, error))
+            scored.append(Scored(row["id"], row["reduced_formula"], ehull, std))
+        selection = self.config.selection
+        picks = select_candidates(
+            scored, selection.budget, selection.ehull_threshold, selection.per_composition,
+            selection.explore_fraction, np.random.default_rng([self.config.seed, round_]), selection.strategy)
+        with self.store.transaction():
+            self.store.set_predictions(updates)
+            self.store.mark_selected((p.id, p.explore) for p in picks)
+            self.store.add_jobs(self._job_row(p.id, round_) for p in picks)
+            self.store.update_round_metrics(round_, {
+                "selected": len(picks), "unscored": sum(1 for u in updates if u[-1] is not None)})
+            self._advance(round_, "select", started)
+        return 0
+
+    def _stage_submit(self, round_: int) -> int:
+        started = time.time()
+        pending = self.store.jobs(round_, states=["pending"])
+        self._hand_over(pending)
+        with self.store.transaction():
+            self._advance(round_, "submit", started)
+        return 0
+
+    def _stage_wait(self, round_: int) -> int:
+        """Ingest finished jobs, (re)run what needs running, and wait for the rest."""
+        started = time.time()
+        while True:
+            for job in self.store.jobs(round_, states=["submitted"]):
+                self._ingest(job)
+            todo = self.store.jobs(round_, states=["pending"])
+            if not self.scheduler.survives_exit:
+                # An in-process scheduler's jobs died with the process that ran them.
+                todo += [j for j in self.store.jobs(round_, states=["submitted"]) if read_result(self._jobdir(j)) is None]
+            if todo:
+                self._hand_over(todo)
+                continue
+            unfinished = self.store.jobs(round_, states=["submitted"])
+            if unfinished:
+                return len(unfinished)
+            with self.store.transaction():
+                counts = self.store.job_counts(round_)
+                self.store.update_round_metrics(round_, {"evaluated": counts.get("done", 0),
+                                                         "failed": counts.get("failed", 0)})
+                self._advance(round_, "wait", started)
+            return 0
+
+    def _stage_hull(self, round_: int) -> int:
+        started = time.time()
+        hull = self._hull()
+        values = [(key, e, e is not None and e <= STABLE_TOL) for key, e in hull.all_e_above_hull().items()]
+        with self.store.transaction():
+            self.store.set_hull(values)
+            self._advance(round_, "hull", started)
+        return 0
+
+    def _stage_train(self, round_: int) -> int:
+        started = time.time()
+        entries = [e for e in self.store.entries() if e["structure"] and e["scale"] == self._scale()]
+        model = make_model(self.config.model)
+        fit = model.fit([structure_from_json(e["structure"]) for e in entries],
+                        np.array([e["energy_per_atom"] for e in entries]),
+                        [e["reduced_formula"] for e in entries])
+        relative = Path("models") / f"r{round_:03d}"
+        target = self.dir / relative
+        if target.exists():
+            shutil.rmtree(target)
+        model.save(target)
+        with self.store.transaction():
+            self.store.add_model(round_, 0, str(relative), fit.get("val_mae"))
+            self.store.update_round_metrics(round_, {"model_val_mae": fit.get("val_mae"), "train_size": len(entries)})
+            self._advance(round_, "train", started)
+        return 0
+
+    def _stage_metrics(self, round_: int) -> int:
+        started = time.time()
+        rows = self.store.query(
+            "SELECT c.id, c.generator, c.explore, c.pred_energy, c.pred_ehull, e.energy_per_atom, e.e_hull,"
+            " e.reduced_formula FROM candidates c JOIN jobs j ON j.candidate_id = c.id"
+            " JOIN entries e ON e.candidate_id = c.id WHERE j.round = ? AND j.state = 'done'", (round_,))
+        reference_formulas = {r["reduced_formula"] for r in self.store.query(
+            "SELECT reduced_formula FROM entries WHERE is_reference = 1")}
+        stable = [r["e_hull"] is not None and r["e_hull"] <= STABLE_TOL for r in rows]
+        values: dict = {"stable": sum(stable)}
+        if round_ > 0:
+            values["new_stable"] = sum(1 for r, s in zip(rows, stable)
+                                       if s and r["reduced_formula"] not in reference_formulas)
+            values["hit_rate"] = hit_rate(sum(stable), len(rows))
+            values["filter_mae"] = mean_absolute_error([r["pred_energy"] for r in rows],
+                                                       [r["energy_per_atom"] for r in rows])
+            predicted = [r["pred_ehull"] is not None and r["pred_ehull"] <= STABLE_TOL for r in rows]
+            values.update(classification(predicted, stable))
+            exploit = [s for r, s in zip(rows, stable) if not r["explore"]]
+            values["hit_rate_exploit"] = hit_rate(sum(exploit), len(exploit))
+        with self.store.transaction():
+            self.store.update_round_metrics(round_, values)
+            self.store.log("round", f"round {round_} done: {values}")
+            self._advance(round_, "metrics", started)
+        return 0
+
+    # --- jobs ----------------------------------------------------------------------------
+    def _job_row(self, candidate_id: str, round_: int) -> dict:
+        job_id = f"j-{candidate_id}"
+        return {"id": job_id, "candidate_id": candidate_id, "round": round_, "oracle": self.config.oracle.calculator,
+                "workdir": str(Path("jobs") / f"r{round_:03d}" / job_id)}
+
+    def _jobdir(self, job: Job) -> Path:
+        return self.dir / job.workdir
+
+    def _hand_over(self, jobs: list[Job]) -> None:
+        """Write the job folders (attempt = previous attempts + 1) and give them to the scheduler."""
+        if not jobs:
+            return
+        for job in jobs:
+            jobdir = self._jobdir(job)
+            stale = read_result(jobdir)
+            if stale is not None and stale.attempt <= job.attempts:
+                _archive_result(jobdir, stale.attempt)
+            candidate = self.store.candidate(job.candidate_id)
+            oracle = self.config.oracle.model_dump()
+            if json.loads(candidate["info"]).get("molecule"):
+                oracle["relax_cell"] = False  # a molecule in a box: relaxing the box would collapse it
+            write_job(jobdir, job.id, job.candidate_id, structure_from_json(candidate["structure"]), oracle,
+                      attempt=job.attempts + 1)
+        with self.store.transaction():
+            self.store.mark_submitted(j.id for j in jobs)
+        by_dir = {self._jobdir(j): j.id for j in jobs}
+        with self.progress(f"oracle jobs ({self.config.oracle.calculator})", len(jobs)) as advance:
+            def on_done(jobdir: Path) -> None:
+                job = self.store.job(by_dir[Path(jobdir)])
+                if job is not None:
+                    self._ingest(job)
+                advance(1)
+            self.scheduler.execute(sorted(by_dir), on_done)
+
+    def _ingest(self, job: Job) -> None:
+        """Store a finished job's result once; failures are retried up to the limit."""
+        jobdir = self._jobdir(job)
+        result = read_result(jobdir)
+        if result is None or result.attempt <= job.attempts:
+            return  # not finished, or already ingested
+        error = result.error if not result.ok else None
+        candidate = self.store.candidate(job.candidate_id)
+        if error is None:
+            expected = Composition(candidate["reduced_formula"]).reduced_formula
+            if result.structure.composition.reduced_formula != expected:
+                error = f"composition changed: {result.structure.composition.reduced_formula} != {expected}"
+            elif result.energy is None or not math.isfinite(result.energy):
+                error = f"non-finite energy: {result.energy}"
+        with self.store.transaction():
+            if error is None:
+                self.store.add_entry(_entry_row(
+                    entry_id=f"e-{job.candidate_id}", source="reference" if job.round == 0 else "oracle",
+                    round_=job.round, candidate_id=job.candidate_id, structure=result.structure,
+                    composition=result.structure.composition, energy=result.energy, scale=self._scale(),
+                    is_reference=job.round == 0, trajectory=result.trajectory))
+                self.store.finish_job(job.id, "done", result.attempt, None)
+            else:
+                final = result.attempt >= self.config.oracle.max_attempts
+                self.store.finish_job(job.id, "failed" if final else "pending", result.attempt, error)
+                self.store.log("job-failed", f"{job.id} attempt {result.attempt}: {error}"
+                               + ("" if final else " (will retry)"))
+        if error is not None:
+            _archive_result(jobdir, result.attempt)
+
+    # --- science helpers ---------------------------------------------------------------
+    def _scale(self) -> str:
+        """The energy scale of the campaign's hull, fixed when the snapshot was taken."""
+        return self.store.meta("scale") or self.config.oracle.scale()
+
+    def _hull(self) -> Hull:
+        entries = [ComputedEntry(Composition(e["composition"]), e["energy_corrected"], entry_id=e["id"])
+                   for e in self.store.entries(with_structure=False) if e["scale"] == self._scale()]
+        return Hull(entries)
+
+    def _model(self) -> EnergyModel:
+        row = self.store.latest_model()
+        if row is None:
+            raise StoreError("no trained model in the campaign; round 0 must finish first")
+        return load_model(self.dir / row["path"])
+
+    # --- reading -------------------------------------------------------------------------
+    def computed_entries(self) -> list[ComputedStructureEntry]:
+        """All entries of the campaign's hull, loadable into a PhaseDiagram."""
+        out = []
+        for e in self.store.entries():
+            if e["scale"] != self._scale() or not e["structure"]:
+                continue
+            out.append(ComputedStructureEntry(
+                structure_from_json(e["structure"]), e["energy_corrected"], entry_id=e["id"],
+                data={"source": e["source"], "round": e["round"], "e_above_hull": e["e_hull"],
+                      "scale": e["scale"], "candidate_id": e["candidate_id"]}))
+        return out
+
+
+    def round_table(self) -> list[dict]:
+        """Per-round metrics for `status`: counts from the store, rates from the metrics stage."""
+        selected = {r["round"]: r["n"] for r in self.store.query(
+            "SELECT round, COUNT(*) AS n FROM candidates WHERE selected = 1 GROUP BY round")}
+        table = []
+        for row in self.store.rounds():
+            metrics = json.loads(row["metrics"])
+            counts = self.store.job_counts(row["round"])
+            generated = metrics.get("generated")
+            table.append({
+                "round": row["round"], "stage": row["stage"],
+                "generated": sum(generated.values()) if generated is not None else metrics.get("references"),
+                "generated_by": generated or {}, "rejected": metrics.get("rejected", {}),
+                "unique": metrics.get("unique"), "selected": selected.get(row["round"], 0),
+                "evaluated": counts.get("done", 0), "failed": counts.get("failed", 0),
+                "stable": metrics.get("stable"), "new_stable": metrics.get("new_stable"),
+                "hit_rate": metrics.get("hit_rate"), "filter_mae": metrics.get("filter_mae"),
+                "model_val_mae": metrics.get("model_val_mae"),
+                "precision": metrics.get("precision"), "recall": metrics.get("recall"), "f1": metrics.get("f1"),
+                "daf": metrics.get("daf"),
+                "seconds": {k[len("seconds_"):]: v for k, v in metrics.items() if k.startswith("seconds_")},
+            })
+        return table
+
+    def export(self, formats: list[str]) -> list[Path]:
+        """Write the updated hull (`exports/`): csv, json (entries), cif-zip."""
+        unknown = sorted(set(formats) - {"csv", "json", "cif-zip"})
+        if unknown:
+            raise ValueError(f"unknown export format(s) {unknown}; use csv, json, cif-zip")
+        entries = {e.entry_id: e for e in self.computed_entries()}
+        generators = {r["id"]: r["generator"] for r in self.store.query("SELECT id, generator FROM candidates")}
+        meta = {key: {"round": e.data["round"], "generator": generators.get(e.data["candidate_id"], e.data["source"])}
+                for key, e in entries.items()}
+        hull = self._hull()
+        rows = stable_rows(hull, entries, meta)
+        folder = self.dir / "exports"
+        folder.mkdir(exist_ok=True)
+        written = []
+        if "csv" in formats:
+            written.append(folder / "stable_materials_hull.csv")
+            write_stable_hull_csv(rows, written[-1])
+        if "json" in formats:
+            written.append(folder / "entries.json.gz")
+            write_entries_json(list(entries.values()), written[-1])
+        if "cif-zip" in formats:
+            written.append(folder / "by_id.zip")
+            write_cif_zip({row["MaterialId"]: entries[row["MaterialId"]].structure for row in rows}, written[-1])
+        return written
+
+
+def _predict(model: EnergyModel, structures: list) -> list[tuple[float | None, float | None, str | None]]:
+    """Predictions per structure; a structure the model rejects or a NaN never reaches selection."""
+    if not structures:
+        return []
+    try:
+        mean, std = model.predict(structures)
+        pairs = list(zip(mean.tolist(), std.tolist()))
+    except ValueError:
+        pairs = []
+        for structure in structures:
+            try:
+                m, s = model.predict([structure])
+                pairs.append((float(m[0]), float(s[0])))
+            except ValueError as error:
+                pairs.append((str(error), None))
+    out = []
+    for energy, std in pairs:
+        if isinstance(energy, str):
+            out.append((None, None, f"model rejected the structure: {energy}"))
+        elif not math.isfinite(energy) or (std is not None and not math.isfinite(std)):
+            out.append((None, None, "non-finite prediction"))
+        else:
+            out.append((energy, std, None))
+    return out
+
+
+def _candidate_row(candidate_id: str, round_: int, generator: str, structure, parent_ids=(), info=None) -> dict:
+    return {
+        "id": candidate_id, "round": round_, "generator": generator, "parent_ids": json.dumps(list(parent_ids)),
+        "structure": structure_to_json(structure), "reduced_formula": structure.composition.reduced_formula,
+        "nsites": len(structure), "fingerprint": symmetry_label(structure), "info": json.dumps(info or {}),
+    }
+
+
+def _entry_row(entry_id: str, source: str, round_: int, candidate_id: str | None, structure, composition,
+               energy: float, scale: str, is_reference: bool, trajectory: dict | None = None) -> dict:
+    composition = Composition(composition)
+    return {
+        "id": entry_id, "source": source, "round": round_, "candidate_id": candidate_id,
+        "composition": composition.formula, "reduced_formula": composition.reduced_formula,
+        "nsites": int(composition.num_atoms), "energy_corrected": float(energy),
+        "energy_per_atom": float(energy) / composition.num_atoms, "scale": scale,
+        "structure": structure_to_json(structure) if structure is not None else None,
+        "fingerprint": symmetry_label(structure) if structure is not None else None,
+        "trajectory": json.dumps(trajectory) if trajectory else None, "is_reference": int(is_reference),
+    }
+
+
+def _archive_result(jobdir: Path, attempt: int) -> None:
+    """Move an ingested failed result aside (result.attemptN.json) before the job runs again."""
+    result = jobdir / "result.json"
+    if result.exists():
+        os.replace(result, jobdir / f"result.attempt{attempt}.json")
+
+

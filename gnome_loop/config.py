@@ -1,0 +1,170 @@
+"""The campaign config: a YAML file validated with pydantic.
+
+Every section has defaults except the chemical space. A bad config fails at
+`gnome-loop init` with a message naming the field and what to do about it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gnome_loop.structures import is_known_element
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with a message that names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChemicalSpace(_Section):
+    elements: list[str] = Field(min_length=1, description="element symbols of the campaign")
+    max_elements: int = Field(3, ge=1, le=8, description="most elements per compound")
+    max_atoms: int = Field(20, ge=1, le=500, description="most atoms per cell")
+
+    @field_validator("elements")
+    @classmethod
+    def _real_elements(cls, value: list[str]) -> list[str]:
+        unknown = [el for el in value if not is_known_element(el)]
+        if unknown:
+            raise ValueError(f"unknown element(s) {unknown}; use symbols such as 'Cu', 'O'")
+        if len(set(value)) != len(value):
+            raise ValueError("elements are listed twice")
+        return sorted(value)
+
+
+class Snapshot(_Section):
+    source: Literal["prototypes", "file"] = "prototypes"
+    path: Optional[str] = Field(None, description="entries file for source 'file'")
+    reevaluate: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="re-evaluate reference phases with the oracle; 'auto' does so "
+        "unless the snapshot energies come from the same scale as the oracle",
+    )
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> "Snapshot":
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs 'path' (a monty-JSON list of ComputedStructureEntry)")
+        return self
+
+
+class SubstitutionGenerator(_Section):
+    enabled: bool = True
+    threshold: float = Field(0.001, gt=0, le=1, description="Hautier probability cut-off (GNoME: 0.001)")
+    alpha: float = Field(-5.0, description="lambda of never-observed substitutions")
+    max_candidates: int = Field(500, ge=0, description="most candidates per round")
+    parents: Literal["known", "known+prototypes"] = "known+prototypes"
+    charge_balanced: bool = True
+
+
+class Generators(_Section):
+    substitution: SubstitutionGenerator = SubstitutionGenerator()
+
+
+class Model(_Section):
+    kind: Literal["linear"] = Field("linear", description="energy model that scores candidates")
+
+
+class Selection(_Section):
+    budget: int = Field(10, ge=1, description="oracle jobs per round")
+    ehull_threshold: float = Field(0.05, ge=0, description="keep predicted E_hull below this, eV/atom (GNoME: 0.05)")
+    per_composition: int = Field(2, ge=1, description="most selected structures per reduced formula")
+    explore_fraction: float = Field(0.0, ge=0, le=1, description="share of the budget picked at random")
+    strategy: Literal["model", "random"] = "model"
+
+
+class Oracle(_Section):
+    kind: Literal["ase"] = "ase"
+    calculator: str = Field("emt", description="'emt', 'chgnet', or an import path 'module:Class'")
+    fmax: float = Field(0.05, gt=0, description="force convergence, eV/Å")
+    max_steps: int = Field(300, ge=1, description="most optimiser steps")
+    relax_cell: bool = True
+    max_attempts: int = Field(2, ge=1, description="tries per job before it is failed")
+    energy_scale: str = Field("", description="name of the energy scale; default from the calculator")
+
+    @field_validator("calculator")
+    @classmethod
+    def _known_calculator(cls, value: str) -> str:
+        if value not in ("emt", "chgnet") and ":" not in value:
+            raise ValueError(f"unknown calculator {value!r}; use 'emt', 'chgnet' or 'package.module:Class'")
+        return value
+
+    def scale(self) -> str:
+        """The energy scale the oracle's energies live on (hulls never mix scales)."""
+        if self.energy_scale:
+            return self.energy_scale
+        return {"chgnet": "chgnet-mp2020", "emt": "emt"}.get(self.calculator, self.calculator)
+
+
+class Scheduler(_Section):
+    kind: Literal["inline", "local", "manual"] = "inline"
+    workers: int = Field(2, ge=1, description="dask workers of the local cluster")
+    address: Optional[str] = Field(None, description="address of an existing dask scheduler")
+
+
+class CampaignConfig(_Section):
+    name: str = "campaign"
+    seed: int = 0
+    rounds: int = Field(3, ge=0)
+    chemical_space: ChemicalSpace
+    snapshot: Snapshot = Snapshot()
+    generators: Generators = Generators()
+    model: Model = Model()
+    selection: Selection = Selection()
+    oracle: Oracle = Oracle()
+    scheduler: Scheduler = Scheduler()
+
+    def digest(self) -> str:
+        """Hash of the validated config (provenance of exports)."""
+        return hashlib.sha1(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "missing":
+            message = "is required but missing"
+        elif item["type"] == "extra_forbidden":
+            message = "is not a known setting (check the spelling)"
+        elif item["type"] == "literal_error":
+            message = f"{message} (got {item.get('input')!r})"
+        lines.append(f"  {where}: {message}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def parse_config(data: dict) -> CampaignConfig:
+    """Validate a config dict; raise ConfigError naming each bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError("invalid config: the file must hold a YAML mapping of settings")
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    return parse_config(data)
+
+
+def dump_config(config: CampaignConfig, path: str | Path) -> None:
+    """Write the validated config (all defaults filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))

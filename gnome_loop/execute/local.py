@@ -1,0 +1,70 @@
+"""Scheduler `local`: run jobs on a dask.distributed cluster.
+
+By default a `LocalCluster` of single-threaded worker processes on this machine;
+with an `address`, any running dask scheduler (for example one started by
+dask-jobqueue on a cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from distributed import Client, LocalCluster, as_completed
+
+from gnome_loop.oracle.base import run_job
+
+log = logging.getLogger(__name__)
+
+
+class DaskScheduler:
+    """Submits `run_job` for each folder and calls `on_done` in the calling thread as each finishes.
+
+    A job whose future errors (its worker died) writes no result and gets no
+    `on_done`: the campaign runs it again on resume.
+    """
+
+    survives_exit = False
+
+    def __init__(self, workers: int = 2, address: str | None = None) -> None:
+        self.workers = workers
+        self.address = address
+        self._cluster: LocalCluster | None = None
+        self._client: Client | None = None
+
+    def _get_client(self) -> Client:
+        """Start the local cluster (or connect to `address`) on first use."""
+        if self._client is None:
+            if self.address:
+                self._client = Client(self.address)
+            else:
+                self._cluster = LocalCluster(
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+                self._client = Client(self._cluster)
+        return self._client
+
+    def execute(self, jobdirs: list[Path], on_done: Callable[[Path], None]) -> None:
+        if not jobdirs:
+            return
+        client = self._get_client()
+        futures = {client.submit(run_job, Path(jobdir), pure=False): Path(jobdir) for jobdir in jobdirs}
+        for future in as_completed(futures):
+            jobdir = futures[future]
+            if future.status == "error":
+                log.warning("job %s was lost (%s); it will run again on resume", jobdir, future.exception())
+            else:
+                on_done(jobdir)
+            future.release()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self._client = self._cluster = None

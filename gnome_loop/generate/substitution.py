@@ -1,0 +1,253 @@
+"""Ionic substitution: new compositions from known structures by swapping species.
+
+The probability model is the data-mined substitution model of Hautier et al.
+(Inorg. Chem. 50, 656 (2011)) as pymatgen ships it: P(t | s) = exp(λ(t, s)) / p(s)
+for a target species t replacing a parent species s, and the probability of a whole
+substitution is the product over the parent's species. GNoME (Merchant et al.,
+Nature 624, 80 (2023), Methods) clamped every pair weight at λ ≥ 0, so that rarely
+seen but chemically plausible swaps are not suppressed, and kept proposals with a
+probability above 0.001; both are the defaults here.
+
+Each species of a parent is replaced on all its sites (the partial version is SAPS).
+Parent species come from the most likely oxidation-state guess of the composition;
+parents without one (intermetallics) are weighted at element level, taking the most
+likely pair of ions of the two elements.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import warnings
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+from monty.serialization import loadfn
+from pymatgen.core import Composition, Element, Species, Structure
+
+from gnome_loop.structures import Candidate
+
+try:  # recent pymatgen keeps it in core, older releases in analysis
+    from pymatgen.core.structure_prediction.substitution_probability import SubstitutionProbability
+except ImportError:
+    from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
+
+#: The λ table shipped beside the class.
+LAMBDA_TABLE = Path(inspect.getfile(SubstitutionProbability)).parent / "data" / "lambda.json"
+#: Charges summing to less than this count as balanced.
+CHARGE_TOLERANCE = 1e-6
+
+
+@functools.lru_cache(maxsize=4)
+def substitution_model(alpha: float = -5.0, clamped: bool = True) -> SubstitutionProbability:
+    """pymatgen's substitution model, with pair weights clamped at λ ≥ 0 as in GNoME.
+
+    `alpha` is the λ of pairs never seen in the data. Building the model takes about
+    a second, so each (alpha, clamped) is built once per process.
+    """
+    rows = loadfn(LAMBDA_TABLE)
+    if clamped:
+        rows = [[first, second, max(weight, 0.0)] for first, second, weight in rows]
+    return SubstitutionProbability(lambda_table=rows, alpha=alpha)
+
+
+class Option(NamedTuple):
+    """One way to replace a parent element: the target, its charge (None at element level), P."""
+
+    element: str
+    oxidation: float | None
+    probability: float
+
+
+@functools.lru_cache(maxsize=4)
+def _table_species(alpha: float) -> dict[str, tuple[Species, ...]]:
+    """The species of the λ table, by element."""
+    by_element: dict[str, list[Species]] = {}
+    for species in sorted(substitution_model(alpha).species):
+        by_element.setdefault(species.symbol, []).append(species)
+    return {symbol: tuple(group) for symbol, group in by_element.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _options(alpha: float, parents: tuple[Species, ...], space: tuple[str, ...], charged: bool) -> tuple[Option, ...]:
+    """The targets in `space` for the sites of one parent element, most likely first.
+
+    With `charged` the sites are the single species `parents[0]` and every target
+    species is an option of its own. Otherwise targets are whole elements, weighted
+    by the largest P(b | a) over the parent species a and the table species b of the
+    target element.
+    """
+    model = substitution_model(alpha)
+    best: dict[tuple[str, float | None], float] = {}
+    for parent in parents:
+        for symbol in space:
+            for target in _table_species(alpha)[symbol]:
+                key = (symbol, target.oxi_state if charged else None)
+                best[key] = max(best.get(key, 0.0), model.cond_prob(target, parent))
+    options = [Option(symbol, oxidation, probability) for (symbol, oxidation), probability in best.items()]
+    return tuple(sorted(options, key=lambda option: (-option.probability, option.element, option.oxidation or 0.0)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parent_species(alpha: float, formula: str) -> tuple[dict[str, tuple[Species, ...]], str]:
+    """The table species each element of a parent composition stands for, and the
+    kind of parent: "ionic", "mixed-valence" or "intermetallic".
+
+    From pymatgen's most likely oxidation-state guess: an integer state gives one
+    species (ionic); a mixed-valence element gets both neighbouring states (Fe 8/3 in
+    Fe3O4: Fe2+ and Fe3+). Without a guess, or when the table lacks such a species,
+    an element stands for all its table species (intermetallic: element level).
+    """
+    table = _table_species(alpha)
+    guesses = Composition(formula).oxi_state_guesses()
+    if guesses:
+        states = guesses[0]
+        species = {
+            symbol: tuple(sp for sp in table[symbol] if sp.oxi_state in (math.floor(state), math.ceil(state)))
+            for symbol, state in states.items()
+        }
+        if all(species.values()):
+            exact = all(state == round(state) for state in states.values())
+            return species, "ionic" if exact else "mixed-valence"
+    return {symbol: table[symbol] for symbol in Composition(formula).chemical_system_set}, "intermetallic"
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_balanced_guess(formula: str) -> bool:
+    """Whether pymatgen finds charge-balanced oxidation states for a composition."""
+    return bool(Composition(formula).oxi_state_guesses())
+
+
+def _assignments(options: Sequence[Sequence[Option]], threshold: float) -> Iterator[tuple[tuple[Option, ...], float]]:
+    """Each choice of one option per parent element with distinct target elements and
+    a product probability above `threshold`.
+
+    Branch and bound: a branch stops as soon as its probability times the best
+    possible completion cannot exceed the threshold (options are sorted, so the
+    remaining ones at that depth cannot either).
+    """
+    best_completion = [1.0] * (len(options) + 1)
+    for depth in reversed(range(len(options))):
+        best_completion[depth] = best_completion[depth + 1] * (options[depth][0].probability if options[depth] else 0.0)
+
+    def visit(depth: int, chosen: tuple[Option, ...], probability: float) -> Iterator[tuple[tuple[Option, ...], float]]:
+        if depth == len(options):
+            yield chosen, probability
+            return
+        used = {option.element for option in chosen}
+        for option in options[depth]:
+            extended = probability * option.probability
+            if extended * best_completion[depth + 1] <= threshold:
+                break
+            if option.element not in used:
+                yield from visit(depth + 1, (*chosen, option), extended)
+
+    yield from visit(0, (), 1.0)
+
+
+def _radii(element: str, oxidation: float | None, target: Option) -> tuple[float, float]:
+    """Radii of a site before and after the swap, both ionic when both ions have a
+    Shannon radius, else both atomic (van der Waals for noble gases), in Å."""
+    if oxidation is not None and target.oxidation is not None:
+        with warnings.catch_warnings():  # pymatgen warns for ions without a radius
+            warnings.simplefilter("ignore")
+            pair = Species(element, oxidation).ionic_radius, Species(target.element, target.oxidation).ionic_radius
+        if None not in pair:
+            return float(pair[0]), float(pair[1])
+    before, after = Element(element), Element(target.element)
+    return (
+        float(before.atomic_radius or before.van_der_waals_radius),
+        float(after.atomic_radius or after.van_der_waals_radius),
+    )
+
+
+def _substituted(
+    parent: Structure, counts: dict[str, float], states: dict[str, float | None], mapping: dict[str, Option]
+) -> Structure:
+    """The parent with every element replaced, its volume scaled by the ratio of the
+    summed atomic (or ionic) volumes so that it starts near a sensible density."""
+    before = after = 0.0
+    for element, count in counts.items():
+        radius_before, radius_after = _radii(element, states[element], mapping[element])
+        before += count * radius_before**3
+        after += count * radius_after**3
+    species = [mapping[site.specie.symbol].element for site in parent]
+    structure = Structure(parent.lattice, species, parent.frac_coords)
+    structure.scale_lattice(parent.volume * after / before)
+    return structure
+
+
+def substitute(
+    parents: Sequence[tuple[str, Structure]],
+    elements: Sequence[str],
+    known_formulas: set[str],
+    threshold: float = 1e-3,
+    alpha: float = -5.0,
+    max_elements: int = 3,
+    max_atoms: int = 20,
+    charge_balanced: bool = True,
+    max_candidates: int | None = None,
+) -> list[Candidate]:
+    """Candidates made by swapping whole species of `parents` for elements of the space.
+
+    Each parent element goes to a distinct element of `elements` (an element may
+    stay), with the product of substitution probabilities above `threshold`; the
+    identity is skipped. A proposal is kept only when its composition is new: its
+    reduced formula (pymatgen's `reduced_formula`) is not in `known_formulas`.
+    With `charge_balanced`, the target ions of an ionic parent must sum to zero
+    charge, and the composition made from a mixed-valence parent must have a
+    charge-balanced oxidation-state guess; intermetallic parents are not checked.
+    Parents beyond `max_atoms` sites or `max_elements` elements are skipped.
+
+    Candidates are sorted by probability (highest first), then id; a structure
+    reached twice keeps its most likely origin. At most `max_candidates` are returned.
+    """
+    table = _table_species(alpha)
+    space = tuple(sorted(set(elements) & set(table)))
+    proposals: dict[str, tuple[float, Candidate]] = {}
+    for parent_id, parent in parents:
+        counts = {el.symbol: amount for el, amount in parent.composition.element_composition.items()}
+        if not parent.is_ordered or len(parent) > max_atoms or len(counts) > max_elements:
+            continue
+        if not set(counts) <= set(table):  # an element the λ table never saw
+            continue
+        order = sorted(counts)
+        species, kind = _parent_species(alpha, Composition(counts).reduced_formula)
+        ionic = kind == "ionic"
+        options = [_options(alpha, species[el], space, ionic) for el in order]
+        states = {el: species[el][0].oxi_state if ionic else None for el in order}
+
+        best_per_mapping: dict[tuple[str, ...], tuple[float, tuple[Option, ...]]] = {}
+        for chosen, probability in _assignments(options, threshold):
+            targets = tuple(option.element for option in chosen)
+            if list(targets) == order:
+                continue
+            formula = Composition(dict(zip(targets, (counts[el] for el in order)))).reduced_formula
+            if formula in known_formulas:
+                continue
+            if charge_balanced and ionic:
+                if abs(sum(counts[el] * option.oxidation for el, option in zip(order, chosen))) > CHARGE_TOLERANCE:
+                    continue
+            if charge_balanced and kind == "mixed-valence" and not _has_balanced_guess(formula):
+                continue
+            if targets not in best_per_mapping or probability > best_per_mapping[targets][0]:
+                best_per_mapping[targets] = (probability, chosen)
+
+        for probability, chosen in best_per_mapping.values():
+            mapping = dict(zip(order, chosen))
+            candidate = Candidate(
+                _substituted(parent, counts, states, mapping),
+                generator="substitution",
+                parent_ids=(parent_id,),
+                info={
+                    "probability": probability,
+                    "substitution": {el: option.element for el, option in mapping.items() if option.element != el},
+                },
+            )
+            key = candidate.id
+            if key not in proposals or probability > proposals[key][0]:
+                proposals[key] = (probability, candidate)
+
+    ranked = sorted(proposals.items(), key=lambda item: (-item[1][0], item[0]))
+    return [candidate for _, (_, candidate) in ranked[:max_candidates]]

@@ -1,0 +1,42 @@
+"""Discovery metrics as the field defines them (DESIGN §9).
+
+- hit rate (GNoME): stable / evaluated by the oracle;
+- precision, recall, F1 of "predicted stable" against "oracle stable";
+- DAF (matbench-discovery): precision / prevalence of stable among the evaluated.
+Stability uses E_hull <= 5e-5 eV/atom (GNoME's tolerance), see `hull.STABLE_TOL`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def hit_rate(n_stable: int, n_evaluated: int) -> float | None:
+    """Share of oracle-evaluated candidates that are stable (None when nothing was evaluated)."""
+    return n_stable / n_evaluated if n_evaluated else None
+
+
+def mean_absolute_error(predicted: Sequence[float | None], actual: Sequence[float]) -> float | None:
+    """MAE over the pairs whose prediction exists and is finite."""
+    pairs = [(p, a) for p, a in zip(predicted, actual) if p is not None and math.isfinite(p) and math.isfinite(a)]
+    if not pairs:
+        return None
+    return float(np.mean([abs(p - a) for p, a in pairs]))
+
+
+def classification(predicted_stable: Sequence[bool], stable: Sequence[bool]) -> dict[str, float | None]:
+    """Precision, recall, F1 and DAF of the stability call."""
+    pred = np.asarray(predicted_stable, dtype=bool)
+    true = np.asarray(stable, dtype=bool)
+    tp = int(np.sum(pred & true))
+    precision = tp / int(pred.sum()) if pred.sum() else None
+    recall = tp / int(true.sum()) if true.sum() else None
+    f1 = None
+    if precision is not None and recall is not None and precision + recall > 0:
+        f1 = 2 * precision * recall / (precision + recall)
+    prevalence = float(true.mean()) if len(true) else None
+    daf = precision / prevalence if precision is not None and prevalence else None
+    return {"precision": precision, "recall": recall, "f1": f1, "daf": daf}

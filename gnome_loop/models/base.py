@@ -1,0 +1,108 @@
+"""The energy-model plug-in point: what the campaign asks of a model, and how a saved
+model is found again.
+
+A saved model is a directory holding its own files (safe formats, no pickle) and a
+`model_card.json` that names the architecture, the hash of the training data, the
+fit metrics and the creation time. `load_model` reads the card and hands the
+directory to the class of that architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from pymatgen.core import Structure
+
+from gnome_loop.config import Model as ModelConfig
+from gnome_loop.structures import structure_id
+
+MODEL_CARD = "model_card.json"
+
+
+class EnergyModel(Protocol):
+    """Predicts energy per atom (eV/atom) with an uncertainty from a structure."""
+
+    name: str
+
+    def fit(
+        self, structures: list[Structure], energies_per_atom: np.ndarray, formulas: list[str] | None = None
+    ) -> dict:
+        """Train on labelled structures; return metrics with at least `val_mae` (on the
+        formula-hash validation split, None when it is empty), `n_train` and `n_val`.
+        `formulas` are the reduced formulas, computed from the structures when omitted."""
+        ...
+
+    def predict(self, structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean energy per atom and its uncertainty, one value per structure."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write the model and its card into `directory`."""
+        ...
+
+    @classmethod
+    def load(cls, directory: Path) -> "EnergyModel":
+        """Read a model that `save` wrote; fail clearly on another architecture."""
+        ...
+
+
+def _architectures() -> dict[str, type]:
+    """Model classes by config kind (imported here: they import this module)."""
+    from gnome_loop.models.linear import LinearElementModel
+
+    return {"linear": LinearElementModel}
+
+
+def make_model(config: ModelConfig) -> EnergyModel:
+    """A fresh, untrained model of the kind named in the config's `model` section."""
+    return _architectures()[config.kind]()
+
+
+def load_model(directory: str | Path) -> EnergyModel:
+    """Load a saved model of any known architecture, as named by its model card."""
+    card = read_model_card(directory)
+    classes = {cls.name: cls for cls in _architectures().values()}
+    if card["architecture"] not in classes:
+        raise ValueError(
+            f"{directory} holds a model of unknown architecture {card['architecture']!r}; "
+            f"known: {', '.join(sorted(classes))}"
+        )
+    return classes[card["architecture"]].load(Path(directory))
+
+
+def data_hash(structures: Sequence[Structure], energies_per_atom: np.ndarray) -> str:
+    """Content hash of a training set (structure ids and energies), for the model card."""
+    digest = hashlib.sha1()
+    for structure, energy in zip(structures, np.asarray(energies_per_atom, dtype=float)):
+        digest.update(f"{structure_id(structure)} {energy!r}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def write_model_card(directory: str | Path, architecture: str, data_hash: str, metrics: dict) -> None:
+    """Write `model_card.json` into `directory`."""
+    card = {
+        "architecture": architecture,
+        "data_hash": data_hash,
+        "metrics": metrics,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (Path(directory) / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def read_model_card(directory: str | Path, architecture: str | None = None) -> dict:
+    """Read the model card of `directory`; with `architecture`, check that it matches."""
+    path = Path(directory) / MODEL_CARD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {directory} is not a saved model")
+    card = json.loads(path.read_text())
+    if architecture is not None and card.get("architecture") != architecture:
+        raise ValueError(
+            f"{directory} holds a {card.get('architecture')!r} model, not {architecture!r}; "
+            "load it with gnome_loop.models.base.load_model"
+        )
+    return card

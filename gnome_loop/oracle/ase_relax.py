@@ -1,0 +1,95 @@
+"""Oracle `ase`: relax a structure with an ASE calculator.
+
+CHGNet stands in for DFT (its energies already live on the MP2020-corrected scale,
+so no correction is ever applied on top), EMT serves tests and quick demos, and any
+other ASE calculator can be named by import path. Cell and positions are relaxed
+together with FIRE on a `FrechetCellFilter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+import time
+
+from ase.calculators.calculator import Calculator
+from ase.calculators.emt import EMT
+from ase.filters import FrechetCellFilter
+from ase.optimize import FIRE
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from gnome_loop.config import Oracle as OracleConfig
+from gnome_loop.oracle.base import OracleResult
+
+#: The CHGNet weights used: 0.3.0 ships inside the chgnet wheel, nothing is downloaded.
+CHGNET_MODEL = "0.3.0"
+
+
+@functools.cache
+def _chgnet_model():
+    """The pretrained CHGNet on the CPU, loaded once per process."""
+    from chgnet.model import CHGNet
+
+    return CHGNet.load(model_name=CHGNET_MODEL, use_device="cpu", verbose=False)
+
+
+def make_calculator(name: str) -> Calculator:
+    """An ASE calculator from its name: 'emt', 'chgnet' or an import path 'package.module:Class'."""
+    if name == "emt":
+        return EMT()
+    if name == "chgnet":
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the device it runs on
+            return CHGNetCalculator(model=_chgnet_model(), use_device="cpu")
+    module, _, class_name = name.partition(":")
+    if not module or not class_name:
+        raise ValueError(f"unknown calculator {name!r}; use 'emt', 'chgnet' or 'package.module:Class'")
+    return getattr(importlib.import_module(module), class_name)()
+
+
+class AseRelaxOracle:
+    """Relax with FIRE until the largest force is below `fmax` eV/Å or `max_steps` are done.
+
+    Running out of steps is not a failure (an ML potential is a stand-in for DFT): the
+    result says `steps` and `trajectory["converged"]`.
+    """
+
+    def __init__(self, calculator: str, fmax: float, max_steps: int, relax_cell: bool, scale: str = "") -> None:
+        self.calculator = make_calculator(calculator)
+        self.fmax = fmax
+        self.max_steps = max_steps
+        self.relax_cell = relax_cell
+        self.name = f"ase:{calculator}"
+        self.scale = scale or OracleConfig(calculator=calculator).scale()
+
+    def relax(self, structure: Structure) -> OracleResult:
+        """Relax `structure`; the trajectory records every optimiser step, the initial one included."""
+        start = time.perf_counter()
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        atoms.calc = self.calculator
+        has_stress = "stress" in getattr(self.calculator, "implemented_properties", ())
+        trajectory: dict = {"energies": [], "forces": [], "stresses": [], "cells": [], "positions": []}
+
+        def record() -> None:
+            trajectory["energies"].append(float(atoms.get_potential_energy()))
+            trajectory["forces"].append(atoms.get_forces().tolist())
+            if has_stress:
+                trajectory["stresses"].append(atoms.get_stress(voigt=True).tolist())
+            trajectory["cells"].append(atoms.cell.array.tolist())
+            trajectory["positions"].append(atoms.positions.tolist())
+
+        optimizer = FIRE(FrechetCellFilter(atoms) if self.relax_cell else atoms, logfile=None)
+        optimizer.attach(record)
+        trajectory["converged"] = bool(optimizer.run(fmax=self.fmax, steps=self.max_steps))
+        return OracleResult(
+            ok=True,
+            energy=float(atoms.get_potential_energy()),
+            structure=AseAtomsAdaptor.get_structure(atoms.copy()),  # the copy drops the calculator
+            trajectory=trajectory,
+            wall_s=time.perf_counter() - start,
+            steps=optimizer.nsteps,
+        )

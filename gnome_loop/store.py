@@ -1,0 +1,334 @@
+"""The campaign store: one SQLite database (WAL mode), the single source of truth.
+
+All SQL of the project lives here, so a server database can replace SQLite behind
+this module. Ids are content hashes and inserts are `INSERT OR IGNORE`, so a stage
+re-run after a crash inserts nothing twice. A file lock keeps a second process
+away from a campaign.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, stage TEXT NOT NULL, started REAL, finished REAL,
+    metrics TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS candidates (
+    id TEXT PRIMARY KEY, round INTEGER NOT NULL, generator TEXT NOT NULL,
+    parent_ids TEXT NOT NULL DEFAULT '[]', structure TEXT NOT NULL,
+    reduced_formula TEXT NOT NULL, nsites INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'new', duplicate_of TEXT,
+    pred_energy REAL, pred_std REAL, pred_ehull REAL, score_error TEXT,
+    selected INTEGER NOT NULL DEFAULT 0, explore INTEGER NOT NULL DEFAULT 0,
+    info TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX IF NOT EXISTS candidates_round ON candidates(round);
+CREATE INDEX IF NOT EXISTS candidates_fingerprint ON candidates(fingerprint);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, candidate_id TEXT NOT NULL UNIQUE, round INTEGER NOT NULL,
+    oracle TEXT NOT NULL, state TEXT NOT NULL, workdir TEXT NOT NULL, scheduler_ref TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, error TEXT, submitted REAL, finished REAL);
+CREATE INDEX IF NOT EXISTS jobs_round ON jobs(round, state);
+CREATE TABLE IF NOT EXISTS entries (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, round INTEGER NOT NULL, candidate_id TEXT,
+    composition TEXT NOT NULL, reduced_formula TEXT NOT NULL, nsites INTEGER NOT NULL,
+    energy_corrected REAL NOT NULL, energy_per_atom REAL NOT NULL, scale TEXT NOT NULL,
+    structure TEXT, fingerprint TEXT, trajectory TEXT, e_hull REAL,
+    is_stable INTEGER NOT NULL DEFAULT 0, is_reference INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS models (
+    round INTEGER NOT NULL, member INTEGER NOT NULL, path TEXT NOT NULL, val_mae REAL,
+    PRIMARY KEY (round, member));
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL, msg TEXT NOT NULL);
+"""
+
+#: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
+JOB_STATES = ("pending", "submitted", "done", "failed")
+
+
+class StoreError(RuntimeError):
+    """The campaign database is missing, of another schema version, or corrupt."""
+
+
+class CampaignLocked(RuntimeError):
+    """Another process holds the campaign."""
+
+
+@contextmanager
+def campaign_lock(directory: Path) -> Iterator[None]:
+    """Hold the campaign's file lock; a second holder fails at once with a clear message.
+
+    `flock` locks die with their process, so a kill -9 never leaves a stale lock.
+    """
+    path = Path(directory) / "campaign.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise CampaignLocked(
+            f"campaign {directory} is in use by {holder}; wait for it to finish "
+            "(or stop it) before running another command that changes the campaign"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+@dataclass
+class Job:
+    id: str
+    candidate_id: str
+    round: int
+    state: str
+    workdir: str
+    attempts: int
+    error: str | None
+
+
+class Store:
+    """Typed access to one campaign database."""
+
+    def __init__(self, path: Path | str, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"no campaign database at {self.path}; run `gnome-loop init` first")
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        if create:
+            with self.transaction():
+                for statement in _statements(SCHEMA):
+                    self.conn.execute(statement)
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+        version = self.meta("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"{self.path} has schema version {version}, this gnome_loop reads version {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: everything inside commits together or not at all."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- meta and events -------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path} is not a readable campaign database: {error}") from None
+        return row["value"] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def log(self, kind: str, msg: str) -> None:
+        self.conn.execute("INSERT INTO events (time, kind, msg) VALUES (?, ?, ?)", (time.time(), kind, msg))
+
+    def events(self, limit: int = 50) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()[::-1]
+
+    # --- rounds ------------------------------------------------------------------------
+    def current_round(self) -> tuple[int, str] | None:
+        row = self.conn.execute("SELECT round, stage FROM rounds ORDER BY round DESC LIMIT 1").fetchone()
+        return (row["round"], row["stage"]) if row else None
+
+    def start_round(self, round_: int, stage: str) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO rounds (round, stage, started) VALUES (?, ?, ?)", (round_, stage, time.time())
+        )
+
+    def set_stage(self, round_: int, stage: str, finished: bool = False) -> None:
+        self.conn.execute(
+            "UPDATE rounds SET stage = ?, finished = ? WHERE round = ?",
+            (stage, time.time() if finished else None, round_),
+        )
+
+    def round_metrics(self, round_: int) -> dict:
+        row = self.conn.execute("SELECT metrics FROM rounds WHERE round = ?", (round_,)).fetchone()
+        return json.loads(row["metrics"]) if row else {}
+
+    def update_round_metrics(self, round_: int, values: dict) -> None:
+        metrics = self.round_metrics(round_)
+        metrics.update(values)
+        self.conn.execute("UPDATE rounds SET metrics = ? WHERE round = ?", (json.dumps(metrics), round_))
+
+    def rounds(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM rounds ORDER BY round").fetchall()
+
+    # --- candidates ------------------------------------------------------------------
+    def add_candidates(self, rows: Iterable[dict]) -> int:
+        """Insert candidates (ignoring ids already present); return how many were new."""
+        before = self.conn.total_changes
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO candidates (id, round, generator, parent_ids, structure, reduced_formula,"
+            " nsites, fingerprint, selected, info) VALUES (:id, :round, :generator, :parent_ids, :structure,"
+            " :reduced_formula, :nsites, :fingerprint, :selected, :info)",
+            [{"selected": 0, "info": "{}", "parent_ids": "[]", **row} for row in rows],
+        )
+        return self.conn.total_changes - before
+
+    def candidate_ids(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT id FROM candidates")}
+
+    def candidates(self, round_: int | None = None, status: str | None = None, selected: bool | None = None,
+                   fingerprints: Iterable[str] | None = None) -> list[sqlite3.Row]:
+        query, args = "SELECT * FROM candidates WHERE 1=1", []
+        if round_ is not None:
+            query, args = query + " AND round = ?", args + [round_]
+        if status is not None:
+            query, args = query + " AND status = ?", args + [status]
+        if selected is not None:
+            query, args = query + " AND selected = ?", args + [int(selected)]
+        if fingerprints is not None:
+            keys = sorted(set(fingerprints))
+            query += f" AND fingerprint IN ({','.join('?' * len(keys))})"
+            args += keys
+        return self.conn.execute(query + " ORDER BY id", args).fetchall()
+
+    def candidate(self, candidate_id: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM candidates WHERE id = ?", (candidate_id,)).fetchone()
+
+    def mark_duplicates(self, duplicates: dict[str, str]) -> None:
+        self.conn.executemany(
+            "UPDATE candidates SET status = 'duplicate', duplicate_of = ? WHERE id = ?",
+            [(of, key) for key, of in duplicates.items()],
+        )
+
+    def set_predictions(self, rows: Iterable[tuple[str, float | None, float | None, float | None, str | None]]) -> None:
+        """rows: (id, pred_energy, pred_std, pred_ehull, score_error)."""
+        self.conn.executemany(
+            "UPDATE candidates SET pred_energy = ?, pred_std = ?, pred_ehull = ?, score_error = ? WHERE id = ?",
+            [(e, s, h, err, key) for key, e, s, h, err in rows],
+        )
+
+    def mark_selected(self, picks: Iterable[tuple[str, bool]]) -> None:
+        self.conn.executemany(
+            "UPDATE candidates SET selected = 1, explore = ? WHERE id = ?", [(int(x), key) for key, x in picks]
+        )
+
+    # --- jobs ----------------------------------------------------------------------------
+    def add_jobs(self, rows: Iterable[dict]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO jobs (id, candidate_id, round, oracle, state, workdir)"
+            " VALUES (:id, :candidate_id, :round, :oracle, 'pending', :workdir)",
+            list(rows),
+        )
+
+    def jobs(self, round_: int | None = None, states: Iterable[str] | None = None) -> list[Job]:
+        query, args = "SELECT * FROM jobs WHERE 1=1", []
+        if round_ is not None:
+            query, args = query + " AND round = ?", args + [round_]
+        if states is not None:
+            states = list(states)
+            query += f" AND state IN ({','.join('?' * len(states))})"
+            args += states
+        rows = self.conn.execute(query + " ORDER BY id", args).fetchall()
+        return [_job(row) for row in rows]
+
+    def job(self, job_id: str) -> Job | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def mark_submitted(self, job_ids: Iterable[str], refs: dict[str, str] | None = None) -> None:
+        now = time.time()
+        self.conn.executemany(
+            "UPDATE jobs SET state = 'submitted', submitted = ?, scheduler_ref = ? WHERE id = ?",
+            [(now, (refs or {}).get(key), key) for key in job_ids],
+        )
+
+    def finish_job(self, job_id: str, state: str, attempts: int, error: str | None) -> None:
+        assert state in JOB_STATES
+        self.conn.execute(
+            "UPDATE jobs SET state = ?, attempts = ?, error = ?, finished = ? WHERE id = ?",
+            (state, attempts, error, time.time() if state in ("done", "failed") else None, job_id),
+        )
+
+    def job_counts(self, round_: int | None = None) -> dict[str, int]:
+        query, args = "SELECT state, COUNT(*) AS n FROM jobs", []
+        if round_ is not None:
+            query, args = query + " WHERE round = ?", [round_]
+        return {row["state"]: row["n"] for row in self.conn.execute(query + " GROUP BY state", args)}
+
+    # --- entries -------------------------------------------------------------------------
+    def add_entry(self, row: dict) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO entries (id, source, round, candidate_id, composition, reduced_formula, nsites,"
+            " energy_corrected, energy_per_atom, scale, structure, fingerprint, trajectory, is_reference)"
+            " VALUES (:id, :source, :round, :candidate_id, :composition, :reduced_formula, :nsites,"
+            " :energy_corrected, :energy_per_atom, :scale, :structure, :fingerprint, :trajectory, :is_reference)",
+            {"candidate_id": None, "structure": None, "fingerprint": None, "trajectory": None, **row},
+        )
+
+    def entries(self, with_structure: bool = True, fingerprints: Iterable[str] | None = None) -> list[sqlite3.Row]:
+        columns = "*" if with_structure else (
+            "id, source, round, candidate_id, composition, reduced_formula, nsites, energy_corrected,"
+            " energy_per_atom, scale, fingerprint, e_hull, is_stable, is_reference")
+        query, args = f"SELECT {columns} FROM entries", []
+        if fingerprints is not None:
+            keys = sorted(set(fingerprints))
+            query += f" WHERE fingerprint IN ({','.join('?' * len(keys))})"
+            args = keys
+        return self.conn.execute(query + " ORDER BY id", args).fetchall()
+
+    def set_hull(self, values: Iterable[tuple[str, float | None, bool]]) -> None:
+        """values: (entry id, e_hull or None, is_stable)."""
+        self.conn.executemany(
+            "UPDATE entries SET e_hull = ?, is_stable = ? WHERE id = ?",
+            [(e, int(stable), key) for key, e, stable in values],
+        )
+
+    # --- models ------------------------------------------------------------------------
+    def add_model(self, round_: int, member: int, path: str, val_mae: float | None) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?)", (round_, member, path, val_mae))
+
+    def latest_model(self) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM models ORDER BY round DESC, member LIMIT 1").fetchone()
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Read-only escape hatch for reports and metrics."""
+        return self.conn.execute(sql, args).fetchall()
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(row["id"], row["candidate_id"], row["round"], row["state"], row["workdir"], row["attempts"],
+               row["error"])
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

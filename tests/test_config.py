@@ -1,0 +1,63 @@
+"""Config validation: bad configs fail at init naming the field."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gnome_loop.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _base() -> dict:
+    return yaml.safe_load((ROOT / "experiments/ci_emt/config.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["ci_emt", "quickstart"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(ROOT / "experiments" / name / "config.yaml")
+    assert config.rounds == 3
+    assert len(config.chemical_space.elements) >= 7
+
+
+@pytest.mark.parametrize(
+    "change, field, hint",
+    [
+        (lambda c: c["chemical_space"].update(elements=["Cu", "Xx"]), "chemical_space.elements", "Xx"),
+        (lambda c: c["selection"].update(budget=-3), "selection.budget", "greater than or equal to 1"),
+        (lambda c: c.pop("chemical_space"), "chemical_space", "required"),
+        (lambda c: c["oracle"].update(kind="gaussian"), "oracle.kind", "gaussian"),
+        (lambda c: c["oracle"].update(calculator="lj"), "oracle.calculator", "emt"),
+        (lambda c: c["scheduler"].update(kind="pbs"), "scheduler.kind", "pbs"),
+        (lambda c: c["selection"].update(budgett=3), "selection.budgett", "not a known setting"),
+        (lambda c: c["snapshot"].update(source="file"), "snapshot", "path"),
+    ],
+)
+def test_invalid_config_names_the_field(change, field, hint):
+    config = _base()
+    change(config)
+    with pytest.raises(ConfigError) as error:
+        parse_config(config)
+    assert field in str(error.value)
+    assert hint in str(error.value)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("chemical_space: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_digest_tracks_content():
+    a = parse_config(_base())
+    changed = _base()
+    changed["seed"] = 7
+    assert a.digest() == parse_config(_base()).digest()
+    assert a.digest() != parse_config(changed).digest()

@@ -1,0 +1,176 @@
+"""Known-materials snapshots: the prototype default and entries files."""
+
+import gzip
+import itertools
+import math
+
+import numpy as np
+import pytest
+from monty.serialization import dumpfn
+from pymatgen.core import Lattice, Structure
+from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+
+from gnome_loop.config import parse_config
+from gnome_loop.snapshot import KnownPhase, load_snapshot
+from gnome_loop.snapshot.files import load_entries_file
+from gnome_loop.snapshot.prototypes import elemental_reference, load_prototypes, prototype_templates
+from gnome_loop.structures import validate_structure
+
+EMT_SPACE = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"]
+IONIC_SPACE = ["Li", "Na", "K", "Mg", "Ca", "Al", "Si", "Ti", "Fe", "O", "S", "Cl"]
+LI_CO_NI_O = "mp_chemsys/Li-Co-Ni-O.json.gz"
+
+
+def _elements(phase: KnownPhase) -> set[str]:
+    return {el.symbol for el in phase.composition.elements}
+
+
+def test_emt_space_has_cu3au_and_every_reference():
+    phases = load_prototypes(EMT_SPACE, max_elements=3, max_atoms=20)
+    by_id = {phase.id: phase for phase in phases}
+    cu3au = by_id["proto-AB3_cP4_221_a_c-Cu3Au"]
+    assert cu3au.info["strukturbericht"] == "L1_2"
+    assert cu3au.structure.composition.reduced_formula == "Cu3Au"
+    assert {f"ref-{el}" for el in EMT_SPACE} <= set(by_id)
+    assert [phase.id for phase in phases] == sorted(by_id)
+    for phase in phases:
+        assert _elements(phase) <= set(EMT_SPACE)
+        assert len(phase.structure) <= 20 and len(_elements(phase)) <= 3
+        assert phase.energy is None and phase.scale is None
+
+
+def test_limits_drop_prototypes_but_never_references():
+    phases = load_prototypes(EMT_SPACE, max_elements=1, max_atoms=1)
+    assert {phase.id for phase in phases if phase.source == "ase-reference"} == {f"ref-{el}" for el in EMT_SPACE}
+    assert all(len(phase.structure) == 1 for phase in phases if phase.source == "prototypes")
+
+
+def test_ionic_space_references_are_valid_and_oxygen_is_a_molecule():
+    phases = load_prototypes(IONIC_SPACE, max_elements=3, max_atoms=20)
+    refs = {phase.id: phase for phase in phases if phase.source == "ase-reference"}
+    assert set(refs) == {f"ref-{el}" for el in IONIC_SPACE}
+    for phase in phases:
+        assert _elements(phase) <= set(IONIC_SPACE)
+        assert validate_structure(phase.structure, elements=IONIC_SPACE) is None, phase.id
+
+    oxygen = refs["ref-O"]
+    assert oxygen.info["molecule"] is True
+    distances = oxygen.structure.distance_matrix[np.triu_indices(len(oxygen.structure), k=1)]
+    assert distances.min() > 1.0
+    assert any(abs(d - 1.21) < 0.05 for d in distances)
+    assert refs["ref-Fe"].info == {"reference_state": "bcc", "molecule": False}
+    assert refs["ref-Cl"].info["molecule"] is True
+
+
+def test_every_element_gets_a_reference():
+    # Elements ASE cannot build as a crystal fall back to a molecule or an fcc cell.
+    for symbol in ["H", "N", "F", "B", "P", "S", "Mn", "Ga", "Se", "Te", "I", "He", "Pu"]:
+        structure, state = elemental_reference(symbol)
+        assert {el.symbol for el in structure.composition.elements} == {symbol}
+        assert validate_structure(structure) is None, (symbol, state)
+
+
+def test_prototypes_are_deterministic_and_not_shared():
+    first = load_prototypes(EMT_SPACE, 3, 20)
+    first[0].structure.scale_lattice(1000.0)
+    second = load_prototypes(EMT_SPACE, 3, 20)
+    assert [phase.id for phase in first] == [phase.id for phase in second]
+    assert second[0].structure.volume != pytest.approx(1000.0)
+
+
+def test_templates_cover_the_library_up_to_four_elements():
+    templates = prototype_templates()
+    ids = [key for key, _ in templates]
+    assert len(ids) == len(set(ids)) > 250
+    assert "proto-AB_cF8_225_a_b-NaCl" in ids
+    assert all(len(structure.composition.elements) <= 4 for _, structure in templates)
+
+
+def test_known_phase_needs_a_composition():
+    with pytest.raises(ValueError, match="structure or a composition"):
+        KnownPhase("x", structure=None, energy=-1.0, source="test", scale=None)
+
+
+def test_file_snapshot_loads_every_mp_entry(shared_data):
+    phases = load_entries_file(shared_data / LI_CO_NI_O, elements=None, max_elements=None)
+    assert len(phases) == 775
+    assert len({phase.id for phase in phases}) == 775
+    assert {phase.scale for phase in phases} == {"mp2020"}
+    assert {phase.source for phase in phases} == {"file:Li-Co-Ni-O.json.gz"}
+    assert all(math.isfinite(phase.energy) and phase.structure is not None for phase in phases)
+    assert phases[0].info["material_id"] in phases[0].id
+
+
+def test_file_snapshot_filters_to_a_subspace(shared_data):
+    config = parse_config(
+        {
+            "chemical_space": {"elements": ["Li", "O"], "max_elements": 2},
+            "snapshot": {"source": "file", "path": str(shared_data / LI_CO_NI_O)},
+        }
+    )
+    phases = load_snapshot(config)
+    assert len(phases) == 53
+    assert all(_elements(phase) <= {"Li", "O"} for phase in phases)
+    assert {"Li", "O"} <= set(itertools.chain.from_iterable(_elements(phase) for phase in phases))
+
+
+def test_prototype_snapshot_from_config():
+    config = parse_config({"chemical_space": {"elements": EMT_SPACE}})
+    assert [phase.id for phase in load_snapshot(config)] == [phase.id for phase in load_prototypes(EMT_SPACE, 3, 20)]
+
+
+def _structure_entry(entry_id: str, energy: float, correction: float = 0.0) -> ComputedStructureEntry:
+    structure = Structure(Lattice.cubic(4.0), ["Li", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return ComputedStructureEntry(structure, energy, correction=correction, entry_id=entry_id)
+
+
+def test_small_files_keep_energies_scale_and_hash_ids(tmp_path):
+    path = tmp_path / "entries.json"
+    dumpfn([_structure_entry("a", -10.0), ComputedEntry("Li2O", -14.0), ComputedEntry("Co", -7.0, entry_id="c")], path)
+    phases = load_entries_file(path, elements=["Li", "O"], max_elements=2)
+    assert [phase.energy for phase in phases] == [-10.0, -14.0]
+    assert {phase.scale for phase in phases} == {"uncorrected"}
+    assert phases[1].structure is None and phases[1].composition.reduced_formula == "Li2O"
+    assert phases[1].id.startswith("entry-") and phases[1].id == load_entries_file(path)[1].id
+
+    corrected = tmp_path / "corrected.json.gz"
+    dumpfn([_structure_entry("a", -10.0, correction=-1.0)], corrected)
+    [phase] = load_entries_file(corrected)
+    assert phase.scale == "mp2020" and phase.energy == pytest.approx(-11.0)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_entries_file(tmp_path / "nothing.json")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.json", b"[{not json", "not readable JSON"),
+        ("bad.json.gz", b"not gzip at all", "not readable JSON"),
+        ("dict.json", b'{"a": 1}', "must hold a JSON list"),
+        ("numbers.json", b"[1, 2]", "item 0 \\(int\\) is not a ComputedEntry"),
+    ],
+)
+def test_malformed_files_are_clear_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_entries_file(path)
+
+
+def test_duplicated_ids_are_named(tmp_path):
+    path = tmp_path / "dup.json.gz"
+    dumpfn([_structure_entry("mp-1", -1.0), _structure_entry("mp-2", -2.0), _structure_entry("mp-1", -3.0)], path)
+    assert gzip.open(path).read()  # really gzipped
+    with pytest.raises(ValueError, match="1 entry ids appear more than once: mp-1"):
+        load_entries_file(path)
+
+
+def test_non_finite_energies_are_counted_and_named(tmp_path):
+    path = tmp_path / "nan.json"
+    entries = [_structure_entry("ok", -1.0), _structure_entry("n1", float("nan")), _structure_entry("n2", float("inf"))]
+    dumpfn(entries, path)
+    with pytest.raises(ValueError, match="2 entries have a non-finite energy: n1, n2"):
+        load_entries_file(path)

@@ -288,6 +288,7 @@ class Campaign:
                 continue
             unfinished = self.store.jobs(round_, states=["submitted"])
             if unfinished:
+                self.scheduler.execute([], lambda jobdir: None)  # refresh its view (manifest) of what is left
                 return len(unfinished)
             with self.store.transaction():
                 counts = self.store.job_counts(round_)

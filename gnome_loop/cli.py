@@ -24,7 +24,7 @@ app = typer.Typer(
     help="Active-learning discovery of stable crystals: generate → filter → oracle → hull → retrain.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console(width=None if sys.stdout.isatty() else 120)
 
 

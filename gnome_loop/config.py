@@ -88,6 +88,7 @@ class Oracle(_Section):
     fmax: float = Field(0.05, gt=0, description="force convergence, eV/Å")
     max_steps: int = Field(300, ge=1, description="most optimiser steps")
     relax_cell: bool = True
+    max_seconds: Optional[float] = Field(900.0, gt=0, description="wall-clock limit of one relaxation, s")
     max_attempts: int = Field(2, ge=1, description="tries per job before it is failed")
     energy_scale: str = Field("", description="name of the energy scale; default from the calculator")
 

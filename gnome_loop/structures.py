@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
+from ase.data import covalent_radii
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 #: Closest allowed approach of two atoms, Å. Shorter distances mean overlapping atoms.
 MIN_DISTANCE = 0.5
+#: Closest allowed approach relative to the sum of covalent radii (real solids: about 0.85 and up).
+MIN_BOND_RATIO = 0.5
 #: Sane range of volume per atom, Å^3 (He solid ~ 30, Cs ~ 117; 2 is far below any solid).
 VOLUME_PER_ATOM_RANGE = (2.0, 200.0)
 
@@ -114,6 +117,10 @@ def validate_structure(
     dmin = minimum_distance(structure)
     if dmin < min_distance:
         return f"overlapping-atoms: two atoms are {dmin:.3f} Å apart (< {min_distance} Å)"
+    ratio = bond_ratio(structure)
+    if ratio < MIN_BOND_RATIO:
+        return (f"overlapping-atoms: two atoms are {ratio:.2f} covalent bond lengths apart "
+                f"(< {MIN_BOND_RATIO})")
     return None
 
 
@@ -125,6 +132,31 @@ def minimum_distance(structure: Structure) -> float:
     dists = np.asarray(structure.distance_matrix)
     off_diagonal = dists[~np.eye(len(structure), dtype=bool)]
     return min(float(off_diagonal.min()), shortest_translation)
+
+
+def bond_ratio(structure: Structure) -> float:
+    """Shortest distance between two atoms relative to the sum of their covalent radii.
+
+    About 1 for bonded neighbours in real solids (NaCl 1.05, SiO2 0.91, ClO bonds
+    0.87); far below means overlapping atoms.
+    """
+    if len(structure) == 1:
+        return minimum_distance(structure) / (2 * covalent_radii[structure[0].specie.Z])
+    radii = np.array([covalent_radii[site.specie.Z] for site in structure])
+    dists = np.asarray(structure.distance_matrix) / (radii[:, None] + radii[None, :])
+    np.fill_diagonal(dists, np.inf)
+    self_image = min(structure.lattice.get_lll_reduced_lattice().abc) / (2 * radii.max())
+    return float(min(dists.min(), self_image))
+
+
+def expand_to_bond_ratio(structure: Structure, floor: float = 0.8) -> Structure:
+    """A copy scaled up isotropically until no two atoms are closer than `floor` bond
+    lengths (sums of covalent radii). Guards generators whose volume estimate fails."""
+    ratio = bond_ratio(structure)
+    scaled = structure.copy()
+    if ratio < floor:
+        scaled.scale_lattice(structure.volume * (floor / ratio) ** 3)
+    return scaled
 
 
 def symmetry_label(structure: Structure, symprec: float = 0.1) -> str:

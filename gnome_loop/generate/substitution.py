@@ -26,7 +26,7 @@ from typing import Iterator, NamedTuple, Sequence
 from monty.serialization import loadfn
 from pymatgen.core import Composition, Element, Species, Structure
 
-from gnome_loop.structures import Candidate
+from gnome_loop.structures import Candidate, expand_to_bond_ratio
 
 try:  # recent pymatgen keeps it in core, older releases in analysis
     from pymatgen.core.structure_prediction.substitution_probability import SubstitutionProbability
@@ -166,7 +166,9 @@ def _substituted(
     parent: Structure, counts: dict[str, float], states: dict[str, float | None], mapping: dict[str, Option]
 ) -> Structure:
     """The parent with every element replaced, its volume scaled by the ratio of the
-    summed atomic (or ionic) volumes so that it starts near a sensible density."""
+    summed atomic (or ionic) volumes so that it starts near a sensible density, and
+    expanded where that estimate squeezes atoms together (a small, highly charged
+    ion such as Cl7+ in a K+ site would otherwise collapse the cell)."""
     before = after = 0.0
     for element, count in counts.items():
         radius_before, radius_after = _radii(element, states[element], mapping[element])
@@ -175,7 +177,7 @@ def _substituted(
     species = [mapping[site.specie.symbol].element for site in parent]
     structure = Structure(parent.lattice, species, parent.frac_coords)
     structure.scale_lattice(parent.volume * after / before)
-    return structure
+    return expand_to_bond_ratio(structure)
 
 
 def substitute(

@@ -23,5 +23,6 @@ def make_oracle(config: dict | OracleConfig) -> Oracle:
         raise ValueError(f"unknown oracle kind {kind!r}; known kinds: {', '.join(ORACLE_KINDS)}")
     settings = OracleConfig.model_validate(data)
     return AseRelaxOracle(
-        settings.calculator, settings.fmax, settings.max_steps, settings.relax_cell, scale=settings.scale()
+        settings.calculator, settings.fmax, settings.max_steps, settings.relax_cell, scale=settings.scale(),
+        max_seconds=settings.max_seconds,
     )

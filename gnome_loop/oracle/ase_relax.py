@@ -58,11 +58,13 @@ class AseRelaxOracle:
     result says `steps` and `trajectory["converged"]`.
     """
 
-    def __init__(self, calculator: str, fmax: float, max_steps: int, relax_cell: bool, scale: str = "") -> None:
+    def __init__(self, calculator: str, fmax: float, max_steps: int, relax_cell: bool, scale: str = "",
+                 max_seconds: float | None = None) -> None:
         self.calculator = make_calculator(calculator)
         self.fmax = fmax
         self.max_steps = max_steps
         self.relax_cell = relax_cell
+        self.max_seconds = max_seconds
         self.name = f"ase:{calculator}"
         self.scale = scale or OracleConfig(calculator=calculator).scale()
 
@@ -75,6 +77,10 @@ class AseRelaxOracle:
         trajectory: dict = {"energies": [], "forces": [], "stresses": [], "cells": [], "positions": []}
 
         def record() -> None:
+            elapsed = time.perf_counter() - start
+            if self.max_seconds is not None and elapsed > self.max_seconds:
+                raise TimeoutError(f"time limit: {elapsed:.0f} s > {self.max_seconds} s after "
+                                   f"{len(trajectory['energies'])} steps")
             trajectory["energies"].append(float(atoms.get_potential_energy()))
             trajectory["forces"].append(atoms.get_forces().tolist())
             if has_stress:

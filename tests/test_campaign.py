@@ -1,0 +1,209 @@
+"""The campaign end to end on the EMT space: rounds, status, export, manual jobs,
+locking, failing jobs and bad configs."""
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from monty.serialization import loadfn
+from pymatgen.analysis.phase_diagram import PhaseDiagram
+from typer.testing import CliRunner
+
+from gnome_loop.campaign import Campaign
+from gnome_loop.cli import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_WAITING, app
+from gnome_loop.config import load_config, parse_config
+from gnome_loop.export import HULL_CSV_COLUMNS
+from gnome_loop.oracle.base import run_job
+from gnome_loop.store import campaign_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+CI_CONFIG = ROOT / "experiments" / "ci_emt" / "config.yaml"
+runner = CliRunner()
+
+
+def ci_config(**sections) -> dict:
+    """The CI EMT config with some sections updated."""
+    data = yaml.safe_load(CI_CONFIG.read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return data
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def hull_of(directory: Path) -> dict[str, float]:
+    campaign = Campaign(directory)
+    return {e["id"]: e["e_hull"] for e in campaign.store.entries(with_structure=False)}
+
+
+@pytest.fixture(scope="module")
+def emt_campaign(tmp_path_factory) -> Path:
+    """The CI campaign, run once to the end without interruption."""
+    directory = tmp_path_factory.mktemp("emt") / "campaign"
+    outcome = Campaign.create(load_config(CI_CONFIG), directory).run()
+    assert outcome.status == "done"
+    return directory
+
+
+def test_emt_campaign_completes_all_rounds(emt_campaign):
+    campaign = Campaign(emt_campaign)
+    table = campaign.round_table()
+    assert [row["round"] for row in table] == [0, 1, 2, 3]
+    assert all(row["stage"] == "done" for row in table)
+    for row in table[1:]:
+        assert row["generated"] > 0 and row["unique"] > 0
+        assert row["evaluated"] + row["failed"] == row["selected"] > 0
+        assert 0.0 <= row["hit_rate"] <= 1.0
+        assert row["filter_mae"] is not None
+    # every element of the space has a relaxed reference on the hull
+    refs = [e for e in campaign.store.entries(with_structure=False) if e["is_reference"]]
+    assert {e["reduced_formula"] for e in refs} >= set(campaign.config.chemical_space.elements)
+    # the discoveries of the rounds are on the hull too
+    assert sum(row["stable"] for row in table[1:]) > 0
+    # exactly one job per selected candidate, every job finished, every success stored once
+    selected = {c["id"] for c in campaign.store.candidates(selected=True)}
+    jobs = campaign.store.jobs()
+    assert sorted(j.candidate_id for j in jobs) == sorted(selected)
+    assert {j.state for j in jobs} <= {"done", "failed"}
+    entries = campaign.store.entries(with_structure=False)
+    assert sorted(e["candidate_id"] for e in entries) == sorted(j.candidate_id for j in jobs if j.state == "done")
+    # relaxation trajectories are kept
+    row = campaign.store.query("SELECT trajectory FROM entries WHERE round = 1 LIMIT 1")[0]
+    trajectory = json.loads(row["trajectory"])
+    assert len(trajectory["energies"]) == len(trajectory["forces"]) >= 1
+
+
+def test_status_and_export(emt_campaign):
+    result = runner.invoke(app, ["status", str(emt_campaign)])
+    assert result.exit_code == 0, result.output
+    assert "hit%" in result.output and "jobs: done" in result.output
+    result = runner.invoke(app, ["status", str(emt_campaign), "--json"])
+    assert json.loads(result.output)["rounds"][3]["stage"] == "done"
+
+    result = runner.invoke(app, ["export", str(emt_campaign)])
+    assert result.exit_code == 0, result.output
+    exports = emt_campaign / "exports"
+    with open(exports / "stable_materials_hull.csv") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == HULL_CSV_COLUMNS
+        rows = list(reader)
+    hull = hull_of(emt_campaign)
+    stable = {key for key, e in hull.items() if e is not None and e <= 5e-5}
+    assert {row["MaterialId"] for row in rows} == stable
+    assert any(row["Generator"] == "substitution" for row in rows)
+    # the entries file loads back into a PhaseDiagram with the same hull
+    entries = loadfn(exports / "entries.json.gz")
+    diagram = PhaseDiagram(entries)
+    for entry in entries:
+        assert diagram.get_e_above_hull(entry) == pytest.approx(hull[entry.entry_id], abs=1e-9)
+    assert (exports / "by_id.zip").stat().st_size > 0
+
+
+def test_bad_export_format(emt_campaign):
+    result = runner.invoke(app, ["export", str(emt_campaign), "--format", "pdf"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "unknown export format" in result.output
+
+
+def test_invalid_configs_fail_at_init(tmp_path):
+    cases = [
+        (ci_config(chemical_space={"elements": ["Cu", "Qq"]}), "chemical_space.elements"),
+        (ci_config(selection={"budget": -1}), "selection.budget"),
+        (ci_config(oracle={"kind": "orca"}), "oracle.kind"),
+    ]
+    missing = ci_config()
+    del missing["chemical_space"]
+    cases.append((missing, "chemical_space"))
+    for index, (data, field) in enumerate(cases):
+        target = tmp_path / f"c{index}"
+        result = runner.invoke(app, ["init", str(write_config(tmp_path / f"{index}.yaml", data)), "-d", str(target)])
+        assert result.exit_code == EXIT_BAD_INPUT
+        assert field in result.output
+        assert not target.exists()
+
+
+def test_init_refuses_an_existing_campaign(emt_campaign):
+    result = runner.invoke(app, ["init", str(CI_CONFIG), "-d", str(emt_campaign)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "already holds a campaign" in result.output
+
+
+def test_locked_campaign_is_refused_and_unchanged(tmp_path):
+    directory = tmp_path / "campaign"
+    Campaign.create(parse_config(ci_config(rounds=1)), directory)
+    with campaign_lock(directory):
+        result = runner.invoke(app, ["run", str(directory)])
+    assert result.exit_code == EXIT_LOCKED
+    assert "in use by pid" in result.output
+    campaign = Campaign(directory)
+    assert campaign.store.current_round() == (0, "snapshot")
+    assert campaign.store.candidates() == [] and campaign.store.jobs() == []
+    assert list((directory / "jobs").iterdir()) == []
+
+
+def test_manual_scheduler_waits_and_ingests_what_finished(tmp_path):
+    directory = tmp_path / "campaign"
+    config = ci_config(rounds=1, scheduler={"kind": "manual"}, selection={"budget": 4})
+    init = runner.invoke(app, ["init", str(write_config(tmp_path / "c.yaml", config)), "-d", str(directory)])
+    assert init.exit_code == 0, init.output
+
+    result = runner.invoke(app, ["run", str(directory)])
+    assert result.exit_code == EXIT_WAITING
+    assert "waiting for" in result.output
+    manifest = json.loads((directory / "jobs" / "manifest.json").read_text())
+    folders = sorted(Path(item["jobdir"]) for item in manifest)
+    campaign = Campaign(directory)
+    assert len(folders) == len(campaign.store.jobs()) > 2
+
+    half = folders[: len(folders) // 2]
+    for folder in half:
+        assert runner.invoke(app, ["run-job", str(folder)]).exit_code == 0
+    result = runner.invoke(app, ["resume", str(directory)])
+    assert result.exit_code == EXIT_WAITING
+    assert f"waiting for {len(folders) - len(half)} jobs" in result.output
+    done = {Path(directory / j.workdir).resolve() for j in campaign.store.jobs(states=["done"])}
+    assert done == {f.resolve() for f in half}
+    remaining = json.loads((directory / "jobs" / "manifest.json").read_text())
+    assert sorted(Path(item["jobdir"]) for item in remaining) == folders[len(half):]
+
+    for folder in folders[len(half):]:
+        run_job(folder)
+    result = runner.invoke(app, ["resume", str(directory)])
+    assert result.exit_code == EXIT_WAITING  # round 0 is done; round 1's jobs are out now
+    assert campaign.store.current_round() == (1, "wait")
+    for job in campaign.store.jobs(round_=1):
+        run_job(directory / job.workdir)
+    result = runner.invoke(app, ["resume", str(directory)])
+    assert result.exit_code == 0, result.output
+    assert campaign.store.current_round() == (1, "done")
+    assert campaign.store.job_counts() == {"done": len(campaign.store.jobs())}
+
+
+def test_failing_jobs_are_retried_then_recorded(tmp_path):
+    directory = tmp_path / "campaign"
+    config = ci_config(rounds=1, oracle={"calculator": "tests.fake_calculators:FlakyEMT", "max_attempts": 2})
+    outcome = Campaign.create(parse_config(config), directory).run()
+    assert outcome.status == "done"
+    campaign = Campaign(directory)
+    failed = campaign.store.jobs(states=["failed"])
+    assert failed and all(job.attempts == 2 for job in failed)
+    reasons = {job.error.split(":")[0] for job in failed}
+    assert {"RuntimeError", "non-finite energy", "exploded cell"} <= reasons
+    for job in failed:  # the first attempt's result is kept beside the job
+        assert (directory / job.workdir / "result.attempt1.json").exists()
+    done = campaign.store.jobs(states=["done"])
+    assert done and all(job.attempts == 1 for job in done)
+    table = campaign.round_table()
+    assert table[-1]["stage"] == "done"
+    assert sum(row["failed"] for row in table) == len(failed)
+    events = [row["msg"] for row in campaign.store.events(limit=500)]
+    assert any("will retry" in msg for msg in events)

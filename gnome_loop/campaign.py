@@ -85,9 +85,16 @@ class Campaign:
             raise StoreError(f"{self.dir} is not a campaign directory (no campaign.db); run `gnome-loop init`")
         self.config = load_config(self.dir / "config.yaml")
         self.store = Store(self.dir / "campaign.db")
+        frozen = self.store.meta("config_hash")
+        if frozen != self.config.digest():
+            raise ConfigError(
+                f"{self.dir / 'config.yaml'} was changed after init (settings hash {self.config.digest()}, "
+                f"campaign {frozen}); only 'rounds' and 'scheduler' may change: undo the other edits, "
+                "or start a new campaign with `gnome-loop init`")
         self.progress = progress
         self.say = say
         self._scheduler: Scheduler | None = None
+        self._hull_cache: Hull | None = None
 
     @classmethod
     def create(cls, config: CampaignConfig, directory: Path | str, **kwargs) -> "Campaign":
@@ -116,7 +123,11 @@ class Campaign:
                 while True:
                     round_, stage = self.store.current_round()
                     if stage == "done":
-                        return Outcome("done")
+                        if round_ >= self.config.rounds:
+                            return Outcome("done")
+                        with self.store.transaction():
+                            self.store.start_round(round_ + 1, ROUND_STAGES[0])
+                        continue
                     self.say(f"round {round_}: {stage}")
                     waiting = getattr(self, f"_stage_{stage}")(round_)
                     if waiting:
@@ -135,8 +146,6 @@ class Campaign:
             self.store.set_stage(round_, stages[following])
             return
         self.store.set_stage(round_, "done", finished=True)
-        if round_ < self.config.rounds:
-            self.store.start_round(round_ + 1, ROUND_STAGES[0])
 
     @property
     def scheduler(self) -> Scheduler:
@@ -308,7 +317,7 @@ class Campaign:
 
     def _stage_train(self, round_: int) -> int:
         started = time.time()
-        entries = [e for e in self.store.entries() if e["structure"] and e["scale"] == self._scale()]
+        entries = [e for e in self.store.entries() if e["structure"]]
         model = make_model(self.config.model)
         fit = model.fit([structure_from_json(e["structure"]) for e in entries],
                         np.array([e["energy_per_atom"] for e in entries]),
@@ -421,9 +430,15 @@ class Campaign:
         return self.store.meta("scale") or self.config.oracle.scale()
 
     def _hull(self) -> Hull:
-        entries = [ComputedEntry(Composition(e["composition"]), e["energy_corrected"], entry_id=e["id"])
-                   for e in self.store.entries(with_structure=False) if e["scale"] == self._scale()]
-        return Hull(entries)
+        """The campaign's hull, kept for the life of the process and given only the new
+        entries, so a stage rebuilds only the phase diagrams of systems that changed."""
+        if self._hull_cache is None:
+            self._hull_cache = Hull(scale=self._scale())
+        new = [ComputedEntry(Composition(e["composition"]), e["energy_corrected"], entry_id=e["id"],
+                             data={"scale": e["scale"]})
+               for e in self.store.entries(with_structure=False) if e["id"] not in self._hull_cache]
+        self._hull_cache.add(new)
+        return self._hull_cache
 
     def _model(self) -> EnergyModel:
         row = self.store.latest_model()
@@ -436,7 +451,7 @@ class Campaign:
         """All entries of the campaign's hull, loadable into a PhaseDiagram."""
         out = []
         for e in self.store.entries():
-            if e["scale"] != self._scale() or not e["structure"]:
+            if not e["structure"]:
                 continue
             out.append(ComputedStructureEntry(
                 structure_from_json(e["structure"]), e["energy_corrected"], entry_id=e["id"],

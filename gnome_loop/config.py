@@ -125,8 +125,14 @@ class CampaignConfig(_Section):
     scheduler: Scheduler = Scheduler()
 
     def digest(self) -> str:
-        """Hash of the validated config (provenance of exports)."""
-        return hashlib.sha1(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of the settings frozen at init (provenance of exports).
+
+        `rounds` and `scheduler` are left out: a user may extend a finished campaign
+        or move its jobs to another scheduler; everything else decides what the
+        campaign's data mean and must not change under it.
+        """
+        frozen = self.model_dump(exclude={"rounds", "scheduler"})
+        return hashlib.sha1(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _describe(error: ValidationError) -> str:

@@ -2,8 +2,11 @@
 locking, failing jobs and bad configs."""
 
 import csv
-import gzip
 import json
+import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +210,53 @@ def test_failing_jobs_are_retried_then_recorded(tmp_path):
     assert sum(row["failed"] for row in table) == len(failed)
     events = [row["msg"] for row in campaign.store.events(limit=500)]
     assert any("will retry" in msg for msg in events)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_matches_uninterrupted(tmp_path, emt_campaign):
+    directory = tmp_path / "campaign"
+    Campaign.create(load_config(CI_CONFIG), directory)
+    rng = random.Random(7)
+    interrupted_stages = []
+    for attempt in range(13):  # 12 runs killed at random moments, then one that may finish
+        process = subprocess.Popen([sys.executable, "-m", "gnome_loop.cli", "run", str(directory)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            code = process.wait(timeout=rng.uniform(1.5, 10.0) if attempt < 12 else 900)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            interrupted_stages.append(Campaign(directory).store.current_round())
+            continue
+        assert code == 0
+        break
+    else:
+        pytest.fail("the campaign did not finish after the kills")
+    assert len({stage for _, stage in interrupted_stages}) >= 3, interrupted_stages
+
+    resumed, reference = Campaign(directory), Campaign(emt_campaign)
+    selected = {c["id"] for c in resumed.store.candidates(selected=True)}
+    assert selected == {c["id"] for c in reference.store.candidates(selected=True)}
+    jobs = resumed.store.jobs()
+    assert sorted(j.candidate_id for j in jobs) == sorted(selected)  # one job per selected candidate
+    assert {j.state for j in jobs} == {"done"}
+    assert [j.attempts for j in jobs] == [1] * len(jobs)  # a killed run is re-run, never counted twice
+    assert hull_of(directory) == pytest.approx(hull_of(emt_campaign), abs=1e-9)
+
+
+def test_more_rounds_after_the_end_and_frozen_settings(tmp_path):
+    directory = tmp_path / "campaign"
+    config = ci_config(rounds=1, selection={"budget": 3})
+    assert Campaign.create(parse_config(config), directory).run().status == "done"
+    # extending the campaign: only `rounds` (and `scheduler`) may change after init
+    config["rounds"] = 2
+    write_config(directory / "config.yaml", config)
+    campaign = Campaign(directory)
+    assert campaign.run().status == "done"
+    assert [row["stage"] for row in campaign.round_table()] == ["done"] * 3
+    assert campaign.round_table()[2]["evaluated"] > 0
+    config["selection"]["ehull_threshold"] = 0.2
+    write_config(directory / "config.yaml", config)
+    result = runner.invoke(app, ["run", str(directory)])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "changed after init" in result.output

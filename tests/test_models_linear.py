@@ -143,3 +143,11 @@ def test_make_model_builds_the_configured_baseline():
     assert isinstance(model, LinearElementModel) and "baseline" in model.name
     with pytest.raises(ValueError, match="not fitted"):
         model.predict(random_structures(1))
+
+
+def test_elements_are_always_in_training():
+    elements = ["O2", "Cu", "Li", "Fe", "N2", "Cl2", "S", "Si", "Al", "Na", "K", "Mg"]
+    assert not all(is_train(f) for f in elements)  # the plain hash would hold some out
+    train, val = split_indices(elements + ["Li2O", "SiO2"])
+    assert sorted(train) == list(range(len(elements))) + [i for i in (12, 13) if is_train(["Li2O", "SiO2"][i - 12])]
+    assert 13 in val  # SiO2 is a validation formula

@@ -184,3 +184,12 @@ def test_chgnet_relaxes_rock_salt():
     assert math.isfinite(per_atom)
     assert -4.5 < per_atom < -2.5
     assert len(result.trajectory["stresses"]) == len(result.trajectory["energies"])
+
+
+def test_relaxation_past_its_time_limit_fails_with_the_reason(tmp_path):
+    oracle = {"kind": "ase", "calculator": "emt", "fmax": 0.001, "max_steps": 500, "relax_cell": True,
+              "max_seconds": 1e-6, "max_attempts": 1}
+    write_job(tmp_path, "j-1", "c-1", fcc_cu(), oracle, attempt=1)
+    result = run_job(tmp_path)
+    assert not result.ok
+    assert result.error.startswith("TimeoutError: time limit")

@@ -12,6 +12,7 @@ import hashlib
 from typing import Sequence
 
 import numpy as np
+from pymatgen.core import Composition
 
 
 def is_train(reduced_formula: str, train_percent: int = 85) -> bool:
@@ -22,7 +23,12 @@ def is_train(reduced_formula: str, train_percent: int = 85) -> bool:
 
 
 def split_indices(reduced_formulas: Sequence[str], train_percent: int = 85) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training and validation items of a list of reduced formulas."""
-    mask = np.array([is_train(formula, train_percent) for formula in reduced_formulas], dtype=bool)
+    """Indices of the training and validation items of a list of reduced formulas.
+
+    Elements are always in training: they are the hull's end points, known in every
+    campaign, and a model never has to predict them for a candidate.
+    """
+    mask = np.array([len(Composition(formula)) == 1 or is_train(formula, train_percent)
+                     for formula in reduced_formulas], dtype=bool)
     indices = np.arange(len(mask))
     return indices[mask], indices[~mask]

@@ -1,0 +1,72 @@
+"""Structure ids, validation reasons, squeezed-cell repair and bucketed dedup."""
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from gnome_loop.structures import (
+    bond_ratio,
+    expand_to_bond_ratio,
+    find_duplicates,
+    structure_id,
+    symmetry_label,
+    validate_structure,
+)
+
+
+def rocksalt(a: float = 5.64) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_id_ignores_site_order_and_wrapping():
+    s = rocksalt()
+    shuffled = Structure(s.lattice, list(reversed(s.species)), list(reversed(s.frac_coords + 1.0)))
+    assert structure_id(s) == structure_id(shuffled)
+    moved = s.copy()
+    moved.translate_sites([0], [0.01, 0, 0])
+    assert structure_id(s) != structure_id(moved)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: Structure(Lattice.cubic(3), [], []), "empty"),
+        (lambda: Structure(Lattice.cubic(4), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]]), "disordered"),
+        (lambda: Structure(Lattice.cubic(4), ["Cu", "Cu"], [[0, 0, 0], [np.nan, 0.5, 0.5]]), "non-finite"),
+        (lambda: rocksalt(), "outside-space"),
+        (lambda: Structure(Lattice.cubic(40), ["Cu"], [[0, 0, 0]]), "volume"),
+        (lambda: Structure(Lattice.cubic(5), ["Cu", "Cu"], [[0, 0, 0], [0.05, 0, 0]]), "overlapping-atoms"),
+        (lambda: rocksalt(2.6), "overlapping-atoms"),  # 1.3 Å Na-Cl: 0.48 bond lengths
+    ],
+)
+def test_validation_gives_the_reason(make, reason):
+    elements = None if reason != "outside-space" else ["Na", "K"]
+    assert validate_structure(make(), elements=elements).split(":")[0] == reason
+
+
+def test_limits_on_atoms_and_elements():
+    s = rocksalt()
+    assert validate_structure(s, max_atoms=4).startswith("too-many-atoms")
+    assert validate_structure(s, max_elements=1).startswith("too-many-elements")
+    assert validate_structure(s, elements=["Na", "Cl"], max_atoms=8, max_elements=2) is None
+
+
+def test_squeezed_cells_are_expanded_to_a_sane_bond_length():
+    squeezed = rocksalt(3.2)
+    assert bond_ratio(squeezed) < 0.8
+    fixed = expand_to_bond_ratio(squeezed)
+    assert bond_ratio(fixed) == pytest.approx(0.8)
+    assert expand_to_bond_ratio(rocksalt()).volume == pytest.approx(rocksalt().volume)
+
+
+def test_duplicates_found_inside_buckets_only():
+    base = rocksalt()
+    supercell = base * (2, 1, 1)
+    shifted = base.copy()
+    shifted.translate_sites(list(range(len(shifted))), [0.1, 0.2, 0.3])
+    other = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.4), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    items = [(key, symmetry_label(s), s) for key, s in
+             [("super", supercell), ("shifted", shifted), ("cscl", other), ("again", base.copy())]]
+    known = [("known", symmetry_label(base), base)]
+    assert find_duplicates(items, known) == {"super": "known", "shifted": "known", "again": "known"}
+    assert symmetry_label(other) != symmetry_label(base)

@@ -318,7 +318,7 @@ class Campaign:
     def _stage_train(self, round_: int) -> int:
         started = time.time()
         entries = [e for e in self.store.entries() if e["structure"]]
-        model = make_model(self.config.model)
+        model = make_model(self.config.model, seed=self.config.seed + round_)
         fit = model.fit([structure_from_json(e["structure"]) for e in entries],
                         np.array([e["energy_per_atom"] for e in entries]),
                         [e["reduced_formula"] for e in entries])

@@ -6,10 +6,12 @@ Exit codes: 0 done, 1 internal error, 2 bad input, 3 waiting for oracle jobs,
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
-from contextlib import contextmanager
+from collections import Counter
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -174,6 +176,99 @@ def run_job(jobdir: Path = typer.Argument(..., help="a job folder written by the
     else:
         out.print(f"{jobdir}: failed: {result.error}")
         raise typer.Exit(EXIT_INTERNAL)
+
+
+def _model_settings(**options):
+    """The `model` config section from command-line options, validated like a config."""
+    from pydantic import ValidationError
+
+    from gnome_loop.config import ConfigError, Model, _describe
+
+    try:
+        return Model(**options)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="labelled structures: a CSV(.gz) with a 'cif' column and the target, "
+                                "a monty-JSON entries file or an extxyz file"),
+    output: Path = typer.Option(..., "-o", "--output", help="directory to save the model in"),
+    kind: str = typer.Option("gnome", help="gnome (structure GNN ensemble), composition (ensemble) or linear"),
+    target: str = typer.Option("formation_energy_per_atom", help="column or key to learn, eV/atom; "
+                               "'energy_per_atom' is the entry or calculator energy"),
+    members: int = typer.Option(4, help="ensemble members"),
+    width: int = typer.Option(64, help="hidden width"),
+    epochs: int = typer.Option(300, help="most training epochs"),
+    cutoff: float = typer.Option(5.0, help="neighbour cutoff, Å"),
+    batch_size: int = typer.Option(32, help="structures per batch"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Train an energy model on DATA and save it to OUTPUT, without a campaign."""
+    from gnome_loop.models.base import make_model
+    from gnome_loop.models.data import read_labelled
+
+    with _reported_errors():
+        settings = _model_settings(kind=kind, members=members, width=width, epochs=epochs, cutoff=cutoff,
+                                   batch_size=batch_size)
+        _, structures, energies = read_labelled(data, target)
+        _say(f"training a {kind} model on {len(structures)} structures from {data}")
+        model = make_model(settings, seed=seed)
+        metrics = model.fit(structures, energies)
+        model.save(output)
+    out.print(f"saved a {model.name} to {output}")
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("val MAE, meV/atom", _fmt(metrics["val_mae"], 1000))
+    table.add_row("n_train", _fmt(metrics["n_train"]))
+    table.add_row("n_val", _fmt(metrics["n_val"]))
+    if metrics.get("spread_error_spearman") is not None:
+        table.add_row("spread/error Spearman", _fmt(metrics["spread_error_spearman"], digits=2))
+    out.print(table)
+
+
+PREDICTION_COLUMNS = ["id", "formula", "energy_per_atom", "uncertainty", "error"]
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """'2 × reason, 1 × other reason', most common first."""
+    return ", ".join(f"{count} × {reason}" for reason, count in Counter(counts).most_common())
+
+
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., help="a saved model (from `gnome-loop train` or a campaign)"),
+    structures: Path = typer.Argument(..., help="a .cif file, a folder or .zip of CIFs, a .csv(.gz) with a "
+                                      "'cif' column, an .extxyz file or a monty-JSON entries file"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="CSV to write (default: stdout)"),
+) -> None:
+    """Predict the energy per atom (eV/atom) and its uncertainty for STRUCTURES.
+
+    Structures the model refuses get empty values and the reason in the `error` column.
+    """
+    from gnome_loop.models.base import load_model
+    from gnome_loop.models.data import predict_rows, read_structures
+
+    with _reported_errors():
+        model = load_model(model_dir)
+        items, skipped = read_structures(structures)
+        if not items:
+            detail = f": {_counts(skipped)}" if skipped else ""
+            raise ValueError(f"{structures} holds no readable structures{detail}")
+        rows = predict_rows(model, items)
+        with open(output, "w", newline="") if output else nullcontext(sys.stdout) as handle:
+            writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value
+                                 for key, value in row.items()})
+    refused = Counter(row["error"].split(": ", 1)[-1] for row in rows if row["error"])
+    console.print(f"read {len(items)} structures from {structures}"
+                  + (f"; skipped {sum(skipped.values())}: {_counts(skipped)}" if skipped else ""))
+    console.print(f"predicted {len(rows) - sum(refused.values())}, refused {sum(refused.values())}"
+                  + (f": {_counts(refused)}" if refused else "") + (f"; wrote {output}" if output else ""))
 
 
 def main() -> None:

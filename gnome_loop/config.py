@@ -71,7 +71,17 @@ class Generators(_Section):
 
 
 class Model(_Section):
-    kind: Literal["linear"] = Field("linear", description="energy model that scores candidates")
+    kind: Literal["gnome", "composition", "linear"] = Field(
+        "gnome", description="energy model that scores candidates: the GNoME structure GNN ensemble, the "
+        "composition model ensemble, or the per-element linear baseline")
+    members: int = Field(4, ge=1, description="ensemble members (GNoME: 10)")
+    width: int = Field(64, ge=4, description="hidden width (GNoME: 256; 64 fits a laptop CPU)")
+    steps: int = Field(3, ge=1, le=8, description="message-passing steps (GNoME: 3 to 6)")
+    cutoff: float = Field(5.0, gt=1.0, le=10.0, description="neighbour cutoff, Å")
+    epochs: int = Field(300, ge=1, description="most training epochs per round")
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-4, gt=0, description="Adam, cosine-decayed (GNoME: about 5e-4)")
+    patience: int = Field(60, ge=1, description="epochs without validation improvement before stopping")
 
 
 class Selection(_Section):

@@ -53,14 +53,19 @@ class EnergyModel(Protocol):
 
 def _architectures() -> dict[str, type]:
     """Model classes by config kind (imported here: they import this module)."""
+    from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble
     from gnome_loop.models.linear import LinearElementModel
 
-    return {"linear": LinearElementModel}
+    return {"gnome": StructureEnsemble, "composition": CompositionEnsemble, "linear": LinearElementModel}
 
 
-def make_model(config: ModelConfig) -> EnergyModel:
+def make_model(config: ModelConfig, seed: int = 0) -> EnergyModel:
     """A fresh, untrained model of the kind named in the config's `model` section."""
-    return _architectures()[config.kind]()
+    cls = _architectures()[config.kind]
+    if config.kind == "linear":
+        return cls()
+    settings = config.model_dump(exclude={"kind"})
+    return cls(**settings, seed=seed)
 
 
 def load_model(directory: str | Path) -> EnergyModel:

@@ -1,0 +1,236 @@
+"""Ensembles of GNoME networks as energy models for the campaign.
+
+The target is the energy per atom as a residual over a per-element linear
+reference, standardised. K members are trained
+together under `jax.vmap`; the prediction is the median over members and the
+uncertainty their interquartile range (the standard deviation below 4 members).
+Validation is GNoME's split by an MD5 hash of the reduced formula.
+
+Checkpoints are safe formats only: `params.msgpack` (flax serialisation of the
+stacked parameters), `ensemble.json` (settings, reference, standardisation) and
+`model_card.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import serialization
+from pymatgen.core import Structure
+from scipy.stats import spearmanr
+
+from gnome_loop.models.base import data_hash, read_model_card, write_model_card
+from gnome_loop.models.composition import CompositionModel, batch_compositions
+from gnome_loop.models.gnome import StructureGNN
+from gnome_loop.models.graph import average_coordination, batch_graphs, crystal_graph
+from gnome_loop.models.linear import LinearElementModel
+from gnome_loop.models.split import split_indices
+from gnome_loop.models.train import TrainSettings, init_ensemble, make_predict, train_ensemble
+
+PARAMS_FILE = "params.msgpack"
+SETTINGS_FILE = "ensemble.json"
+
+
+class GNNEnsemble:
+    """Shared machinery; `StructureEnsemble` and `CompositionEnsemble` say what a sample is."""
+
+    name = "gnn-ensemble"
+
+    def __init__(self, members: int = 4, width: int = 64, steps: int = 3, cutoff: float = 5.0,
+                 epochs: int = 300, batch_size: int = 32, learning_rate: float = 5e-4, patience: int = 60,
+                 seed: int = 0) -> None:
+        self.settings = {"members": members, "width": width, "steps": steps, "cutoff": cutoff, "epochs": epochs,
+                         "batch_size": batch_size, "learning_rate": learning_rate, "patience": patience,
+                         "seed": seed}
+        self.reference = LinearElementModel()
+        self.shift, self.scale = 0.0, 1.0
+        self.avg_coordination = 10.0
+        self.params = None
+        self.metrics: dict = {}
+        self.data_hash = ""
+        self._predict = None
+
+    # --- what a sample is (overridden) -------------------------------------------------
+    def _module(self):
+        raise NotImplementedError
+
+    def _features(self, structures: Sequence[Structure]) -> list:
+        raise NotImplementedError
+
+    def _batch(self, features: list, fixed: bool = False):
+        """One padded batch; `fixed` pads to the one training shape (one compile per fit)."""
+        raise NotImplementedError
+
+    # --- batching ------------------------------------------------------------------------
+    def _batches(self, features: list, targets: np.ndarray | None, order: np.ndarray, fixed: bool = False):
+        size = self.settings["batch_size"]
+        out = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            padded = np.zeros(size + 1, np.float32)
+            if targets is not None:
+                padded[:len(chunk)] = targets[chunk]
+            out.append((self._batch([features[i] for i in chunk], fixed), padded))
+        return out
+
+    # --- EnergyModel protocol ------------------------------------------------------------
+    def fit(self, structures: list[Structure], energies_per_atom: np.ndarray,
+            formulas: list[str] | None = None) -> dict:
+        """Train on the formula-hash training split with early stopping on the rest."""
+        if not structures:
+            raise ValueError("cannot fit a model on no structures")
+        y = np.asarray(energies_per_atom, dtype=float)
+        formulas = formulas or [s.composition.reduced_formula for s in structures]
+        train, val = split_indices(formulas)
+        # The per-element reference is fitted on all data: a handful of numbers, and it
+        # makes every element of the data predictable (validation MAE is then very
+        # slightly optimistic; the network itself never sees validation targets).
+        self.reference.fit(structures, y, formulas)
+        residual = y - self.reference.predict(structures)[0]
+        self.shift = float(np.mean(residual[train]))
+        self.scale = float(np.std(residual[train])) or 1.0
+        targets = ((residual - self.shift) / self.scale).astype(np.float32)
+        features = self._features(structures)
+        self._prepare(features, train)
+        rng = np.random.default_rng(self.settings["seed"])
+        module = self._module()
+        val_batches = self._batches(features, targets, val) if len(val) else []
+        self.params, history = train_ensemble(
+            module, lambda epoch: self._batches(features, targets, rng.permutation(train), fixed=True), val_batches,
+            TrainSettings(members=self.settings["members"], epochs=self.settings["epochs"],
+                          learning_rate=self.settings["learning_rate"], patience=self.settings["patience"],
+                          seed=self.settings["seed"]))
+        self._predict = make_predict(module)
+        self.data_hash = data_hash(structures, y)
+        self.metrics = {"n_train": len(train), "n_val": len(val), "epochs": len(history["train_loss"]),
+                        "val_mae": None, "spread_error_spearman": None}
+        if len(val):
+            mean, spread = self.predict([structures[i] for i in val])
+            errors = np.abs(mean - y[val])
+            self.metrics["val_mae"] = float(np.mean(errors))
+            if len(val) > 2 and np.ptp(spread) > 0:
+                self.metrics["spread_error_spearman"] = float(spearmanr(spread, errors).statistic)
+        return self.metrics
+
+    def _prepare(self, features: list, train: np.ndarray) -> None:
+        """Data-set constants of the module (none by default)."""
+
+    def member_predictions(self, structures: Sequence[Structure]) -> np.ndarray:
+        """Energy per atom from every member: shape (members, structures)."""
+        if self.params is None:
+            raise ValueError(f"{self.name} is not trained: call fit() or load() first")
+        features = self._features(structures)
+        base = self.reference.predict(list(structures))[0]
+        size, out = self.settings["batch_size"], []
+        for start in range(0, len(features), size):
+            chunk = features[start:start + size]
+            out.append(np.asarray(self._predict(self.params, self._batch(chunk)))[:, :len(chunk)])
+        raw = np.concatenate(out, axis=1) if out else np.zeros((self.settings["members"], 0))
+        return raw * self.scale + self.shift + base[None, :]
+
+    def predict(self, structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
+        """Median energy per atom over members and its spread (IQR, or std below 4 members).
+
+        Raises ValueError naming the reason for a structure the network cannot take.
+        """
+        return median_and_spread(self.member_predictions(structures))
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / PARAMS_FILE).write_bytes(serialization.to_bytes(self.params))
+        state = {"settings": self.settings, "shift": self.shift, "scale": self.scale,
+                 "avg_coordination": self.avg_coordination,
+                 "reference": {"elements": self.reference.elements, "mu": self.reference.mu.tolist(),
+                               "residual_std": self.reference.residual_std}}
+        (directory / SETTINGS_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        write_model_card(directory, self.name, self.data_hash, {**self.metrics, "settings": self.settings})
+
+    @classmethod
+    def load(cls, directory: Path) -> "GNNEnsemble":
+        card = read_model_card(directory, architecture=cls.name)
+        state = json.loads((Path(directory) / SETTINGS_FILE).read_text())
+        model = cls(**state["settings"])
+        model.shift, model.scale = state["shift"], state["scale"]
+        model.avg_coordination = state["avg_coordination"]
+        model.reference.elements = state["reference"]["elements"]
+        model.reference.mu = np.array(state["reference"]["mu"])
+        model.reference.residual_std = state["reference"]["residual_std"]
+        model.metrics, model.data_hash = card["metrics"], card["data_hash"]
+        module = model._module()
+        template = init_ensemble(module, model._sample_batch(), model.settings["members"], 0)
+        try:
+            params = serialization.from_bytes(template, (Path(directory) / PARAMS_FILE).read_bytes())
+            same = jax.tree.map(np.shape, params) == jax.tree.map(np.shape, template)
+        except (ValueError, KeyError, TypeError) as error:
+            params, same = None, str(error)
+        if same is not True:
+            raise ValueError(f"{directory}: parameters do not fit the {cls.name} settings in {SETTINGS_FILE}"
+                             + (f" ({same})" if same else ""))
+        model.params = params
+        model._predict = make_predict(module)
+        return model
+
+    def _sample_batch(self):
+        raise NotImplementedError
+
+
+def median_and_spread(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median over the member axis and the interquartile range (std below 4 members)."""
+    median = np.median(members, axis=0)
+    if members.shape[0] >= 4:
+        spread = np.percentile(members, 75, axis=0) - np.percentile(members, 25, axis=0)
+    else:
+        spread = np.std(members, axis=0)
+    return median, spread
+
+
+class StructureEnsemble(GNNEnsemble):
+    """Ensemble of GNoME structure GNNs (crystal graphs within `cutoff`)."""
+
+    name = "gnome-structure-ensemble"
+
+    def _module(self) -> StructureGNN:
+        return StructureGNN(width=self.settings["width"], steps=self.settings["steps"],
+                            cutoff=self.settings["cutoff"], avg_coordination=self.avg_coordination)
+
+    def _features(self, structures):
+        return [crystal_graph(s, self.settings["cutoff"]) for s in structures]
+
+    def _batch(self, features, fixed=False):
+        nodes, edges = self._train_shape if fixed else (0, 0)
+        return batch_graphs(features, self.settings["batch_size"], self.settings["cutoff"], nodes, edges)
+
+    def _prepare(self, features, train):
+        graphs = [features[i] for i in train]
+        self.avg_coordination = average_coordination(graphs)
+        # the largest batch the training set can form: every training batch is padded to it
+        size = self.settings["batch_size"]
+        self._train_shape = (sum(sorted((g.n_node for g in graphs), reverse=True)[:size]) + 1,
+                             sum(sorted((g.n_edge for g in graphs), reverse=True)[:size]))
+
+    def _sample_batch(self):
+        return batch_graphs([], self.settings["batch_size"], self.settings["cutoff"])
+
+
+class CompositionEnsemble(GNNEnsemble):
+    """Ensemble of GNoME composition models (deep sets over formulas)."""
+
+    name = "gnome-composition-ensemble"
+
+    def _module(self) -> CompositionModel:
+        return CompositionModel(width=self.settings["width"])
+
+    def _features(self, structures):
+        return [s.composition for s in structures]
+
+    def _batch(self, features, fixed=False):
+        return batch_compositions(features, self.settings["batch_size"])
+
+    def _sample_batch(self):
+        return batch_compositions([], self.settings["batch_size"])
+

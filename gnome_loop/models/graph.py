@@ -1,0 +1,141 @@
+"""Crystal graphs for the GNNs: periodic neighbour lists and padded batches.
+
+A crystal graph has one node per atom of the cell and one directed edge per
+neighbour within the cutoff, periodic images included (pymatgen's
+`get_neighbor_list`, vectorised C code). Batches are padded to a few fixed sizes
+("buckets") so that XLA compiles a handful of shapes, not one per batch: padding
+nodes and edges belong to an extra, masked padding graph and never change a
+prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+from pymatgen.core import Structure
+
+from gnome_loop.structures import MIN_DISTANCE, minimum_distance
+
+#: Largest atomic number of the species embedding table (Z = 1 … 94); index 0 is padding.
+MAX_Z = 94
+
+
+class GraphError(ValueError):
+    """A structure that cannot become a graph, with the reason."""
+
+
+@dataclass(frozen=True)
+class CrystalGraph:
+    """One crystal: atomic numbers and directed edges (sender → receiver) with lengths in Å."""
+
+    species: np.ndarray
+    senders: np.ndarray
+    receivers: np.ndarray
+    distances: np.ndarray
+
+    @property
+    def n_node(self) -> int:
+        return len(self.species)
+
+    @property
+    def n_edge(self) -> int:
+        return len(self.senders)
+
+
+class GraphBatch(NamedTuple):
+    """Padded arrays of several graphs (a JAX pytree). The last graph is padding."""
+
+    species: np.ndarray  # (N,) int32, 0 on padding nodes
+    senders: np.ndarray  # (E,) int32
+    receivers: np.ndarray  # (E,) int32
+    distances: np.ndarray  # (E,) float32
+    node_graph: np.ndarray  # (N,) int32: graph index of each node
+    n_node: np.ndarray  # (G,) float32: real nodes per graph
+    node_mask: np.ndarray  # (N,) float32
+    edge_mask: np.ndarray  # (E,) float32
+    graph_mask: np.ndarray  # (G,) float32
+
+
+def graph_input_error(structure: Structure) -> str | None:
+    """Why `structure` cannot go into the network, or None. Checked before any model call."""
+    if len(structure) == 0:
+        return "empty structure: no atoms"
+    if not structure.is_ordered:
+        return "disordered structure: partial occupancies"
+    if not (np.all(np.isfinite(structure.cart_coords)) and np.all(np.isfinite(structure.lattice.matrix))):
+        return "NaN or infinite coordinates"
+    too_heavy = sorted({site.specie.symbol for site in structure if site.specie.Z > MAX_Z})
+    if too_heavy:
+        return f"element(s) {','.join(too_heavy)} outside the embedding table (Z <= {MAX_Z})"
+    distance = minimum_distance(structure)
+    if distance < MIN_DISTANCE:
+        return f"atoms {distance:.3f} Å apart (< {MIN_DISTANCE} Å)"
+    return None
+
+
+def crystal_graph(structure: Structure, cutoff: float) -> CrystalGraph:
+    """The periodic graph of `structure` within `cutoff` Å; raises GraphError with a reason."""
+    error = graph_input_error(structure)
+    if error:
+        raise GraphError(error)
+    centers, points, _, distances = structure.get_neighbor_list(r=cutoff)
+    return CrystalGraph(
+        species=np.array([site.specie.Z for site in structure], dtype=np.int32),
+        senders=points.astype(np.int32),
+        receivers=centers.astype(np.int32),
+        distances=distances.astype(np.float32),
+    )
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Smallest size of the form 2^k or 1.5·2^k that holds n (at least `minimum`)."""
+    size = minimum
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def batch_graphs(graphs: Sequence[CrystalGraph], n_graphs: int, cutoff: float,
+                 min_nodes: int = 0, min_edges: int = 0) -> GraphBatch:
+    """Pad `graphs` into one batch of `n_graphs` real slots plus a padding graph.
+
+    Node and edge counts are rounded up to a bucket (at least `min_nodes`,
+    `min_edges`: training pads every batch to one shape); padding edges join the
+    padding node to itself at a distance beyond the cutoff.
+    """
+    if len(graphs) > n_graphs:
+        raise ValueError(f"{len(graphs)} graphs do not fit a batch of {n_graphs}")
+    n_real_nodes = sum(g.n_node for g in graphs)
+    n_real_edges = sum(g.n_edge for g in graphs)
+    n_nodes = bucket(max(n_real_nodes + 1, min_nodes))
+    n_edges = bucket(max(n_real_edges, 1, min_edges))
+    pad_graph = n_graphs
+    species = np.zeros(n_nodes, np.int32)
+    node_graph = np.full(n_nodes, pad_graph, np.int32)
+    senders = np.full(n_edges, n_nodes - 1, np.int32)
+    receivers = np.full(n_edges, n_nodes - 1, np.int32)
+    distances = np.full(n_edges, 2.0 * cutoff, np.float32)
+    n_node = np.zeros(n_graphs + 1, np.float32)
+    node_at, edge_at = 0, 0
+    for index, graph in enumerate(graphs):
+        nodes = slice(node_at, node_at + graph.n_node)
+        edges = slice(edge_at, edge_at + graph.n_edge)
+        species[nodes] = graph.species
+        node_graph[nodes] = index
+        senders[edges] = graph.senders + node_at
+        receivers[edges] = graph.receivers + node_at
+        distances[edges] = graph.distances
+        n_node[index] = graph.n_node
+        node_at, edge_at = node_at + graph.n_node, edge_at + graph.n_edge
+    node_mask = (np.arange(n_nodes) < node_at).astype(np.float32)
+    edge_mask = (np.arange(n_edges) < edge_at).astype(np.float32)
+    graph_mask = (np.arange(n_graphs + 1) < len(graphs)).astype(np.float32)
+    return GraphBatch(species, senders, receivers, distances, node_graph, n_node, node_mask, edge_mask, graph_mask)
+
+
+def average_coordination(graphs: Sequence[CrystalGraph]) -> float:
+    """Mean number of neighbours per atom: GNoME divides summed messages by this constant."""
+    nodes = sum(g.n_node for g in graphs)
+    return max(1.0, sum(g.n_edge for g in graphs) / max(nodes, 1))

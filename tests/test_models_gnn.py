@@ -1,0 +1,141 @@
+"""The GNoME networks and their ensembles: they learn, they are invariant, padding is
+inert, bad inputs are refused before the network, checkpoints are safe and checked."""
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from gnome_loop.models.base import load_model
+from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble, median_and_spread
+from gnome_loop.models.gnome import StructureGNN
+from gnome_loop.models.graph import GraphError, batch_graphs, crystal_graph
+from gnome_loop.models.linear import LinearElementModel
+from gnome_loop.models.split import is_train
+from gnome_loop.models.train import init_ensemble, make_predict
+
+CUTOFF = 4.0
+
+
+def rocksalt(a=5.64, species=("Na", "Cl")):
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def perovskite(a=3.9):
+    return Structure.from_spacegroup("Pm-3m", Lattice.cubic(a), ["Sr", "Ti", "O"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])
+
+
+def random_model(members=3, width=32):
+    module = StructureGNN(width=width, steps=2, cutoff=CUTOFF, avg_coordination=8.0)
+    params = init_ensemble(module, batch_graphs([], 4, CUTOFF), members, seed=1)
+    predict = make_predict(module)
+
+    def energies(structures):
+        batch = batch_graphs([crystal_graph(s, CUTOFF) for s in structures], 4, CUTOFF)
+        return np.asarray(predict(params, batch))[:, :len(structures)]
+
+    return energies
+
+
+def test_invariant_to_permutation_translation_and_cell_choice():
+    energies = random_model()
+    base = perovskite()
+    permuted = Structure(base.lattice, list(reversed(base.species)), list(reversed(base.frac_coords)))
+    shifted = base.copy()
+    shifted.translate_sites(list(range(len(base))), [0.13, 0.27, 0.61])
+    supercell = base * (2, 1, 1)
+    conventional = rocksalt()
+    primitive = conventional.get_primitive_structure()
+    assert len(primitive) == 2 and len(conventional) == 8
+    out = energies([base, permuted, shifted, supercell])
+    for column in range(1, 4):
+        np.testing.assert_allclose(out[:, column], out[:, 0], atol=2e-5)
+    pair = energies([conventional, primitive])
+    np.testing.assert_allclose(pair[:, 0], pair[:, 1], atol=2e-5)
+
+
+def test_padding_never_changes_a_prediction():
+    energies = random_model()
+    alone = energies([perovskite()])[:, 0]
+    crowded = energies([rocksalt(), perovskite(), rocksalt(6.0, ("K", "Br"))])[:, 1]
+    np.testing.assert_allclose(alone, crowded, atol=2e-5)
+
+
+def test_members_differ_and_median_spread_is_per_structure():
+    members = random_model(members=5)([perovskite(), rocksalt()])
+    assert np.ptp(members[:, 0]) > 1e-4  # independent initialisations disagree
+    median, spread = median_and_spread(members)
+    np.testing.assert_allclose(median, np.median(members, axis=0))
+    np.testing.assert_allclose(spread, np.percentile(members, 75, 0) - np.percentile(members, 25, 0))
+    _, std = median_and_spread(members[:3])
+    np.testing.assert_allclose(std, np.std(members[:3], axis=0))
+
+
+@pytest.mark.parametrize(
+    "structure, reason",
+    [
+        (Structure(Lattice.cubic(4), [], []), "empty"),
+        (Structure(Lattice.cubic(5), ["Am", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]), "outside the embedding table"),
+        (Structure(Lattice.cubic(5), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]]), "apart"),
+        (Structure(Lattice.cubic(5), ["Na", "Cl"], [[0, 0, 0], [np.nan, 0.5, 0.5]]), "NaN"),
+    ],
+)
+def test_bad_inputs_are_refused_before_the_network(structure, reason):
+    with pytest.raises(GraphError, match=reason):
+        crystal_graph(structure, CUTOFF)
+
+
+def _training_set():
+    """Rock salts and perovskites whose formulas all fall on the training side of the split."""
+    structures = []
+    for a_ion, b_ion in [("Na", "Cl"), ("K", "Cl"), ("Li", "F"), ("Na", "F"), ("K", "Br"), ("Rb", "I"),
+                         ("Mg", "O"), ("Ca", "O"), ("Sr", "O"), ("Ba", "O"), ("Li", "Cl"), ("Cs", "F")]:
+        for a in (4.8, 5.4):  # two volumes of each formula: energies a composition model cannot fit
+            structures.append(rocksalt(a, (a_ion, b_ion)))
+    return [s for s in structures if is_train(s.composition.reduced_formula)]
+
+
+def test_structure_ensemble_overfits_a_tiny_set_and_beats_linear():
+    structures = _training_set()
+    # a structure-dependent energy: depends on the lattice constant, not only on composition
+    energies = np.array([-1.0 - 0.3 * len(s.composition) + 0.5 * (s.volume / len(s)) ** (1 / 3) % 1.0
+                         for s in structures])
+    model = StructureEnsemble(members=2, width=32, steps=2, cutoff=CUTOFF, epochs=400, batch_size=8,
+                              learning_rate=3e-3)
+    metrics = model.fit(structures, energies)
+    assert metrics["n_val"] == 0
+    predicted, _ = model.predict(structures)
+    gnn_mae = np.mean(np.abs(predicted - energies))
+    linear = LinearElementModel()
+    linear.fit(structures, energies)
+    linear_mae = np.mean(np.abs(linear.predict(structures)[0] - energies))
+    assert gnn_mae < 0.01
+    assert gnn_mae < linear_mae / 3
+
+
+def test_checkpoints_round_trip_and_are_checked(tmp_path):
+    structures = _training_set()
+    energies = np.linspace(-3, -1, len(structures))
+    for cls in (StructureEnsemble, CompositionEnsemble):
+        model = cls(members=2, width=16, steps=1, cutoff=CUTOFF, epochs=3, batch_size=8)
+        model.fit(structures, energies)
+        model.save(tmp_path / cls.name)
+        loaded = load_model(tmp_path / cls.name)
+        assert type(loaded) is cls
+        np.testing.assert_allclose(loaded.predict(structures)[0], model.predict(structures)[0], rtol=1e-6)
+        assert not list((tmp_path / cls.name).glob("*.pkl"))
+    with pytest.raises(ValueError, match="not 'gnome-structure-ensemble'"):
+        StructureEnsemble.load(tmp_path / CompositionEnsemble.name)
+    # a checkpoint whose parameters do not fit the stated settings
+    state = (tmp_path / StructureEnsemble.name / "ensemble.json")
+    state.write_text(state.read_text().replace('"width": 16', '"width": 24'))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_model(tmp_path / StructureEnsemble.name)
+
+
+def test_unknown_element_at_prediction_is_a_clear_error():
+    structures = _training_set()
+    model = CompositionEnsemble(members=2, width=16, epochs=2, batch_size=8)
+    model.fit(structures, np.linspace(-3, -1, len(structures)))
+    with pytest.raises(ValueError, match="Zr"):
+        model.predict([rocksalt(4.5, ("Zr", "C"))])

@@ -30,7 +30,7 @@ from gnome_loop.execute import Scheduler, make_scheduler
 from gnome_loop.export import stable_rows, write_cif_zip, write_entries_json, write_stable_hull_csv
 from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import STABLE_TOL, Hull
-from gnome_loop.metrics import classification, hit_rate, mean_absolute_error
+from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
 from gnome_loop.models.base import EnergyModel, load_model, make_model
 from gnome_loop.oracle.base import read_result, write_job
 from gnome_loop.select import Scored, select_candidates
@@ -336,7 +336,7 @@ class Campaign:
     def _stage_metrics(self, round_: int) -> int:
         started = time.time()
         rows = self.store.query(
-            "SELECT c.id, c.generator, c.explore, c.pred_energy, c.pred_ehull, e.energy_per_atom, e.e_hull,"
+            "SELECT c.id, c.generator, c.explore, c.pred_energy, c.pred_std, c.pred_ehull, e.energy_per_atom, e.e_hull,"
             " e.reduced_formula FROM candidates c JOIN jobs j ON j.candidate_id = c.id"
             " JOIN entries e ON e.candidate_id = c.id WHERE j.round = ? AND j.state = 'done'", (round_,))
         reference_formulas = {r["reduced_formula"] for r in self.store.query(
@@ -349,6 +349,8 @@ class Campaign:
             values["hit_rate"] = hit_rate(sum(stable), len(rows))
             values["filter_mae"] = mean_absolute_error([r["pred_energy"] for r in rows],
                                                        [r["energy_per_atom"] for r in rows])
+            values["spread_error_spearman"] = spread_error_correlation(
+                [r["pred_std"] for r in rows], [r["pred_energy"] for r in rows], [r["energy_per_atom"] for r in rows])
             predicted = [r["pred_ehull"] is not None and r["pred_ehull"] <= STABLE_TOL for r in rows]
             values.update(classification(predicted, stable))
             exploit = [s for r, s in zip(rows, stable) if not r["explore"]]
@@ -478,6 +480,7 @@ class Campaign:
                 "stable": metrics.get("stable"), "new_stable": metrics.get("new_stable"),
                 "hit_rate": metrics.get("hit_rate"), "filter_mae": metrics.get("filter_mae"),
                 "model_val_mae": metrics.get("model_val_mae"),
+                "spread_error_spearman": metrics.get("spread_error_spearman"),
                 "precision": metrics.get("precision"), "recall": metrics.get("recall"), "f1": metrics.get("f1"),
                 "daf": metrics.get("daf"),
                 "seconds": {k[len("seconds_"):]: v for k, v in metrics.items() if k.startswith("seconds_")},

@@ -117,6 +117,7 @@ STATUS_COLUMNS = {
     "stable": "evaluated and on the hull (E_hull <= 5e-5 eV/atom)", "new": "stable with a new composition",
     "hit%": "stable / evaluated", "MAE": "filter MAE on evaluated, meV/atom",
     "valMAE": "model validation MAE, meV/atom",
+    "ρ": "Spearman rank correlation of the ensemble spread with the filter error",
 }
 
 
@@ -128,7 +129,7 @@ def _print_status(campaign) -> None:
         table.add_row(str(row["round"]), row["stage"], _fmt(row["generated"]), _fmt(row["unique"]),
                       _fmt(row["selected"]), _fmt(row["evaluated"]), _fmt(row["failed"]), _fmt(row["stable"]),
                       _fmt(row["new_stable"]), _fmt(row["hit_rate"], 100, 1), _fmt(row["filter_mae"], 1000),
-                      _fmt(row["model_val_mae"], 1000))
+                      _fmt(row["model_val_mae"], 1000), _fmt(row["spread_error_spearman"], 1, 2))
     out.print(table)
     out.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in STATUS_COLUMNS.items()) + "[/]")
 

@@ -12,6 +12,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import spearmanr
 
 
 def hit_rate(n_stable: int, n_evaluated: int) -> float | None:
@@ -40,3 +41,14 @@ def classification(predicted_stable: Sequence[bool], stable: Sequence[bool]) -> 
     prevalence = float(true.mean()) if len(true) else None
     daf = precision / prevalence if precision is not None and prevalence else None
     return {"precision": precision, "recall": recall, "f1": f1, "daf": daf}
+
+
+def spread_error_correlation(spread: Sequence[float | None], predicted: Sequence[float | None],
+                             actual: Sequence[float]) -> float | None:
+    """Spearman correlation between the model's uncertainty and its absolute error: does
+    the ensemble know when it is wrong? None with fewer than 3 usable pairs or no spread."""
+    rows = [(s, abs(p - a)) for s, p, a in zip(spread, predicted, actual)
+            if s is not None and p is not None and math.isfinite(p) and math.isfinite(a)]
+    if len(rows) < 3 or len({s for s, _ in rows}) < 2:
+        return None
+    return float(spearmanr([s for s, _ in rows], [e for _, e in rows]).statistic)

@@ -46,3 +46,13 @@ def test_exploration_share_is_tagged_and_seeded():
                               rng=np.random.default_rng(3))
     assert again == picks
     assert len(picks) == 9  # the unused model share is not handed to exploration
+
+
+def test_spread_error_correlation():
+    from gnome_loop.metrics import spread_error_correlation
+
+    actual = [0.0, 0.0, 0.0, 0.0]
+    assert spread_error_correlation([0.1, 0.2, 0.3, 0.4], [0.01, 0.05, 0.1, 0.3], actual) == 1.0
+    assert spread_error_correlation([0.4, 0.3, 0.2, 0.1], [0.01, 0.05, 0.1, 0.3], actual) == -1.0
+    assert spread_error_correlation([0.1, 0.1, 0.1, 0.1], [0.01, 0.05, 0.1, 0.3], actual) is None
+    assert spread_error_correlation([0.1, None, 0.3], [0.01, 0.05, None], [0.0, 0.0, 0.0]) is None

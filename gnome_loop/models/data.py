@@ -238,14 +238,9 @@ def _extxyz_items(path: Path, target: str | None) -> Iterator[Item]:
 
 
 def _entry_items(path: Path, target: str | None) -> Iterator[Item]:
-    from monty.serialization import loadfn
+    from gnome_loop.snapshot.files import read_entries_list
 
-    try:
-        entries = loadfn(path)
-    except (ValueError, OSError, EOFError) as error:  # bad JSON, bad gzip, bad text
-        raise ValueError(f"{path} is not a readable entries file: {error}") from None
-    if not isinstance(entries, list):
-        raise ValueError(f"{path} must hold a JSON list of entries, not a {type(entries).__name__}")
+    entries = read_entries_list(path)
     data = [getattr(entry, "data", {}) for entry in entries]
     if target not in (None, ENERGY_PER_ATOM) and not any(target in keys for keys in data):
         raise _missing_target(path, target, {ENERGY_PER_ATOM, *(key for keys in data for key in keys)})

@@ -48,6 +48,17 @@ def _energy_scale(entries: list[ComputedEntry]) -> str:
     return "mp2020" if corrected else "uncorrected"
 
 
+def read_entries_list(path: str | Path) -> list:
+    """The list a monty-JSON entries file (optionally .gz) holds; ValueError if unreadable or not a list."""
+    try:
+        entries = loadfn(path)
+    except (ValueError, OSError, EOFError) as error:  # bad JSON, bad gzip, bad text
+        raise ValueError(f"entries file {path} is not readable JSON: {error}") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"entries file {path} must hold a JSON list of entries, not a {type(entries).__name__}")
+    return entries
+
+
 def load_entries_file(
     path: str | Path, elements: list[str] | None = None, max_elements: int | None = None
 ) -> list[KnownPhase]:
@@ -61,12 +72,7 @@ def load_entries_file(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"entries file {path} does not exist")
-    try:
-        entries = loadfn(path)
-    except (ValueError, OSError, EOFError) as error:  # bad JSON, bad gzip, bad text
-        raise ValueError(f"entries file {path} is not readable JSON: {error}") from None
-    if not isinstance(entries, list):
-        raise ValueError(f"entries file {path} must hold a JSON list of entries, not a {type(entries).__name__}")
+    entries = read_entries_list(path)
     for index, entry in enumerate(entries):
         if not isinstance(entry, ComputedEntry):
             raise ValueError(

@@ -14,7 +14,6 @@ node and edge counts, so padding is charged as waste, not as work.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,8 +28,7 @@ from gnome_loop.models.ensemble import StructureEnsemble
 from gnome_loop.models.gnome import N_GAUSSIANS
 from gnome_loop.models.graph import crystal_graph
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_filter.json"
+from common import DATA, RESULTS, write_results
 
 
 def candidate_structures(n: int) -> list[Structure]:
@@ -62,7 +60,7 @@ def network_flops(model: StructureEnsemble, n_nodes: int, n_edges: int, n_graphs
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--json", type=Path, default=RESULTS / "bench_filter.json")
     parser.add_argument("--chgnet-sample", type=int, default=None, help="structures timed with CHGNet")
     args = parser.parse_args()
     if not (DATA / "mp20_subset").is_dir():
@@ -109,8 +107,7 @@ def main() -> int:
     print(f"ratio {result['ratio_vs_chgnet']:.1f}x; time in graph building {100 * result['graph_share']:.0f} %, "
           f"network {100 * result['network_share']:.0f} %; network {result['network_gflops_per_s']:.1f} GFLOP/s "
           f"= {100 * result['peak_fraction']:.1f} % of an assumed {peak / 1e9:.0f} GFLOP/s peak ({cores} cores)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.json, result)
     return 0
 
 

@@ -29,8 +29,7 @@ from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import split_indices
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_model.json"
+from common import DATA, RESULTS, write_results
 
 
 def load_mp20(name: str) -> tuple[list[Structure], np.ndarray]:
@@ -73,7 +72,7 @@ def models(quick: bool, seed: int = 0) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller networks and fewer epochs (< 5 min)")
-    parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--json", type=Path, default=RESULTS / "bench_model.json")
     args = parser.parse_args()
     if not (DATA / "mp20_subset").is_dir():
         print(f"skipped: reference data not found at {DATA}")
@@ -109,8 +108,7 @@ def main() -> int:
             print(f"{data:<14}{name:<14}{1000 * row['val_mae']:>16.1f}{rho:>16}{row['fit_s']:>8.1f}")
     print(f"structure GNN vs linear on MP-20: {result['structure_vs_linear']:.2f}x lower MAE "
           f"({result['wall_s']:.0f} s in all)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.json, result)
     return 0
 
 

@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,12 @@ from monty.serialization import loadfn
 from pymatgen.analysis.phase_diagram import PhaseDiagram
 from typer.testing import CliRunner
 
-from gnome_loop.campaign import Campaign
+from gnome_loop.campaign import Campaign, stages_of
 from gnome_loop.cli import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_WAITING, app
 from gnome_loop.config import load_config, parse_config
 from gnome_loop.export import HULL_CSV_COLUMNS
 from gnome_loop.oracle.base import run_job
-from gnome_loop.store import campaign_lock
+from gnome_loop.store import Store, campaign_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_CONFIG = ROOT / "experiments" / "ci_emt" / "config.yaml"
@@ -212,28 +213,46 @@ def test_failing_jobs_are_retried_then_recorded(tmp_path):
     assert any("will retry" in msg for msg in events)
 
 
+def stage_position(round_stage: tuple[int, str] | None) -> int:
+    """Where (round, stage) lies in the campaign's run order; stage `done` ends its round."""
+    if round_stage is None:
+        return -1
+    round_, stage = round_stage
+    order = list(stages_of(round_)) + ["done"]
+    return 100 * round_ + order.index(stage)
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_matches_uninterrupted(tmp_path, emt_campaign):
     directory = tmp_path / "campaign"
     Campaign.create(load_config(CI_CONFIG), directory)
+    watcher = Store(directory / "campaign.db")
     rng = random.Random(7)
+    # each run is killed soon after the campaign reaches its target stage, so kills land in every
+    # slow stage of every round, whatever the speed of the machine
+    targets = [(0, "submit"), (0, "train"), (1, "generate"), (1, "select"), (1, "submit"), (1, "train"),
+               (2, "generate"), (2, "submit"), (2, "hull"), (3, "generate"), (3, "submit"), (3, "metrics")]
     interrupted_stages = []
-    for attempt in range(13):  # 12 runs killed at random moments, then one that may finish
+    for target in targets + [None]:  # the last run goes to the end
         process = subprocess.Popen([sys.executable, "-m", "gnome_loop.cli", "run", str(directory)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            # widening windows: early kills hit start-up and generation, later ones reach the jobs
-            code = process.wait(timeout=rng.uniform(1.5, 8.0 + 3.0 * attempt) if attempt < 12 else 900)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            interrupted_stages.append(Campaign(directory).store.current_round())
-            continue
-        assert code == 0
-        break
-    else:
-        pytest.fail("the campaign did not finish after the kills")
-    assert len({stage for _, stage in interrupted_stages}) >= 3, interrupted_stages
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            if target and stage_position(watcher.current_round()) >= stage_position(target):
+                time.sleep(rng.uniform(0.0, 0.5))  # somewhere inside the stage
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                interrupted_stages.append(watcher.current_round())
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            pytest.fail(f"the campaign neither reached {target} nor finished in 10 minutes")
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, f"a run failed on its own (exit {process.returncode})"
+    assert process.returncode == 0, "the last run did not finish the campaign"
+    assert len(interrupted_stages) >= 8, interrupted_stages
+    assert {"generate", "submit"} <= {stage for _, stage in interrupted_stages}, interrupted_stages
 
     resumed, reference = Campaign(directory), Campaign(emt_campaign)
     selected = {c["id"] for c in resumed.store.candidates(selected=True)}

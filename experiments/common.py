@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The reference data (../shared/data beside the checkout); GNOME_LOOP_DATA points elsewhere.
+DATA = Path(os.environ.get("GNOME_LOOP_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -19,7 +19,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterable, Iterator
 
 import numpy as np
 from pymatgen.core import Composition
@@ -28,6 +28,10 @@ from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEn
 from gnome_loop.config import CampaignConfig, ConfigError, dump_config, load_config
 from gnome_loop.execute import Scheduler, make_scheduler
 from gnome_loop.export import stable_rows, write_cif_zip, write_entries_json, write_stable_hull_csv
+from gnome_loop.generate.composition import enumerate_candidates, placeholder_structure
+from gnome_loop.generate.imported import import_structures
+from gnome_loop.generate.random_search import random_search
+from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import STABLE_TOL, Hull
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
@@ -38,6 +42,7 @@ from gnome_loop.snapshot import load_snapshot
 from gnome_loop.snapshot.prototypes import prototype_templates
 from gnome_loop.store import Job, Store, StoreError, campaign_lock
 from gnome_loop.structures import (
+    Candidate,
     find_duplicates,
     structure_from_json,
     structure_to_json,
@@ -102,9 +107,16 @@ class Campaign:
         directory = Path(directory)
         if (directory / "campaign.db").exists():
             raise ConfigError(f"{directory} already holds a campaign; choose another directory")
+        config = config.model_copy(deep=True)
+        imported = config.generators.imported
+        missing = [path for path in imported.paths if not Path(path).exists()]
+        if missing:
+            raise ConfigError(f"generators.import.paths: {', '.join(missing)} not found")
         directory.mkdir(parents=True, exist_ok=True)
         for sub in ("jobs", "models", "exports"):
             (directory / sub).mkdir(exist_ok=True)
+        # import paths are kept absolute: the campaign may be resumed from another folder
+        imported.paths = [str(Path(path).resolve()) for path in imported.paths]
         dump_config(config, directory / "config.yaml")
         store = Store(directory / "campaign.db", create=True)
         with store.transaction():
@@ -198,37 +210,97 @@ class Campaign:
     def _stage_generate(self, round_: int) -> int:
         started = time.time()
         space = self.config.chemical_space
-        settings = self.config.generators.substitution
-        entries = self.store.entries()
         proposed = self.store.candidate_ids()
         rows, generated, rejected = [], Counter(), Counter()
-        if settings.enabled:
-            parents = [(e["id"], structure_from_json(e["structure"])) for e in entries if e["structure"]]
-            if settings.parents == "known+prototypes":
-                parents += prototype_templates()
-            candidates = substitute(
-                parents, space.elements, {e["reduced_formula"] for e in entries},
-                threshold=settings.threshold, alpha=settings.alpha, max_elements=space.max_elements,
-                max_atoms=space.max_atoms, charge_balanced=settings.charge_balanced)
+        by_generator: dict[str, Counter] = {}
+        marks: dict[str, str] = {}
+        for name, budget, candidates, import_rejects in self._proposals(round_, marks):
+            kept = 0
+            counts = by_generator.setdefault(name, Counter(import_rejects))
             for candidate in candidates:
-                if len(rows) >= settings.max_candidates:
+                if kept >= budget:
                     break
                 if candidate.id in proposed:
                     continue
-                generated["substitution"] += 1
+                proposed.add(candidate.id)
+                generated[name] += 1
                 reason = validate_structure(candidate.structure, space.elements, space.max_atoms, space.max_elements)
                 if reason:
-                    rejected[reason.split(":")[0]] += 1
+                    counts[reason.split(":")[0]] += 1
                     continue
+                kept += 1
                 rows.append(_candidate_row(candidate.id, round_, candidate.generator, candidate.structure,
                                            candidate.parent_ids, candidate.info))
+        for counts in by_generator.values():
+            rejected.update(counts)
         with self.store.transaction():
             added = self.store.add_candidates(rows)
-            self.store.update_round_metrics(round_, {"generated": dict(generated), "rejected": dict(rejected),
-                                                     "valid": added})
+            for key, value in marks.items():
+                self.store.set_meta(key, value)
+            self.store.update_round_metrics(round_, {
+                "generated": dict(generated), "rejected": dict(rejected), "valid": added,
+                "rejected_by_generator": {name: dict(c) for name, c in by_generator.items() if c}})
             self.store.log("generate", f"round {round_}: {added} candidates, {sum(rejected.values())} rejected")
             self._advance(round_, "generate", started)
         return 0
+
+    def _proposals(self, round_: int, marks: dict[str, str]) -> Iterator[tuple[str, int, Iterable[Candidate], Counter]]:
+        """Each enabled generator's name, budget per round, candidates (best first) and
+        the rejects it counted itself. An import file's rejects count in the first round
+        that reads it; `marks` collects the store flags that say so."""
+        space, generators = self.config.chemical_space, self.config.generators
+        entries = self.store.entries()
+        known = {e["reduced_formula"] for e in entries}
+        structures = [(e["id"], structure_from_json(e["structure"])) for e in entries if e["structure"]]
+
+        def parents(choice: str) -> list:
+            return structures + prototype_templates() if choice == "known+prototypes" else structures
+
+        settings = generators.substitution
+        if settings.enabled:
+            yield "substitution", settings.max_candidates, substitute(
+                parents(settings.parents), space.elements, known, threshold=settings.threshold,
+                alpha=settings.alpha, max_elements=space.max_elements, max_atoms=space.max_atoms,
+                charge_balanced=settings.charge_balanced), Counter()
+        settings = generators.saps
+        if settings.enabled:
+            yield "saps", settings.max_candidates, saps(
+                parents(settings.parents), space.elements, known, threshold=settings.threshold,
+                alpha=settings.alpha, max_elements=space.max_elements, max_atoms=space.max_atoms,
+                max_per_parent=settings.max_per_parent, supercell=settings.supercell), Counter()
+        seed = self.config.seed * 1000 + round_  # a new draw every round, the same on a re-run
+        settings = generators.random
+        if settings.enabled and settings.compositions:
+            yield "random", settings.max_candidates, random_search(
+                settings.compositions, settings.per_composition, space.elements, space.max_atoms, seed=seed,
+                time_limit=settings.time_limit), Counter()
+        settings = generators.composition
+        if settings.enabled:
+            yield "composition", settings.max_candidates, enumerate_candidates(
+                space.elements, known, settings.n_compositions, settings.per_composition,
+                max_elements=space.max_elements, max_atoms=space.max_atoms,
+                model_predict=self._composition_scorer(), seed=seed, time_limit=settings.time_limit), Counter()
+        for path in generators.imported.paths:
+            report = import_structures(path, space.elements, space.max_atoms, space.max_elements)
+            key = f"imported:{Path(path).resolve()}"
+            first_time = self.store.meta(key) is None
+            if first_time:
+                marks[key] = json.dumps(report.to_json())
+            yield "import", generators.imported.max_candidates, report.accepted, (
+                report.rejected if first_time else Counter())
+
+    def _composition_scorer(self) -> Callable[[list[str]], list[float | None]] | None:
+        """Predicted distance to the hull of formulas, from the campaign's model when it is
+        a composition model (GNoME's composition pipeline); None otherwise."""
+        if self.config.model.kind != "composition":
+            return None
+        model, hull = self._model(), self._hull()
+
+        def energy_above_hull(formulas: list[str]) -> list[float | None]:
+            energies, _ = model.predict([placeholder_structure(f) for f in formulas])
+            return [hull.e_hull_of(f, e * Composition(f).num_atoms) for f, e in zip(formulas, energies)]
+
+        return energy_above_hull
 
     def _stage_dedup(self, round_: int) -> int:
         started = time.time()
@@ -355,6 +427,12 @@ class Campaign:
             values.update(classification(predicted, stable))
             exploit = [s for r, s in zip(rows, stable) if not r["explore"]]
             values["hit_rate_exploit"] = hit_rate(sum(exploit), len(exploit))
+            by_generator: dict[str, list[bool]] = {}
+            for row, is_stable in zip(rows, stable):
+                by_generator.setdefault(row["generator"], []).append(is_stable)
+            values["by_generator"] = {name: {"evaluated": len(flags), "stable": sum(flags),
+                                             "hit_rate": hit_rate(sum(flags), len(flags))}
+                                      for name, flags in sorted(by_generator.items())}
         with self.store.transaction():
             self.store.update_round_metrics(round_, values)
             self.store.log("round", f"round {round_} done: {values}")
@@ -475,6 +553,8 @@ class Campaign:
                 "round": row["round"], "stage": row["stage"],
                 "generated": sum(generated.values()) if generated is not None else metrics.get("references"),
                 "generated_by": generated or {}, "rejected": metrics.get("rejected", {}),
+                "rejected_by_generator": metrics.get("rejected_by_generator", {}),
+                "by_generator": metrics.get("by_generator", {}),
                 "unique": metrics.get("unique"), "selected": selected.get(row["round"], 0),
                 "evaluated": counts.get("done", 0), "failed": counts.get("failed", 0),
                 "stable": metrics.get("stable"), "new_stable": metrics.get("new_stable"),

@@ -66,8 +66,45 @@ class SubstitutionGenerator(_Section):
     charge_balanced: bool = True
 
 
+class SapsGenerator(_Section):
+    enabled: bool = True
+    threshold: float = Field(0.001, gt=0, le=1, description="Hautier probability cut-off of the ion swap")
+    alpha: float = Field(-5.0, description="lambda of never-observed substitutions")
+    max_candidates: int = Field(300, ge=0, description="most candidates per round")
+    max_per_parent: int = Field(20, ge=1, description="most candidates from one parent structure")
+    parents: Literal["known", "known+prototypes"] = "known+prototypes"
+    supercell: Optional[list[int]] = Field(None, description="repeat parents by [a, b, c] first (within max_atoms)")
+
+
+class RandomGenerator(_Section):
+    enabled: bool = False
+    compositions: list[str] = Field([], description="formulas to search, e.g. ['Li2O', 'MgAl2O4']")
+    per_composition: int = Field(5, ge=1, description="random cells per composition and round")
+    max_candidates: int = Field(100, ge=0, description="most candidates per round")
+    time_limit: float = Field(60.0, gt=0, description="seconds of random search per round")
+
+
+class CompositionGenerator(_Section):
+    enabled: bool = False
+    n_compositions: int = Field(10, ge=1, description="best-scored new formulas handed to random search per round")
+    per_composition: int = Field(4, ge=1, description="random cells per formula")
+    max_candidates: int = Field(40, ge=0, description="most candidates per round")
+    time_limit: float = Field(60.0, gt=0, description="seconds of random search per round")
+
+
+class ImportGenerator(_Section):
+    paths: list[str] = Field([], description="zip/folder/CSV(.gz)/extxyz of structures from generative models")
+    max_candidates: int = Field(200, ge=0, description="most imported candidates per round (the rest wait)")
+
+
 class Generators(_Section):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     substitution: SubstitutionGenerator = SubstitutionGenerator()
+    saps: SapsGenerator = SapsGenerator()
+    random: RandomGenerator = RandomGenerator()
+    composition: CompositionGenerator = CompositionGenerator()
+    imported: ImportGenerator = Field(ImportGenerator(), alias="import")
 
 
 class Model(_Section):
@@ -77,11 +114,21 @@ class Model(_Section):
     members: int = Field(4, ge=1, description="ensemble members (GNoME: 10)")
     width: int = Field(64, ge=4, description="hidden width (GNoME: 256; 64 fits a laptop CPU)")
     steps: int = Field(3, ge=1, le=8, description="message-passing steps (GNoME: 3 to 6)")
-    cutoff: float = Field(5.0, gt=1.0, le=10.0, description="neighbour cutoff, Å")
+    cutoff: float = Field(4.0, gt=1.0, le=10.0, description="neighbour cutoff, Å (GNoME: 4)")
     epochs: int = Field(300, ge=1, description="most training epochs per round")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-4, gt=0, description="Adam, cosine-decayed (GNoME: about 5e-4)")
     patience: int = Field(60, ge=1, description="epochs without validation improvement before stopping")
+    volume_augmentation: list[float] = Field(
+        [], description="volume factors also tried at prediction, lowest energy kept (e.g. [0.9, 1.1]); "
+        "the structure model only")
+
+    @field_validator("volume_augmentation")
+    @classmethod
+    def _positive_factors(cls, value: list[float]) -> list[float]:
+        if any(not 0.5 <= factor <= 2.0 for factor in value):
+            raise ValueError("volume factors must lie between 0.5 and 2.0")
+        return value
 
 
 class Selection(_Section):
@@ -139,9 +186,11 @@ class CampaignConfig(_Section):
 
         `rounds` and `scheduler` are left out: a user may extend a finished campaign
         or move its jobs to another scheduler; everything else decides what the
-        campaign's data mean and must not change under it.
+        campaign's data mean and must not change under it. Settings left at their
+        defaults are left out too, so that a newer gnome_loop adding a setting can
+        still resume a campaign made before.
         """
-        frozen = self.model_dump(exclude={"rounds", "scheduler"})
+        frozen = self.model_dump(exclude={"rounds", "scheduler"}, exclude_defaults=True)
         return hashlib.sha1(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -184,4 +233,4 @@ def load_config(path: str | Path) -> CampaignConfig:
 
 def dump_config(config: CampaignConfig, path: str | Path) -> None:
     """Write the validated config (all defaults filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(config.model_dump(by_alias=True), sort_keys=False))

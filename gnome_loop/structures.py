@@ -159,7 +159,7 @@ def expand_to_bond_ratio(structure: Structure, floor: float = 0.8) -> Structure:
     return scaled
 
 
-def symmetry_label(structure: Structure, symprec: float = 0.1) -> str:
+def symmetry_label(structure: Structure, symprec: float = 0.01) -> str:
     """Reduced formula plus space-group number: the dedup bucket of a structure."""
     try:
         number = SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number()

@@ -280,3 +280,37 @@ def test_more_rounds_after_the_end_and_frozen_settings(tmp_path):
     result = runner.invoke(app, ["run", str(directory)])
     assert result.exit_code == EXIT_BAD_INPUT
     assert "changed after init" in result.output
+
+
+def test_every_generator_feeds_the_campaign_and_status_counts_them(tmp_path):
+    """SAPS, substitution, random search and an import (with a broken file) in one round."""
+    from pymatgen.core import Lattice, Structure
+
+    archive = tmp_path / "generated.zip"
+    good = Structure(Lattice.cubic(3.7), ["Cu", "Au", "Au", "Au"],
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    import zipfile
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("good.cif", good.to(fmt="cif"))
+        handle.writestr("truncated.cif", good.to(fmt="cif")[:200])
+        handle.writestr("foreign.cif", Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]])
+                        .to(fmt="cif"))
+    data = ci_config(rounds=1, generators={
+        "substitution": {"max_candidates": 20},
+        "saps": {"max_candidates": 20},
+        "random": {"enabled": True, "compositions": ["CuAu", "AgPd3"], "per_composition": 2, "time_limit": 20},
+        "import": {"paths": [str(archive)]}})
+    directory = tmp_path / "c"
+    campaign = Campaign.create(parse_config(data), directory)
+    campaign.run()
+    first = campaign.round_table()[1]
+    assert set(first["generated_by"]) == {"substitution", "saps", "random", "import"}
+    assert first["generated_by"]["random"] == 4
+    assert first["generated_by"]["import"] == 1  # the good CIF; the broken ones were counted, not generated
+    assert first["rejected_by_generator"]["import"] == {"unparseable": 1, "outside-space": 1}
+    evaluated = sum(v["evaluated"] for v in first["by_generator"].values())
+    assert evaluated == first["evaluated"] > 0
+    generators = {row["generator"] for row in campaign.store.candidates(round_=1)}
+    assert generators == {"substitution", "saps", "random", "import"}
+    result = CliRunner().invoke(app, ["status", str(directory)])
+    assert result.exit_code == 0 and "by generator" in result.output and "saps" in result.output

@@ -139,3 +139,37 @@ def test_unknown_element_at_prediction_is_a_clear_error():
     model.fit(structures, np.linspace(-3, -1, len(structures)))
     with pytest.raises(ValueError, match="Zr"):
         model.predict([rocksalt(4.5, ("Zr", "C"))])
+
+
+def test_volume_augmentation_keeps_each_members_lowest_energy(tmp_path):
+    structures = _training_set()
+    model = StructureEnsemble(members=2, width=16, steps=1, cutoff=CUTOFF, epochs=3, batch_size=8)
+    model.fit(structures, np.linspace(-3, -1, len(structures)))
+    plain = model.member_predictions(structures)
+    by_volume = [plain]
+    for factor in (0.9, 1.1):
+        scaled = [s.copy() for s in structures]
+        for s in scaled:
+            s.scale_lattice(s.volume * factor)
+        by_volume.append(model.member_predictions(scaled))
+    model.settings["volume_augmentation"] = [0.9, 1.1]
+    np.testing.assert_allclose(model.member_predictions(structures), np.min(by_volume, axis=0), rtol=1e-6)
+    model.save(tmp_path / "tta")  # the option travels with the checkpoint
+    assert load_model(tmp_path / "tta").settings["volume_augmentation"] == [0.9, 1.1]
+
+
+def test_training_batches_are_packed_into_one_budget():
+    from gnome_loop.models.graph import pack_graphs
+
+    graphs = [crystal_graph(s, CUTOFF) for s in _training_set()]
+    order = np.random.default_rng(0).permutation(len(graphs))
+    max_nodes = max(g.n_node for g in graphs) * 3 + 1
+    max_edges = max(g.n_edge for g in graphs) * 3
+    batches = pack_graphs(graphs, order, 4, max_nodes, max_edges)
+    np.testing.assert_array_equal(np.concatenate(batches), order)  # every graph once, in order
+    for batch in batches:
+        assert len(batch) <= 4
+        assert sum(graphs[i].n_node for i in batch) + 1 <= max_nodes
+        assert sum(graphs[i].n_edge for i in batch) <= max_edges
+    with pytest.raises(ValueError, match="exceeds the batch budget"):
+        pack_graphs(graphs, order, 4, 2, max_edges)

@@ -39,13 +39,17 @@ LAMBDA_TABLE = Path(inspect.getfile(SubstitutionProbability)).parent / "data" / 
 CHARGE_TOLERANCE = 1e-6
 
 
-@functools.lru_cache(maxsize=4)
 def substitution_model(alpha: float = -5.0, clamped: bool = True) -> SubstitutionProbability:
     """pymatgen's substitution model, with pair weights clamped at λ ≥ 0 as in GNoME.
 
     `alpha` is the λ of pairs never seen in the data. Building the model takes about
     a second, so each (alpha, clamped) is built once per process.
     """
+    return _cached_model(float(alpha), bool(clamped))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(alpha: float, clamped: bool) -> SubstitutionProbability:
     rows = loadfn(LAMBDA_TABLE)
     if clamped:
         rows = [[first, second, max(weight, 0.0)] for first, second, weight in rows]

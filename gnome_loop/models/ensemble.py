@@ -26,13 +26,15 @@ from scipy.stats import spearmanr
 from gnome_loop.models.base import data_hash, read_model_card, write_model_card
 from gnome_loop.models.composition import CompositionModel, batch_compositions
 from gnome_loop.models.gnome import StructureGNN
-from gnome_loop.models.graph import average_coordination, batch_graphs, crystal_graph
+from gnome_loop.models.graph import average_coordination, batch_graphs, bucket, crystal_graph, pack_graphs
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import split_indices
 from gnome_loop.models.train import TrainSettings, init_ensemble, make_predict, train_ensemble
 
 PARAMS_FILE = "params.msgpack"
 SETTINGS_FILE = "ensemble.json"
+#: Training batches hold up to this multiple of an average batch's nodes and edges.
+PACKING_SLACK = 1.1
 
 
 class GNNEnsemble:
@@ -40,12 +42,12 @@ class GNNEnsemble:
 
     name = "gnn-ensemble"
 
-    def __init__(self, members: int = 4, width: int = 64, steps: int = 3, cutoff: float = 5.0,
+    def __init__(self, members: int = 4, width: int = 64, steps: int = 3, cutoff: float = 4.0,
                  epochs: int = 300, batch_size: int = 32, learning_rate: float = 5e-4, patience: int = 60,
-                 seed: int = 0) -> None:
+                 seed: int = 0, volume_augmentation: Sequence[float] = ()) -> None:
         self.settings = {"members": members, "width": width, "steps": steps, "cutoff": cutoff, "epochs": epochs,
                          "batch_size": batch_size, "learning_rate": learning_rate, "patience": patience,
-                         "seed": seed}
+                         "seed": seed, "volume_augmentation": [float(v) for v in volume_augmentation]}
         self.reference = LinearElementModel()
         self.shift, self.scale = 0.0, 1.0
         self.avg_coordination = 10.0
@@ -66,12 +68,15 @@ class GNNEnsemble:
         raise NotImplementedError
 
     # --- batching ------------------------------------------------------------------------
-    def _batches(self, features: list, targets: np.ndarray | None, order: np.ndarray, fixed: bool = False):
+    def _chunks(self, features: list, order: np.ndarray, fixed: bool) -> list[np.ndarray]:
+        """The samples of each batch, in `order`: `batch_size` at a time by default."""
         size = self.settings["batch_size"]
+        return [order[start:start + size] for start in range(0, len(order), size)]
+
+    def _batches(self, features: list, targets: np.ndarray | None, order: np.ndarray, fixed: bool = False):
         out = []
-        for start in range(0, len(order), size):
-            chunk = order[start:start + size]
-            padded = np.zeros(size + 1, np.float32)
+        for chunk in self._chunks(features, order, fixed):
+            padded = np.zeros(self.settings["batch_size"] + 1, np.float32)
             if targets is not None:
                 padded[:len(chunk)] = targets[chunk]
             out.append((self._batch([features[i] for i in chunk], fixed), padded))
@@ -205,13 +210,36 @@ class StructureEnsemble(GNNEnsemble):
         nodes, edges = self._train_shape if fixed else (0, 0)
         return batch_graphs(features, self.settings["batch_size"], self.settings["cutoff"], nodes, edges)
 
+    def member_predictions(self, structures: Sequence[Structure]) -> np.ndarray:
+        """Energy per atom from every member; with `volume_augmentation` each member's
+        lowest energy over the cell as given and rescaled to each listed volume factor.
+
+        Test-time augmentation as in GNoME's structural filter: unrelaxed substitutions
+        often sit at the wrong volume, and the relaxation will find the better one.
+        """
+        energies = super().member_predictions(structures)
+        for factor in self.settings["volume_augmentation"]:
+            scaled = [s.copy() for s in structures]
+            for structure in scaled:
+                structure.scale_lattice(structure.volume * factor)
+            energies = np.minimum(energies, super().member_predictions(scaled))
+        return energies
+
+    def _chunks(self, features, order, fixed):
+        if not fixed:
+            return super()._chunks(features, order, fixed)
+        return pack_graphs(features, order, self.settings["batch_size"], *self._train_shape)
+
     def _prepare(self, features, train):
         graphs = [features[i] for i in train]
         self.avg_coordination = average_coordination(graphs)
-        # the largest batch the training set can form: every training batch is padded to it
+        # Training batches are packed into one shape: PACKING_SLACK times the nodes and
+        # edges of an average batch, and never less than the largest single graph.
         size = self.settings["batch_size"]
-        self._train_shape = (sum(sorted((g.n_node for g in graphs), reverse=True)[:size]) + 1,
-                             sum(sorted((g.n_edge for g in graphs), reverse=True)[:size]))
+        nodes = np.array([g.n_node for g in graphs])
+        edges = np.array([g.n_edge for g in graphs])
+        self._train_shape = (bucket(max(int(PACKING_SLACK * size * nodes.mean()), nodes.max()) + 1),
+                             bucket(max(int(PACKING_SLACK * size * edges.mean()), edges.max(), 1)))
 
     def _sample_batch(self):
         return batch_graphs([], self.settings["batch_size"], self.settings["cutoff"])

@@ -50,12 +50,29 @@ def cosine_envelope(distances: jax.Array, cutoff: float) -> jax.Array:
     return jnp.where(inside, 0.5 * (jnp.cos(jnp.pi * jnp.minimum(distances, cutoff) / cutoff) + 1.0), 0.0)
 
 
+class EdgeUpdate(nn.Module):
+    """The edge MLP on [e, h_sender, h_receiver], with its first layer split by input
+    block: the node blocks are projected once per node and then gathered, so an edge
+    costs 2 w² multiply-adds instead of 4 w² (at GNoME's 4 Å cutoff edges outnumber
+    nodes about 15 to 1). The same function as a dense layer on the concatenation."""
+
+    width: int
+
+    @nn.compact
+    def __call__(self, e: jax.Array, h: jax.Array, senders: jax.Array, receivers: jax.Array) -> jax.Array:
+        w = self.width
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3 * w, w))
+        bias = self.param("bias", nn.initializers.zeros_init(), (w,))
+        first = e @ kernel[:w] + (h @ kernel[w:2 * w])[senders] + (h @ kernel[2 * w:])[receivers] + bias
+        return nn.Dense(w)(nn.swish(first))
+
+
 class StructureGNN(nn.Module):
     """GNoME's structure model: graph batch in, standardised energy per atom per graph out."""
 
     width: int = 128
     steps: int = 3
-    cutoff: float = 5.0
+    cutoff: float = 4.0
     avg_coordination: float = 10.0
 
     @nn.compact
@@ -69,11 +86,11 @@ class StructureGNN(nn.Module):
         e = nn.Dense(self.width)(gaussian_basis(batch.distances, self.cutoff))
         g = jnp.zeros((n_graphs, self.width))
         for _ in range(self.steps):
-            e = e + MLP((self.width, self.width))(
-                jnp.concatenate([e, h[batch.senders], h[batch.receivers]], axis=-1))
-            messages = jax.ops.segment_sum(e * edge_weight, batch.receivers, n_nodes) / self.avg_coordination
+            e = e + EdgeUpdate(self.width)(e, h, batch.senders, batch.receivers)
+            messages = jax.ops.segment_sum(e * edge_weight, batch.receivers, n_nodes,
+                                           indices_are_sorted=True) / self.avg_coordination
             h = h + MLP((self.width, self.width))(jnp.concatenate([h, messages, g[batch.node_graph]], axis=-1))
             h = nn.LayerNorm()(h) * node_mask
-            pooled = jax.ops.segment_sum(h, batch.node_graph, n_graphs) * inv_atoms
+            pooled = jax.ops.segment_sum(h, batch.node_graph, n_graphs, indices_are_sorted=True) * inv_atoms
             g = g + MLP((self.width, self.width))(jnp.concatenate([g, pooled], axis=-1))
         return MLP((self.width, 1))(g)[:, 0]

@@ -81,11 +81,12 @@ def crystal_graph(structure: Structure, cutoff: float) -> CrystalGraph:
     if error:
         raise GraphError(error)
     centers, points, _, distances = structure.get_neighbor_list(r=cutoff)
+    order = np.argsort(centers, kind="stable")  # receivers sorted: the network's segment sums rely on it
     return CrystalGraph(
         species=np.array([site.specie.Z for site in structure], dtype=np.int32),
-        senders=points.astype(np.int32),
-        receivers=centers.astype(np.int32),
-        distances=distances.astype(np.float32),
+        senders=points[order].astype(np.int32),
+        receivers=centers[order].astype(np.int32),
+        distances=distances[order].astype(np.float32),
     )
 
 
@@ -133,6 +134,31 @@ def batch_graphs(graphs: Sequence[CrystalGraph], n_graphs: int, cutoff: float,
     edge_mask = (np.arange(n_edges) < edge_at).astype(np.float32)
     graph_mask = (np.arange(n_graphs + 1) < len(graphs)).astype(np.float32)
     return GraphBatch(species, senders, receivers, distances, node_graph, n_node, node_mask, edge_mask, graph_mask)
+
+
+def pack_graphs(graphs: Sequence[CrystalGraph], order: Sequence[int], n_graphs: int,
+                max_nodes: int, max_edges: int) -> list[np.ndarray]:
+    """Split `order` into consecutive batches of at most `n_graphs` graphs whose nodes
+    (plus the padding node) and edges fit `max_nodes` and `max_edges`.
+
+    Training pads every batch to one shape; packing by size budget instead of by graph
+    count keeps that shape near the average batch rather than the largest possible one
+    (jraph's `dynamically_batch` does the same). A graph larger than the budgets alone
+    raises ValueError.
+    """
+    batches: list[list[int]] = [[]]
+    nodes, edges = 1, 0
+    for index in order:
+        graph = graphs[index]
+        if graph.n_node + 1 > max_nodes or graph.n_edge > max_edges:
+            raise ValueError(f"graph {index} ({graph.n_node} nodes, {graph.n_edge} edges) exceeds the batch budget")
+        full = len(batches[-1]) == n_graphs
+        if full or nodes + graph.n_node > max_nodes or edges + graph.n_edge > max_edges:
+            batches.append([])
+            nodes, edges = 1, 0
+        batches[-1].append(index)
+        nodes, edges = nodes + graph.n_node, edges + graph.n_edge
+    return [np.array(batch, dtype=int) for batch in batches if batch]
 
 
 def average_coordination(graphs: Sequence[CrystalGraph]) -> float:

@@ -216,7 +216,8 @@ class Campaign:
         marks: dict[str, str] = {}
         for name, budget, candidates, import_rejects in self._proposals(round_, marks):
             kept = 0
-            counts = by_generator.setdefault(name, Counter(import_rejects))
+            counts = by_generator.setdefault(name, Counter())
+            counts.update(import_rejects)
             for candidate in candidates:
                 if kept >= budget:
                     break
@@ -280,14 +281,17 @@ class Campaign:
                 space.elements, known, settings.n_compositions, settings.per_composition,
                 max_elements=space.max_elements, max_atoms=space.max_atoms,
                 model_predict=self._composition_scorer(), seed=seed, time_limit=settings.time_limit), Counter()
+        accepted: list[Candidate] = []
+        import_rejects: Counter = Counter()
         for path in generators.imported.paths:
             report = import_structures(path, space.elements, space.max_atoms, space.max_elements)
+            accepted += report.accepted
             key = f"imported:{Path(path).resolve()}"
-            first_time = self.store.meta(key) is None
-            if first_time:
+            if self.store.meta(key) is None:
                 marks[key] = json.dumps(report.to_json())
-            yield "import", generators.imported.max_candidates, report.accepted, (
-                report.rejected if first_time else Counter())
+                import_rejects.update(report.rejected)
+        if generators.imported.paths:
+            yield "import", generators.imported.max_candidates, accepted, import_rejects
 
     def _composition_scorer(self) -> Callable[[list[str]], list[float | None]] | None:
         """Predicted distance to the hull of formulas, from the campaign's model when it is

@@ -75,6 +75,13 @@ class SapsGenerator(_Section):
     parents: Literal["known", "known+prototypes"] = "known+prototypes"
     supercell: Optional[list[int]] = Field(None, description="repeat parents by [a, b, c] first (within max_atoms)")
 
+    @field_validator("supercell")
+    @classmethod
+    def _three_positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 3 or min(value) < 1):
+            raise ValueError("supercell takes three positive integers, e.g. [2, 1, 1]")
+        return value
+
 
 class RandomGenerator(_Section):
     enabled: bool = False

@@ -314,3 +314,27 @@ def test_every_generator_feeds_the_campaign_and_status_counts_them(tmp_path):
     assert generators == {"substitution", "saps", "random", "import"}
     result = CliRunner().invoke(app, ["status", str(directory)])
     assert result.exit_code == 0 and "by generator" in result.output and "saps" in result.output
+
+
+def test_imports_share_one_budget_and_count_each_files_rejects_once(tmp_path):
+    import zipfile
+
+    from pymatgen.core import Lattice, Structure
+
+    paths = []
+    for index, a in enumerate((3.6, 3.8)):
+        path = tmp_path / f"gen{index}.zip"
+        with zipfile.ZipFile(path, "w") as handle:
+            for k, b in enumerate((a, a + 0.05, a + 0.1)):
+                handle.writestr(f"ok{k}.cif", Structure(Lattice.cubic(b), ["Cu", "Au", "Au", "Au"],
+                                [[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]]).to(fmt="cif"))
+            handle.writestr("broken.cif", "data_x\n_cell_length_a 3")
+        paths.append(str(path))
+    data = ci_config(rounds=2, generators={"substitution": {"enabled": False}, "saps": {"enabled": False},
+                                           "import": {"paths": paths, "max_candidates": 4}})
+    campaign = Campaign.create(parse_config(data), tmp_path / "c")
+    campaign.run()
+    rounds = campaign.round_table()
+    assert [r["generated_by"].get("import", 0) for r in rounds[1:]] == [4, 2]  # 6 in all, 4 per round
+    assert rounds[1]["rejected_by_generator"]["import"] == {"unparseable": 2}  # one per file, first round only
+    assert rounds[2]["rejected_by_generator"] == {}

@@ -32,6 +32,8 @@ def test_shipped_configs_are_valid(name):
         (lambda c: c["scheduler"].update(kind="pbs"), "scheduler.kind", "pbs"),
         (lambda c: c["selection"].update(budgett=3), "selection.budgett", "not a known setting"),
         (lambda c: c["snapshot"].update(source="file"), "snapshot", "path"),
+        (lambda c: c["generators"].update(saps={"supercell": [2, 1]}), "generators.saps.supercell", "three"),
+        (lambda c: c["model"].update(volume_augmentation=[3.0]), "model.volume_augmentation", "0.5 and 2.0"),
     ],
 )
 def test_invalid_config_names_the_field(change, field, hint):

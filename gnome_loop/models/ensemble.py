@@ -113,8 +113,8 @@ class GNNEnsemble:
         self.data_hash = data_hash(structures, y)
         self.metrics = {"n_train": len(train), "n_val": len(val), "epochs": len(history["train_loss"]),
                         "val_mae": None, "spread_error_spearman": None}
-        if len(val):
-            mean, spread = self.predict([structures[i] for i in val])
+        if len(val):  # at the given geometry: volume augmentation would bias the error low
+            mean, spread = median_and_spread(GNNEnsemble.member_predictions(self, [structures[i] for i in val]))
             errors = np.abs(mean - y[val])
             self.metrics["val_mae"] = float(np.mean(errors))
             if len(val) > 2 and np.ptp(spread) > 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -27,7 +28,8 @@ from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEn
 
 from gnome_loop.config import CampaignConfig, ConfigError, dump_config, load_config
 from gnome_loop.execute import Scheduler, make_scheduler
-from gnome_loop.export import stable_rows, write_cif_zip, write_entries_json, write_stable_hull_csv
+from gnome_loop.export import (SUMMARY_CSV_COLUMNS, stable_rows, summary_row, write_cif_zip, write_entries_json,
+                               write_extxyz, write_stable_hull_csv)
 from gnome_loop.generate.composition import enumerate_candidates, placeholder_structure
 from gnome_loop.generate.imported import import_structures
 from gnome_loop.generate.random_search import random_search
@@ -36,7 +38,7 @@ from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import STABLE_TOL, Hull
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
 from gnome_loop.models.base import EnergyModel, load_model, make_model
-from gnome_loop.oracle.base import read_result, write_job
+from gnome_loop.oracle.base import read_result, write_job, write_json_atomic
 from gnome_loop.select import Scored, select_candidates
 from gnome_loop.snapshot import load_snapshot
 from gnome_loop.snapshot.prototypes import prototype_templates
@@ -50,6 +52,7 @@ from gnome_loop.structures import (
     validate_structure,
 )
 
+EXPORT_FORMATS = ("csv", "json", "cif-zip", "extxyz")
 BOOTSTRAP_STAGES = ("snapshot", "submit", "wait", "hull", "train", "metrics")
 ROUND_STAGES = ("generate", "dedup", "select", "submit", "wait", "hull", "train", "metrics")
 
@@ -168,8 +171,14 @@ class Campaign:
     # --- stages --------------------------------------------------------------------------
     def _stage_snapshot(self, round_: int) -> int:
         started = time.time()
-        phases = load_snapshot(self.config)
-        reevaluate = self._reevaluate()
+        snapshot = load_snapshot(self.config, cache_dir=self.dir / "snapshot")
+        phases = snapshot.phases
+        reevaluate = self._reevaluate(phases)
+        energy_only = [p.id for p in phases if p.structure is None]
+        if reevaluate and energy_only:
+            raise ValueError(f"{len(energy_only)} snapshot phases have energies but no structures (e.g. "
+                             f"{energy_only[0]}): the oracle cannot re-evaluate them; use a snapshot on the oracle's "
+                             "energy scale with snapshot.reevaluate: never, or a file with structures")
         rows = [
             _candidate_row(p.id, round_, "snapshot", p.structure, info={"source": p.source, "energy": p.energy,
                                                                          "scale": p.scale, **p.info})
@@ -188,24 +197,33 @@ class Campaign:
                     raise ValueError(f"snapshot energies must share one known scale to be used as they are; "
                                      f"found {sorted(map(str, scales))}")
                 self.store.set_meta("scale", scales.pop())
+                if self.store.meta("scale") != self.config.oracle.scale():
+                    self.store.log("scale-mismatch", f"snapshot energies are on the {self.store.meta('scale')} "
+                                   f"scale, the oracle's on {self.config.oracle.scale()}; they share one hull "
+                                   "because snapshot.reevaluate is 'never'")
                 for phase in phases:
                     self.store.add_entry(_entry_row(
                         entry_id=f"e-{phase.id}", source="snapshot", round_=round_,
                         candidate_id=phase.id if phase.structure is not None else None, structure=phase.structure,
                         composition=phase.composition, energy=phase.energy, scale=self.store.meta("scale"),
                         is_reference=True))
-            self.store.update_round_metrics(round_, {"references": len(rows), "reevaluated": reevaluate})
-            self.store.log("snapshot", f"{len(rows)} reference phases from {self.config.snapshot.source}")
+            self.store.set_meta("snapshot_version", snapshot.version)
+            self.store.update_round_metrics(round_, {"references": len(phases), "reevaluated": reevaluate,
+                                                     "snapshot_skipped": dict(snapshot.skipped)})
+            skipped = f", {sum(snapshot.skipped.values())} rows skipped {dict(snapshot.skipped)}" \
+                if snapshot.skipped else ""
+            self.store.log("snapshot", f"{len(phases)} reference phases from {snapshot.version}{skipped}")
             self._advance(round_, "snapshot", started)
         return 0
 
-    def _reevaluate(self) -> bool:
+    def _reevaluate(self, phases: list) -> bool:
         """Reference phases go through the oracle unless their energies are already on its scale."""
         mode = self.config.snapshot.reevaluate
         if mode != "auto":
             return mode == "always"
-        # An ML-potential oracle must judge candidates against a hull in its own energy scale.
-        return self.config.snapshot.source == "prototypes" or self.config.oracle.kind == "ase"
+        # Phases without energies need the oracle; an ML-potential oracle must judge candidates
+        # against a hull in its own energy scale.
+        return any(p.energy is None for p in phases) or self.config.oracle.kind == "ase"
 
     def _stage_generate(self, round_: int) -> int:
         started = time.time()
@@ -362,7 +380,12 @@ class Campaign:
         """Ingest finished jobs, (re)run what needs running, and wait for the rest."""
         started = time.time()
         while True:
-            for job in self.store.jobs(round_, states=["submitted"]):
+            submitted = self.store.jobs(round_, states=["submitted"])
+            if self.scheduler.survives_exit:
+                # jobs outside this process: the scheduler fails the ones it has lost and resubmits
+                # the ones that never reached it
+                self._set_refs(self.scheduler.check([self._jobdir(j) for j in submitted]))
+            for job in submitted:
                 self._ingest(job)
             todo = self.store.jobs(round_, states=["pending"])
             if not self.scheduler.survives_exit:
@@ -373,7 +396,6 @@ class Campaign:
                 continue
             unfinished = self.store.jobs(round_, states=["submitted"])
             if unfinished:
-                self.scheduler.execute([], lambda jobdir: None)  # refresh its view (manifest) of what is left
                 return len(unfinished)
             with self.store.transaction():
                 counts = self.store.job_counts(round_)
@@ -394,6 +416,9 @@ class Campaign:
     def _stage_train(self, round_: int) -> int:
         started = time.time()
         entries = [e for e in self.store.entries() if e["structure"]]
+        if not entries:
+            raise StoreError(f"round {round_}: no entries with structures to train on (every oracle job failed? "
+                             "see `gnome-loop status`); a campaign needs at least one evaluated phase")
         model = make_model(self.config.model, seed=self.config.seed + round_)
         fit = model.fit([structure_from_json(e["structure"]) for e in entries],
                         np.array([e["energy_per_atom"] for e in entries]),
@@ -446,8 +471,20 @@ class Campaign:
     # --- jobs ----------------------------------------------------------------------------
     def _job_row(self, candidate_id: str, round_: int) -> dict:
         job_id = f"j-{candidate_id}"
-        return {"id": job_id, "candidate_id": candidate_id, "round": round_, "oracle": self.config.oracle.calculator,
+        return {"id": job_id, "candidate_id": candidate_id, "round": round_, "oracle": self._oracle_label(),
                 "workdir": str(Path("jobs") / f"r{round_:03d}" / job_id)}
+
+    def _oracle_label(self) -> str:
+        oracle = self.config.oracle
+        return oracle.calculator if oracle.kind == "ase" else oracle.kind
+
+    def _set_refs(self, refs: dict[Path, str] | None) -> None:
+        """Record the scheduler's ids (SLURM job ids) of the job folders it was given."""
+        if refs:
+            by_dir = {self._jobdir(j).resolve(): j.id for j in self.store.jobs(states=["submitted"])}
+            with self.store.transaction():
+                self.store.set_refs({by_dir[Path(d).resolve()]: ref for d, ref in refs.items()
+                                     if Path(d).resolve() in by_dir})
 
     def _jobdir(self, job: Job) -> Path:
         return self.dir / job.workdir
@@ -458,9 +495,8 @@ class Campaign:
             return
         for job in jobs:
             jobdir = self._jobdir(job)
-            stale = read_result(jobdir)
-            if stale is not None and stale.attempt <= job.attempts:
-                _archive_result(jobdir, stale.attempt)
+            if (jobdir / "job.json").exists():  # a failed attempt's folder, or one that died unfinished
+                _archive_attempt(jobdir, json.loads((jobdir / "job.json").read_text())["attempt"])
             candidate = self.store.candidate(job.candidate_id)
             oracle = self.config.oracle.model_dump()
             if json.loads(candidate["info"]).get("molecule"):
@@ -470,13 +506,13 @@ class Campaign:
         with self.store.transaction():
             self.store.mark_submitted(j.id for j in jobs)
         by_dir = {self._jobdir(j): j.id for j in jobs}
-        with self.progress(f"oracle jobs ({self.config.oracle.calculator})", len(jobs)) as advance:
+        with self.progress(f"oracle jobs ({self._oracle_label()})", len(jobs)) as advance:
             def on_done(jobdir: Path) -> None:
                 job = self.store.job(by_dir[Path(jobdir)])
                 if job is not None:
                     self._ingest(job)
                 advance(1)
-            self.scheduler.execute(sorted(by_dir), on_done)
+            self._set_refs(self.scheduler.execute(sorted(by_dir), on_done))
 
     def _ingest(self, job: Job) -> None:
         """Store a finished job's result once; failures are retried up to the limit."""
@@ -498,7 +534,7 @@ class Campaign:
                     entry_id=f"e-{job.candidate_id}", source="reference" if job.round == 0 else "oracle",
                     round_=job.round, candidate_id=job.candidate_id, structure=result.structure,
                     composition=result.structure.composition, energy=result.energy, scale=self._scale(),
-                    is_reference=job.round == 0, trajectory=result.trajectory))
+                    is_reference=job.round == 0, trajectory=result.trajectory, data=result.info))
                 self.store.finish_job(job.id, "done", result.attempt, None)
             else:
                 final = result.attempt >= self.config.oracle.max_attempts
@@ -506,7 +542,33 @@ class Campaign:
                 self.store.log("job-failed", f"{job.id} attempt {result.attempt}: {error}"
                                + ("" if final else " (will retry)"))
         if error is not None:
-            _archive_result(jobdir, result.attempt)
+            _archive_attempt(jobdir, result.attempt)
+
+    def cancel(self, job_ids: list[str] | None = None) -> list[str]:
+        """Stop unfinished jobs (all, or those named) and record them as failed: 'cancelled by user'.
+
+        Jobs whose results are already in their folders are not touched (the next
+        `resume` ingests them). The scheduler stops the others first (`scancel`).
+        """
+        with campaign_lock(self.dir):
+            # a job that already finished is left for `resume` to ingest: cancelling never discards work
+            jobs = [job for job in self.store.jobs(states=["pending", "submitted"])
+                    if job.state == "pending" or read_result(self._jobdir(job)) is None]
+            if job_ids is not None:
+                unknown = sorted(set(job_ids) - {job.id for job in jobs})
+                if unknown:
+                    raise ValueError(f"no unfinished job with id {', '.join(unknown)} (see `gnome-loop status`)")
+                jobs = [job for job in jobs if job.id in set(job_ids)]
+            try:
+                self.scheduler.cancel([self._jobdir(job) for job in jobs if job.state == "submitted"])
+            finally:
+                self.scheduler.close()
+                self._scheduler = None
+            with self.store.transaction():
+                for job in jobs:
+                    self.store.finish_job(job.id, "failed", job.attempts, "cancelled by user")
+                    self.store.log("job-cancelled", job.id)
+            return [job.id for job in jobs]
 
     # --- science helpers ---------------------------------------------------------------
     def _scale(self) -> str:
@@ -571,29 +633,61 @@ class Campaign:
             })
         return table
 
+    def provenance(self) -> dict:
+        """Where the campaign's numbers come from: stamped on every export."""
+        from importlib.metadata import version
+
+        oracle = self.config.oracle
+        return {"campaign": self.config.name, "config_hash": self.store.meta("config_hash"),
+                "snapshot": self.config.snapshot.source, "snapshot_version": self.store.meta("snapshot_version"),
+                "oracle": self._oracle_label(), "oracle_kind": oracle.kind, "energy_scale": self._scale(),
+                "gnome_loop": version("gnome_loop"), "pymatgen": version("pymatgen"),
+                "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
     def export(self, formats: list[str]) -> list[Path]:
-        """Write the updated hull (`exports/`): csv, json (entries), cif-zip."""
-        unknown = sorted(set(formats) - {"csv", "json", "cif-zip"})
+        """Write the updated hull (`exports/`): csv (hull + summary), json (entries), cif-zip, extxyz.
+
+        Every format carries the provenance: `provenance.json` beside them, and in
+        each exported entry's data.
+        """
+        unknown = sorted(set(formats) - set(EXPORT_FORMATS))
         if unknown:
-            raise ValueError(f"unknown export format(s) {unknown}; use csv, json, cif-zip")
+            raise ValueError(f"unknown export format(s) {unknown}; use {', '.join(EXPORT_FORMATS)}")
+        provenance = self.provenance()
         entries = {e.entry_id: e for e in self.computed_entries()}
-        generators = {r["id"]: r["generator"] for r in self.store.query("SELECT id, generator FROM candidates")}
-        meta = {key: {"round": e.data["round"], "generator": generators.get(e.data["candidate_id"], e.data["source"])}
+        for entry in entries.values():
+            entry.data.update({key: provenance[key] for key in ("config_hash", "oracle", "energy_scale")})
+        candidates = {r["id"]: r for r in self.store.query("SELECT id, generator, parent_ids FROM candidates")}
+        meta = {key: {"round": e.data["round"],
+                      "generator": candidates[e.data["candidate_id"]]["generator"]
+                      if e.data["candidate_id"] in candidates else e.data["source"]}
                 for key, e in entries.items()}
         hull = self._hull()
         rows = stable_rows(hull, entries, meta)
         folder = self.dir / "exports"
         folder.mkdir(exist_ok=True)
-        written = []
+        written = [folder / "provenance.json"]
+        write_json_atomic(written[0], provenance)
         if "csv" in formats:
             written.append(folder / "stable_materials_hull.csv")
             write_stable_hull_csv(rows, written[-1])
+            summary = []
+            for row in rows:
+                entry = entries[row["MaterialId"]]
+                candidate = candidates.get(entry.data["candidate_id"])
+                parents = json.loads(candidate["parent_ids"]) if candidate else []
+                summary.append(summary_row(row, entry.structure, parents, entry.data["source"]))
+            written.append(folder / "stable_materials_summary.csv")
+            write_stable_hull_csv(summary, written[-1], SUMMARY_CSV_COLUMNS)
         if "json" in formats:
             written.append(folder / "entries.json.gz")
             write_entries_json(list(entries.values()), written[-1])
         if "cif-zip" in formats:
             written.append(folder / "by_id.zip")
             write_cif_zip({row["MaterialId"]: entries[row["MaterialId"]].structure for row in rows}, written[-1])
+        if "extxyz" in formats:
+            written.append(folder / "stable_materials.extxyz")
+            write_extxyz([entries[row["MaterialId"]] for row in rows], written[-1])
         return written
 
 
@@ -632,7 +726,8 @@ def _candidate_row(candidate_id: str, round_: int, generator: str, structure, pa
 
 
 def _entry_row(entry_id: str, source: str, round_: int, candidate_id: str | None, structure, composition,
-               energy: float, scale: str, is_reference: bool, trajectory: dict | None = None) -> dict:
+               energy: float, scale: str, is_reference: bool, trajectory: dict | None = None,
+               data: dict | None = None) -> dict:
     composition = Composition(composition)
     return {
         "id": entry_id, "source": source, "round": round_, "candidate_id": candidate_id,
@@ -642,13 +737,19 @@ def _entry_row(entry_id: str, source: str, round_: int, candidate_id: str | None
         "structure": structure_to_json(structure) if structure is not None else None,
         "fingerprint": symmetry_label(structure) if structure is not None else None,
         "trajectory": json.dumps(trajectory) if trajectory else None, "is_reference": int(is_reference),
+        "data": json.dumps(data or {}),
     }
 
 
-def _archive_result(jobdir: Path, attempt: int) -> None:
-    """Move an ingested failed result aside (result.attemptN.json) before the job runs again."""
-    result = jobdir / "result.json"
-    if result.exists():
-        os.replace(result, jobdir / f"result.attempt{attempt}.json")
+def _archive_attempt(jobdir: Path, attempt: int) -> None:
+    """Move what attempt N left in the folder into `attemptN/` before the job runs again.
 
-
+    Everything goes but `job.json` (rewritten for the next attempt) and earlier
+    `attemptK/` folders; a kill half-way is finished by the next call.
+    """
+    target = jobdir / f"attempt{attempt}"
+    for item in sorted(jobdir.iterdir()):
+        if item.name == "job.json" or (item.is_dir() and re.fullmatch(r"attempt\d+", item.name)):
+            continue
+        target.mkdir(exist_ok=True)
+        os.replace(item, target / item.name)

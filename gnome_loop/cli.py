@@ -34,6 +34,7 @@ out = Console(width=None if sys.stdout.isatty() else 120)
 def _reported_errors() -> Iterator[None]:
     """Turn known failures into one clear line and the documented exit code."""
     from gnome_loop.config import ConfigError
+    from gnome_loop.execute import SchedulerError
     from gnome_loop.store import CampaignLocked, StoreError
 
     try:
@@ -41,6 +42,12 @@ def _reported_errors() -> Iterator[None]:
     except CampaignLocked as error:
         console.print(f"[red]locked:[/] {error}")
         raise typer.Exit(EXIT_LOCKED) from None
+    except SchedulerError as error:
+        console.print(f"[red]scheduler error:[/] {error}; nothing was lost: fix it and run `gnome-loop resume`")
+        raise typer.Exit(EXIT_INTERNAL) from None
+    except ConnectionError as error:  # e.g. the Materials Project API
+        console.print(f"[red]connection error:[/] {error}")
+        raise typer.Exit(EXIT_INTERNAL) from None
     except (ConfigError, StoreError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -176,7 +183,8 @@ def status(
 @app.command()
 def export(
     directory: Path = typer.Argument(..., help="campaign directory"),
-    formats: str = typer.Option("csv,json,cif-zip", "--format", help="comma-separated: csv, json, cif-zip"),
+    formats: str = typer.Option("csv,json,cif-zip,extxyz", "--format",
+                                help="comma-separated: csv (hull + summary), json, cif-zip, extxyz"),
 ) -> None:
     """Write the updated hull and the discovered materials to DIRECTORY/exports."""
     with _reported_errors():
@@ -200,6 +208,88 @@ def run_job(jobdir: Path = typer.Argument(..., help="a job folder written by the
     else:
         out.print(f"{jobdir}: failed: {result.error}")
         raise typer.Exit(EXIT_INTERNAL)
+
+
+@app.command()
+def cancel(
+    directory: Path = typer.Argument(..., help="campaign directory"),
+    job: Optional[list[str]] = typer.Option(None, "--job", help="cancel only this job id (repeatable)"),
+) -> None:
+    """Stop the campaign's unfinished oracle jobs (scancel on SLURM) and record them as failed."""
+    with _reported_errors():
+        cancelled = _open(directory).cancel(job or None)
+    out.print(f"cancelled {len(cancelled)} jobs" + (f": {', '.join(cancelled)}" if len(cancelled) <= 20 else ""))
+
+
+@app.command()
+def snapshot(
+    chemsys: str = typer.Option(..., help="elements of the space, e.g. Li-Co-Ni-O (every subsystem is fetched)"),
+    output: Path = typer.Option(..., "-o", "--output", help="snapshot file to write (.json.gz)"),
+    max_elements: Optional[int] = typer.Option(None, help="largest subsystem (default: all of CHEMSYS)"),
+    endpoint: Optional[str] = typer.Option(None, help="mp-api endpoint (default: the Materials Project's)"),
+) -> None:
+    """Fetch MP's GGA/GGA+U entries of a chemical space (key from MP_API_KEY) into a snapshot file."""
+    from gnome_loop.snapshot.mp import fetch_mp_entries, write_mp_snapshot
+
+    with _reported_errors():
+        fetched = fetch_mp_entries(chemsys.split("-"), max_elements, endpoint=endpoint)
+        write_mp_snapshot(fetched, output)
+    out.print(f"wrote {len(fetched.entries)} entries of {len(fetched.chemsys)} systems from MP database "
+              f"{fetched.database_version} to {output}")
+
+
+@app.command()
+def hull(
+    entries: Path = typer.Argument(..., help="entries JSON (or MP snapshot), energy CSV(.gz) or extxyz with energies"),
+    reference: Optional[Path] = typer.Option(None, help="judge each entry alone against this hull (same formats); "
+                                             "without it the entries are their own hull"),
+    output: Path = typer.Option(..., "-o", "--output", help="CSV: entry_id, formula, e_above_hull (eV/atom), "
+                                "decomposition, reason"),
+) -> None:
+    """Distance of every entry to the convex hull, with its decomposition products."""
+    from gnome_loop.hull import hull_table, write_hull_csv
+    from gnome_loop.snapshot.files import read_entries
+
+    with _reported_errors():
+        items, skipped = read_entries(entries)
+        against = read_entries(reference)[0] if reference is not None else None
+        results = hull_table(items, against)
+        write_hull_csv(results, output)
+    unknown = sum(r.e_above_hull is None for r in results)
+    out.print(f"wrote {len(results)} rows to {output}" + (f"; {unknown} without a hull (see 'reason')" if unknown else "")
+              + (f"; skipped rows: {dict(skipped)}" if skipped else ""))
+
+
+@app.command()
+def report(
+    directory: Path = typer.Argument(..., help="campaign directory"),
+    chemsys: Optional[list[str]] = typer.Option(None, "--chemsys", help="phase diagram of this system, e.g. Cu-Au "
+                                                "(repeatable; default: the systems with most discoveries)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder (default: DIRECTORY/report)"),
+) -> None:
+    """Plot hit rate, filter MAE, E_hull histograms, stable counts and phase diagrams, with a report.md."""
+    from gnome_loop.report import write_report
+
+    with _reported_errors():
+        campaign = _open(directory)
+        written = write_report(campaign, output or directory / "report", chemsys or None)
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+@app.command("parse-vasp")
+def parse_vasp(
+    directory: Path = typer.Argument(..., help="a finished VASP run folder (vasprun.xml[.gz], or relax1/relax2)"),
+    formula: Optional[str] = typer.Option(None, help="the composition the run must have (a reduced formula)"),
+) -> None:
+    """Print, as one JSON object, what the campaign would make of a VASP folder: ok or the reason why not."""
+    from gnome_loop.oracle.vasp import parse_vasp_dir
+
+    with _reported_errors():
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory} is not a folder")
+        outcome = parse_vasp_dir(directory, formula)
+    print(json.dumps(outcome.summary()))  # exit 0 either way: "ok" says whether the run is usable
 
 
 def _model_settings(**options):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,8 +42,12 @@ class ChemicalSpace(_Section):
 
 
 class Snapshot(_Section):
-    source: Literal["prototypes", "file"] = "prototypes"
-    path: Optional[str] = Field(None, description="entries file for source 'file'")
+    source: Literal["prototypes", "file", "mp"] = "prototypes"
+    path: Optional[str] = Field(None, description="for source 'file': an entries JSON, a CSV of compositions and "
+                                "corrected energies, an extxyz with energies, or a folder/zip of CIFs")
+    scale: str = Field("mp2020", description="energy scale of a CSV or extxyz snapshot (entries JSON: detected)")
+    endpoint: Optional[str] = Field(None, description="for source 'mp': the mp-api endpoint (default: MP's); "
+                                    "the key comes from the MP_API_KEY environment variable")
     reevaluate: Literal["auto", "always", "never"] = Field(
         "auto",
         description="re-evaluate reference phases with the oracle; 'auto' does so "
@@ -53,7 +57,7 @@ class Snapshot(_Section):
     @model_validator(mode="after")
     def _path_for_files(self) -> "Snapshot":
         if self.source == "file" and not self.path:
-            raise ValueError("source 'file' needs 'path' (a monty-JSON list of ComputedStructureEntry)")
+            raise ValueError("source 'file' needs 'path' (entries JSON, energy CSV, extxyz, or a folder of CIFs)")
         return self
 
 
@@ -146,8 +150,31 @@ class Selection(_Section):
     strategy: Literal["model", "random"] = "model"
 
 
+def _one_line(value: str, what: str) -> str:
+    """Values that end up in job scripts or scheduler arguments never hold a line break."""
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ValueError(f"{what} must be one line (no line breaks or NUL characters)")
+    return value
+
+
+class Vasp(_Section):
+    command: str = Field("vasp_std", min_length=1, description="the VASP command run in each job folder, "
+                         "e.g. 'srun vasp_std' (split like a shell would, each word quoted: no pipes or ';')")
+    double_relax: bool = Field(False, description="relax twice, the second from the first's CONTCAR (atomate2)")
+    custodian: bool = Field(False, description="run VASP under custodian's error handlers (custodian must be "
+                            "installed where the jobs run)")
+    incar: dict[str, Any] = Field({}, description="INCAR settings on top of MPRelaxSet; changing MP's settings "
+                                  "can make results incompatible with MP's hull")
+
+    @field_validator("command")
+    @classmethod
+    def _command_one_line(cls, value: str) -> str:
+        return _one_line(value, "the VASP command")
+
+
 class Oracle(_Section):
-    kind: Literal["ase"] = "ase"
+    kind: Literal["ase", "vasp"] = Field("ase", description="'ase' (an ASE calculator relaxes in-process or in "
+                                         "run-job) or 'vasp' (job folders for VASP with MP settings)")
     calculator: str = Field("emt", description="'emt', 'chgnet', or an import path 'module:Class'")
     fmax: float = Field(0.05, gt=0, description="force convergence, eV/Å")
     max_steps: int = Field(300, ge=1, description="most optimiser steps")
@@ -155,6 +182,14 @@ class Oracle(_Section):
     max_seconds: Optional[float] = Field(900.0, gt=0, description="wall-clock limit of one relaxation, s")
     max_attempts: int = Field(2, ge=1, description="tries per job before it is failed")
     energy_scale: str = Field("", description="name of the energy scale; default from the calculator")
+    vasp: Vasp = Vasp()
+
+    @model_validator(mode="after")
+    def _no_default_time_limit_for_vasp(self) -> "Oracle":
+        # 900 s suits an ML potential; a DFT relaxation takes hours: VASP gets no limit unless one is set
+        if self.kind == "vasp" and "max_seconds" not in self.model_fields_set:
+            self.max_seconds = None
+        return self
 
     @field_validator("calculator")
     @classmethod
@@ -167,13 +202,43 @@ class Oracle(_Section):
         """The energy scale the oracle's energies live on (hulls never mix scales)."""
         if self.energy_scale:
             return self.energy_scale
+        if self.kind == "vasp":
+            return "mp2020"  # VASP with MP's settings, MP2020-corrected: the Materials Project's own scale
         return {"chgnet": "chgnet-mp2020", "emt": "emt"}.get(self.calculator, self.calculator)
 
 
+class Slurm(_Section):
+    partition: Optional[str] = Field(None, description="sbatch --partition")
+    account: Optional[str] = Field(None, description="sbatch --account")
+    time: str = Field("24:00:00", description="sbatch --time of one job")
+    nodes: int = Field(1, ge=1, description="sbatch --nodes of one job")
+    ntasks_per_node: Optional[int] = Field(None, ge=1, description="sbatch --ntasks-per-node")
+    directives: list[str] = Field([], description="more sbatch options, e.g. ['--qos=normal', '--mem=0']")
+    prelude: list[str] = Field([], description="shell lines each job runs first, e.g. 'module load vasp/6.4' "
+                               "(your own shell code, run as written)")
+    max_array_size: int = Field(1000, ge=1, description="most tasks per sbatch job array (the site's MaxArraySize)")
+    max_running: Optional[int] = Field(None, ge=1, description="most tasks of one array running at once (%N)")
+
+    @field_validator("partition", "account", "time")
+    @classmethod
+    def _value_one_line(cls, value: str | None) -> str | None:
+        return value if value is None else _one_line(value, "a SLURM setting")
+
+    @field_validator("directives", "prelude")
+    @classmethod
+    def _lines(cls, value: list[str], info) -> list[str]:
+        for item in value:
+            _one_line(item, f"each of slurm.{info.field_name}")
+        if info.field_name == "directives" and any(not item.startswith("--") for item in value):
+            raise ValueError("directives are sbatch long options such as '--qos=normal'")
+        return value
+
+
 class Scheduler(_Section):
-    kind: Literal["inline", "local", "manual"] = "inline"
+    kind: Literal["inline", "local", "manual", "slurm"] = "inline"
     workers: int = Field(2, ge=1, description="dask workers of the local cluster")
     address: Optional[str] = Field(None, description="address of an existing dask scheduler")
+    slurm: Slurm = Slurm()
 
 
 class CampaignConfig(_Section):

@@ -10,8 +10,11 @@ import csv
 import zipfile
 from pathlib import Path
 
+from ase.io import write
 from monty.serialization import dumpfn
 from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
 from gnome_loop.hull import Hull
@@ -29,6 +32,13 @@ HULL_CSV_COLUMNS = [
     "MaterialId",
     "Round",
     "Generator",
+]
+
+#: Columns of `stable_materials_summary.csv`: the hull columns plus GNoME's structure
+#: columns and where each material came from.
+SUMMARY_CSV_COLUMNS = [
+    *HULL_CSV_COLUMNS[:4], "Volume", "Density", "Space Group", "Space Group Number", "Crystal System",
+    *HULL_CSV_COLUMNS[4:], "Parents", "Source",
 ]
 
 #: Timestamp of every member of the CIF zip, so that the same structures give the
@@ -68,15 +78,43 @@ def stable_rows(hull: Hull, entries: dict[str, ComputedStructureEntry], meta: di
     return sorted(rows, key=lambda row: (row["Reduced Formula"], row["MaterialId"]))
 
 
-def write_stable_hull_csv(rows: list[dict], path: str | Path) -> None:
-    """Write `stable_materials_hull.csv`; every row must have exactly `HULL_CSV_COLUMNS`."""
+def summary_row(row: dict, structure: Structure, parents: list[str], source: str) -> dict:
+    """A `stable_materials_summary.csv` row: a hull row plus symmetry, volume and density."""
+    try:
+        analyzer = SpacegroupAnalyzer(structure, symprec=0.1)
+        symmetry = (analyzer.get_space_group_symbol(), analyzer.get_space_group_number(),
+                    analyzer.get_crystal_system())
+    except Exception:  # spglib can fail on odd cells: leave the columns blank, never lose the row
+        symmetry = ("", "", "")
+    return {**row, "Volume": structure.volume, "Density": float(structure.density), "Space Group": symmetry[0],
+            "Space Group Number": symmetry[1], "Crystal System": symmetry[2], "Parents": " ".join(parents),
+            "Source": source}
+
+
+def write_stable_hull_csv(rows: list[dict], path: str | Path, columns: list[str] = HULL_CSV_COLUMNS) -> None:
+    """Write `stable_materials_hull.csv` (or, with `SUMMARY_CSV_COLUMNS`, the summary);
+    every row must have exactly `columns`."""
     for row in rows:
-        if set(row) != set(HULL_CSV_COLUMNS):
-            raise ValueError(f"row {row.get('MaterialId')!r} does not have the columns {HULL_CSV_COLUMNS}")
+        if set(row) != set(columns):
+            raise ValueError(f"row {row.get('MaterialId')!r} does not have the columns {columns}")
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HULL_CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_extxyz(entries: list[ComputedStructureEntry], path: str | Path) -> None:
+    """One extxyz frame per entry: the structure, its total corrected energy (`energy`) and its
+    `entry_id` and scalar `data` fields in the frame's info, readable by `ase.io.read(path, ":")`."""
+    frames = []
+    for entry in entries:
+        atoms = AseAtomsAdaptor.get_atoms(entry.structure)
+        atoms.info.update({key: value for key, value in entry.data.items()
+                           if isinstance(value, (str, int, float)) and not isinstance(value, bool)})
+        atoms.info.update(entry_id=entry.entry_id, energy=entry.energy,
+                          energy_per_atom=entry.energy / len(entry.structure))
+        frames.append(atoms)
+    write(str(path), frames, format="extxyz")
 
 
 def write_entries_json(entries: list[ComputedStructureEntry], path: str | Path) -> None:

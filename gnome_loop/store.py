@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,13 +45,17 @@ CREATE TABLE IF NOT EXISTS entries (
     composition TEXT NOT NULL, reduced_formula TEXT NOT NULL, nsites INTEGER NOT NULL,
     energy_corrected REAL NOT NULL, energy_per_atom REAL NOT NULL, scale TEXT NOT NULL,
     structure TEXT, fingerprint TEXT, trajectory TEXT, e_hull REAL,
-    is_stable INTEGER NOT NULL DEFAULT 0, is_reference INTEGER NOT NULL DEFAULT 0);
+    is_stable INTEGER NOT NULL DEFAULT 0, is_reference INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS models (
     round INTEGER NOT NULL, member INTEGER NOT NULL, path TEXT NOT NULL, val_mae REAL,
     PRIMARY KEY (round, member));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL, msg TEXT NOT NULL);
 """
+
+#: Statements that bring a database of version N up to version N + 1.
+MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}'"]}
 
 #: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
 JOB_STATES = ("pending", "submitted", "done", "failed")
@@ -105,6 +109,7 @@ class Job:
     workdir: str
     attempts: int
     error: str | None
+    scheduler_ref: str | None = None
 
 
 class Store:
@@ -127,6 +132,9 @@ class Store:
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
         version = self.meta("schema_version")
+        if version is not None and version.isdigit() and int(version) in MIGRATIONS:
+            self._migrate(int(version))
+            version = self.meta("schema_version")
         if version != str(SCHEMA_VERSION):
             raise StoreError(
                 f"{self.path} has schema version {version}, this gnome_loop reads version {SCHEMA_VERSION}"
@@ -134,6 +142,15 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    def _migrate(self, version: int) -> None:
+        """Upgrade an older database in place, one version per transaction."""
+        while version in MIGRATIONS:
+            with self.transaction():
+                for statement in MIGRATIONS[version]:
+                    self.conn.execute(statement)
+                version += 1
+                self.set_meta("schema_version", str(version))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -265,12 +282,17 @@ class Store:
         row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def mark_submitted(self, job_ids: Iterable[str], refs: dict[str, str] | None = None) -> None:
+    def mark_submitted(self, job_ids: Iterable[str]) -> None:
+        """Hand jobs over (the scheduler id of an earlier attempt is cleared)."""
         now = time.time()
         self.conn.executemany(
-            "UPDATE jobs SET state = 'submitted', submitted = ?, scheduler_ref = ? WHERE id = ?",
-            [(now, (refs or {}).get(key), key) for key in job_ids],
+            "UPDATE jobs SET state = 'submitted', submitted = ?, scheduler_ref = NULL WHERE id = ?",
+            [(now, key) for key in job_ids],
         )
+
+    def set_refs(self, refs: dict[str, str]) -> None:
+        """Record scheduler ids (job id → e.g. a SLURM job id)."""
+        self.conn.executemany("UPDATE jobs SET scheduler_ref = ? WHERE id = ?", [(r, key) for key, r in refs.items()])
 
     def finish_job(self, job_id: str, state: str, attempts: int, error: str | None) -> None:
         assert state in JOB_STATES
@@ -289,16 +311,17 @@ class Store:
     def add_entry(self, row: dict) -> None:
         self.conn.execute(
             "INSERT OR IGNORE INTO entries (id, source, round, candidate_id, composition, reduced_formula, nsites,"
-            " energy_corrected, energy_per_atom, scale, structure, fingerprint, trajectory, is_reference)"
+            " energy_corrected, energy_per_atom, scale, structure, fingerprint, trajectory, is_reference, data)"
             " VALUES (:id, :source, :round, :candidate_id, :composition, :reduced_formula, :nsites,"
-            " :energy_corrected, :energy_per_atom, :scale, :structure, :fingerprint, :trajectory, :is_reference)",
-            {"candidate_id": None, "structure": None, "fingerprint": None, "trajectory": None, **row},
+            " :energy_corrected, :energy_per_atom, :scale, :structure, :fingerprint, :trajectory, :is_reference,"
+            " :data)",
+            {"candidate_id": None, "structure": None, "fingerprint": None, "trajectory": None, "data": "{}", **row},
         )
 
     def entries(self, with_structure: bool = True, fingerprints: Iterable[str] | None = None) -> list[sqlite3.Row]:
         columns = "*" if with_structure else (
             "id, source, round, candidate_id, composition, reduced_formula, nsites, energy_corrected,"
-            " energy_per_atom, scale, fingerprint, e_hull, is_stable, is_reference")
+            " energy_per_atom, scale, fingerprint, e_hull, is_stable, is_reference, data")
         query, args = f"SELECT {columns} FROM entries", []
         if fingerprints is not None:
             keys = sorted(set(fingerprints))
@@ -327,7 +350,7 @@ class Store:
 
 def _job(row: sqlite3.Row) -> Job:
     return Job(row["id"], row["candidate_id"], row["round"], row["state"], row["workdir"], row["attempts"],
-               row["error"])
+               row["error"], row["scheduler_ref"])
 
 
 def _statements(script: str) -> list[str]:

@@ -1,10 +1,12 @@
-"""Shared fixtures: the reference data beside the checkout, skipped when absent."""
+"""Shared fixtures: the reference data beside the checkout (skipped when absent) and
+the CI campaign, run once per test session."""
 
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CI_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "ci_emt" / "config.yaml"
 
 
 @pytest.fixture
@@ -13,3 +15,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA} (only present beside the dev checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def emt_campaign(tmp_path_factory) -> Path:
+    """The CI EMT campaign (experiments/ci_emt), run once to the end without interruption."""
+    from gnome_loop.campaign import Campaign
+    from gnome_loop.config import load_config
+
+    directory = tmp_path_factory.mktemp("emt") / "campaign"
+    outcome = Campaign.create(load_config(CI_CONFIG), directory).run()
+    assert outcome.status == "done"
+    return directory

@@ -8,12 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
+import ase.io
+import numpy as np
 import pytest
 import yaml
 from monty.serialization import loadfn
 from pymatgen.analysis.phase_diagram import PhaseDiagram
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
 from typer.testing import CliRunner
 
 from gnome_loop.campaign import Campaign, stages_of
@@ -47,15 +52,6 @@ def write_config(path: Path, data: dict) -> Path:
 def hull_of(directory: Path) -> dict[str, float]:
     campaign = Campaign(directory)
     return {e["id"]: e["e_hull"] for e in campaign.store.entries(with_structure=False)}
-
-
-@pytest.fixture(scope="module")
-def emt_campaign(tmp_path_factory) -> Path:
-    """The CI campaign, run once to the end without interruption."""
-    directory = tmp_path_factory.mktemp("emt") / "campaign"
-    outcome = Campaign.create(load_config(CI_CONFIG), directory).run()
-    assert outcome.status == "done"
-    return directory
 
 
 def test_emt_campaign_completes_all_rounds(emt_campaign):
@@ -109,7 +105,32 @@ def test_status_and_export(emt_campaign):
     diagram = PhaseDiagram(entries)
     for entry in entries:
         assert diagram.get_e_above_hull(entry) == pytest.approx(hull[entry.entry_id], abs=1e-9)
-    assert (exports / "by_id.zip").stat().st_size > 0
+    # every CIF of the zip parses to the stored structure of its entry
+    by_id = {entry.entry_id: entry for entry in entries}
+    exact = StructureMatcher(ltol=1e-4, stol=1e-4, angle_tol=1e-3, primitive_cell=False, scale=False)
+    with zipfile.ZipFile(exports / "by_id.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(f"{key}.cif" for key in stable)
+        for name in archive.namelist():
+            parsed = Structure.from_str(archive.read(name).decode(), fmt="cif")
+            stored = by_id[name[:-len(".cif")]].structure
+            assert parsed.composition == stored.composition
+            assert np.allclose(parsed.lattice.parameters, stored.lattice.parameters, atol=1e-5)  # CIF re-orients
+            assert exact.fit(parsed, stored)  # the same sites, maybe in another order
+    # the summary adds symmetry, volume and parents; the extxyz holds the energies; all carry provenance
+    with open(exports / "stable_materials_summary.csv") as handle:
+        summary = {row["MaterialId"]: row for row in csv.DictReader(handle)}
+    assert set(summary) == stable
+    assert all(row["Space Group Number"].isdigit() and float(row["Volume"]) > 0 for row in summary.values())
+    assert any(row["Parents"] for row in summary.values() if row["Generator"] == "substitution")
+    frames = ase.io.read(exports / "stable_materials.extxyz", ":")
+    assert {frame.info["entry_id"] for frame in frames} == stable
+    for frame in frames:
+        assert frame.get_potential_energy() == pytest.approx(by_id[frame.info["entry_id"]].energy)
+    provenance = json.loads((exports / "provenance.json").read_text())
+    config_hash = Campaign(emt_campaign).store.meta("config_hash")
+    assert provenance["config_hash"] == config_hash and provenance["oracle"] == "emt"
+    assert provenance["snapshot_version"] and provenance["energy_scale"] == "emt"
+    assert all(entry.data["config_hash"] == config_hash for entry in entries)
 
 
 def test_bad_export_format(emt_campaign):
@@ -203,7 +224,7 @@ def test_failing_jobs_are_retried_then_recorded(tmp_path):
     reasons = {job.error.split(":")[0] for job in failed}
     assert {"RuntimeError", "non-finite energy", "exploded cell"} <= reasons
     for job in failed:  # the first attempt's result is kept beside the job
-        assert (directory / job.workdir / "result.attempt1.json").exists()
+        assert (directory / job.workdir / "attempt1" / "result.json").exists()
     done = campaign.store.jobs(states=["done"])
     assert done and all(job.attempts == 1 for job in done)
     table = campaign.round_table()
@@ -338,3 +359,22 @@ def test_imports_share_one_budget_and_count_each_files_rejects_once(tmp_path):
     assert [r["generated_by"].get("import", 0) for r in rounds[1:]] == [4, 2]  # 6 in all, 4 per round
     assert rounds[1]["rejected_by_generator"]["import"] == {"unparseable": 2}  # one per file, first round only
     assert rounds[2]["rejected_by_generator"] == {}
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    from gnome_loop.store import SCHEMA, SCHEMA_VERSION, Store
+
+    path = tmp_path / "campaign.db"
+    old = sqlite3.connect(path)  # the schema as version 1 had it: no entries.data
+    old.executescript(SCHEMA.replace(",\n    data TEXT NOT NULL DEFAULT '{}')", ")"))
+    old.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    old.execute("INSERT INTO entries (id, source, round, composition, reduced_formula, nsites, energy_corrected,"
+                " energy_per_atom, scale) VALUES ('e-1', 'snapshot', 0, 'Cu1', 'Cu', 1, -3.5, -3.5, 'emt')")
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "2"
+    (entry,) = store.entries(with_structure=False)
+    assert entry["energy_corrected"] == -3.5 and json.loads(entry["data"]) == {}

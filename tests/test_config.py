@@ -14,11 +14,11 @@ def _base() -> dict:
     return yaml.safe_load((ROOT / "experiments/ci_emt/config.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["ci_emt", "quickstart"])
+@pytest.mark.parametrize("name", ["ci_emt", "quickstart", "vasp_slurm"])
 def test_shipped_configs_are_valid(name):
     config = load_config(ROOT / "experiments" / name / "config.yaml")
     assert config.rounds == 3
-    assert len(config.chemical_space.elements) >= 7
+    assert len(config.chemical_space.elements) >= 3
 
 
 @pytest.mark.parametrize(
@@ -34,6 +34,14 @@ def test_shipped_configs_are_valid(name):
         (lambda c: c["snapshot"].update(source="file"), "snapshot", "path"),
         (lambda c: c["generators"].update(saps={"supercell": [2, 1]}), "generators.saps.supercell", "three"),
         (lambda c: c["model"].update(volume_augmentation=[3.0]), "model.volume_augmentation", "0.5 and 2.0"),
+        (lambda c: c["oracle"].update(kind="vasp", vasp={"command": "vasp_std\nrm -rf ~"}), "oracle.vasp.command",
+         "one line"),
+        (lambda c: c["scheduler"].update(kind="slurm", slurm={"directives": ["qos=low"]}), "scheduler.slurm.directives",
+         "long options"),
+        (lambda c: c["scheduler"].update(kind="slurm", slurm={"directives": ["--qos=low\n#SBATCH --x"]}),
+         "scheduler.slurm.directives", "one line"),
+        (lambda c: c["scheduler"].update(kind="slurm", slurm={"partition": "a\nb"}), "scheduler.slurm.partition",
+         "one line"),
     ],
 )
 def test_invalid_config_names_the_field(change, field, hint):

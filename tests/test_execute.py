@@ -2,6 +2,7 @@
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 from pymatgen.core import Lattice, Structure
@@ -70,14 +71,16 @@ def test_manual_writes_a_manifest_of_unfinished_jobs(tmp_path):
     pending = [str(jobdir.resolve()) for jobdir in jobdirs[1:]]
     assert [item["jobdir"] for item in manifest] == pending
     for item in manifest:
-        assert item["command"] == f"gnome-loop run-job {shlex.quote(item['jobdir'])}"
-        assert shlex.split(item["command"]) == ["gnome-loop", "run-job", item["jobdir"]]
+        assert shlex.split(item["command"]) == ["bash", f"{item['jobdir']}/run.sh"]
     lines = (campaign / "jobs" / "manifest.txt").read_text().splitlines()
     assert lines == [f"{item['jobdir']}\t{item['command']}" for item in manifest]
     assert scheduler.survives_exit is True
 
-    # a later call adds new jobs to those still pending and drops the finished ones
-    run_job(jobdirs[1])
+    # a later call adds new jobs to those still pending and drops the finished ones; the listed
+    # command runs the job from any folder, though the campaign's path holds a space
+    done = subprocess.run(manifest[0]["command"], shell=True, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert read_result(jobdirs[1]).ok and (jobdirs[1] / "gnome_loop.exit").read_text().strip() == "0"
     (extra,) = copper_jobs(campaign / "jobs" / "r002", n=1)
     scheduler.execute([extra], on_done=None)
     manifest = json.loads((campaign / "jobs" / "manifest.json").read_text())

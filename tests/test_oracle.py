@@ -151,8 +151,8 @@ def test_overlapping_atoms_give_a_failed_result(tmp_path):
 def test_unknown_calculator_and_oracle_kind(tmp_path):
     result = run_with(tmp_path, "tests.test_oracle:NoSuchCalculator")
     assert not result.ok and result.error.startswith("AttributeError")
-    with pytest.raises(ValueError, match="unknown oracle kind 'vasp'"):
-        make_oracle({"kind": "vasp"})
+    with pytest.raises(ValueError, match="unknown oracle kind 'gaussian'"):
+        make_oracle({"kind": "gaussian"})
 
 
 def test_make_oracle_from_config():

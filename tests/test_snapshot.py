@@ -108,7 +108,7 @@ def test_file_snapshot_filters_to_a_subspace(shared_data):
             "snapshot": {"source": "file", "path": str(shared_data / LI_CO_NI_O)},
         }
     )
-    phases = load_snapshot(config)
+    phases = load_snapshot(config).phases
     assert len(phases) == 53
     assert all(_elements(phase) <= {"Li", "O"} for phase in phases)
     assert {"Li", "O"} <= set(itertools.chain.from_iterable(_elements(phase) for phase in phases))
@@ -116,7 +116,7 @@ def test_file_snapshot_filters_to_a_subspace(shared_data):
 
 def test_prototype_snapshot_from_config():
     config = parse_config({"chemical_space": {"elements": EMT_SPACE}})
-    assert [phase.id for phase in load_snapshot(config)] == [phase.id for phase in load_prototypes(EMT_SPACE, 3, 20)]
+    assert [phase.id for phase in load_snapshot(config).phases] == [phase.id for phase in load_prototypes(EMT_SPACE, 3, 20)]
 
 
 def _structure_entry(entry_id: str, energy: float, correction: float = 0.0) -> ComputedStructureEntry:
@@ -174,3 +174,106 @@ def test_non_finite_energies_are_counted_and_named(tmp_path):
     dumpfn(entries, path)
     with pytest.raises(ValueError, match="2 entries have a non-finite energy: n1, n2"):
         load_entries_file(path)
+
+
+def test_uncorrected_mp_file_joins_a_vasp_campaign_on_mps_corrected_scale(shared_data, tmp_path):
+    """A VASP campaign started from uncorrected MP entries corrects them itself: its hull is MP2020's."""
+    from monty.serialization import loadfn
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
+
+    from gnome_loop.campaign import Campaign
+
+    path = shared_data / "mp_chemsys" / "Li-Fe-O_uncorrected.json.gz"
+    config = parse_config({
+        "rounds": 0, "chemical_space": {"elements": ["Fe", "Li", "O"]},
+        "snapshot": {"source": "file", "path": str(path)}, "model": {"kind": "linear"},
+        "oracle": {"kind": "vasp"}})
+    campaign = Campaign.create(config, tmp_path / "campaign")
+    assert campaign.run().status == "done"
+    assert campaign.store.meta("scale") == "mp2020"
+    ours = {e["id"][len("e-"):]: e["e_hull"] for e in campaign.store.entries(with_structure=False)}
+
+    standard = MaterialsProject2020Compatibility().process_entries(loadfn(path))
+    diagram = PhaseDiagram(standard)
+    expected = {str(e.entry_id): diagram.get_e_above_hull(e) for e in standard}
+    assert set(ours) == set(expected) and len(ours) > 300
+    assert max(abs(ours[key] - expected[key]) for key in expected) < 1e-6
+
+
+def test_energy_table_loads_mp_summary_rows_as_structureless_references(shared_data):
+    from gnome_loop.snapshot.files import load_energy_table
+
+    path = shared_data / "mp_reference" / "mp_materials_summary.csv.gz"
+    phases, skipped = load_energy_table(path, ["Li", "Fe", "O"], 3, "mp2020")
+    assert not skipped  # the table holds MP's stable set: 9 phases of Li-Fe-O and its subsystems
+    assert all(p.structure is None and p.scale == "mp2020" for p in phases)
+    assert "mp-1960" in {p.id for p in phases}  # Li2O
+    assert sorted(p.composition.reduced_formula for p in phases) == [
+        "Fe", "Li", "Li2FeO3", "Li2O", "Li2O2", "Li5FeO4", "LiFeO2", "LiO8", "O2"]
+
+
+def test_energy_table_counts_malformed_rows_and_refuses_repeated_ids(tmp_path):
+    from gnome_loop.snapshot.files import load_energy_table
+
+    path = tmp_path / "table.csv"
+    path.write_text("Composition,MaterialId,Corrected Energy\nLi2O1,a,-14.3\nXx2O,b,-3\nLi1,c,nan\nO2,d,\n((,f,-1\n"
+                    "Li1,e,-1.9\n")
+    phases, skipped = load_energy_table(path, None, None, "mp2020")
+    assert [p.id for p in phases] == ["a", "e"]
+    assert skipped == {"unknown-element": 1, "bad-energy": 2, "bad-composition": 1}
+    path.write_text("Composition,MaterialId,Corrected Energy\nLi1,a,-1.9\nLi2,a,-3.8\n")
+    with pytest.raises(ValueError, match="1 ids appear more than once: a"):
+        load_energy_table(path, None, None, "mp2020")
+    path.write_text("formula_pretty,e\nLi,-1\n")
+    with pytest.raises(ValueError, match="needs a composition column"):
+        load_energy_table(path, None, None, "mp2020")
+
+
+def test_extxyz_snapshot_keeps_energies_and_counts_frames_without(tmp_path):
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from gnome_loop.snapshot.files import load_extxyz_entries
+
+    frames = []
+    for key, energy in (("cu", -3.7), ("no-energy", None), ("au", -3.2)):
+        atoms = AseAtomsAdaptor.get_atoms(Structure(Lattice.cubic(3.6), ["Cu" if key != "au" else "Au"], [[0, 0, 0]]))
+        atoms.info["entry_id"] = key
+        if energy is not None:
+            atoms.info["energy"] = energy
+        frames.append(atoms)
+    ase.io.write(tmp_path / "refs.extxyz", frames, format="extxyz")
+    phases, skipped = load_extxyz_entries(tmp_path / "refs.extxyz", ["Cu", "Au"], 2, 8, "emt")
+    assert [(p.id, p.energy, p.scale) for p in phases] == [("cu", -3.7, "emt"), ("au", -3.2, "emt")]
+    assert skipped == {"no-energy": 1} and phases[0].structure.composition.reduced_formula == "Cu"
+
+
+def test_cif_folder_snapshot_is_evaluated_by_the_oracle(tmp_path):
+    from gnome_loop.campaign import Campaign
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for name, a in (("cu", 3.6), ("ag", 4.1)):
+        Structure(Lattice.cubic(a), [name.title()] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) \
+            .to(filename=str(folder / f"{name}.cif"))
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
+    config = parse_config({"rounds": 0, "chemical_space": {"elements": ["Cu", "Ag"], "max_elements": 2},
+                           "snapshot": {"source": "file", "path": str(folder)}, "model": {"kind": "linear"}})
+    campaign = Campaign.create(config, tmp_path / "campaign")
+    assert campaign.run().status == "done"
+    metrics = campaign.store.round_metrics(0)
+    assert metrics["reevaluated"] is True and metrics["references"] == 2
+    assert metrics["snapshot_skipped"] == {"unparseable": 1}
+    assert len(campaign.store.entries()) == 2 and campaign.store.meta("snapshot_version") == "cifs/"
+
+
+def test_energy_only_references_cannot_be_reevaluated(tmp_path):
+    from gnome_loop.campaign import Campaign
+
+    path = tmp_path / "refs.csv"
+    path.write_text("Composition,MaterialId,Corrected Energy\nCu1,a,-3.7\n")
+    config = parse_config({"rounds": 0, "chemical_space": {"elements": ["Cu"]},
+                           "snapshot": {"source": "file", "path": str(path)}, "model": {"kind": "linear"}})
+    with pytest.raises(ValueError, match="energies but no structures"):
+        Campaign.create(config, tmp_path / "campaign").run()

@@ -18,5 +18,11 @@ class InlineScheduler:
             run_job(jobdir)
             on_done(jobdir)
 
+    def check(self, jobdirs: list[Path]) -> None:
+        pass  # jobs run only while `execute` does: nothing to follow afterwards
+
+    def cancel(self, jobdirs: list[Path]) -> None:
+        pass
+
     def close(self) -> None:
         pass

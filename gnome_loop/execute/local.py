@@ -62,6 +62,12 @@ class DaskScheduler:
                 on_done(jobdir)
             future.release()
 
+    def check(self, jobdirs: list[Path]) -> None:
+        pass  # jobs run only while `execute` does: nothing to follow afterwards
+
+    def cancel(self, jobdirs: list[Path]) -> None:
+        pass
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

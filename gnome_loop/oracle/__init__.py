@@ -10,7 +10,7 @@ from gnome_loop.config import Oracle as OracleConfig
 from gnome_loop.oracle.ase_relax import AseRelaxOracle
 from gnome_loop.oracle.base import Oracle, OracleResult, read_result, run_job, write_job
 
-ORACLE_KINDS = ("ase",)
+ORACLE_KINDS = ("ase", "vasp")
 
 __all__ = ["AseRelaxOracle", "Oracle", "OracleResult", "make_oracle", "read_result", "run_job", "write_job"]
 
@@ -22,6 +22,12 @@ def make_oracle(config: dict | OracleConfig) -> Oracle:
     if kind not in ORACLE_KINDS:
         raise ValueError(f"unknown oracle kind {kind!r}; known kinds: {', '.join(ORACLE_KINDS)}")
     settings = OracleConfig.model_validate(data)
+    if settings.kind == "vasp":
+        from gnome_loop.oracle.vasp import VaspOracle
+
+        vasp = settings.vasp
+        return VaspOracle(vasp.command, double_relax=vasp.double_relax, custodian=vasp.custodian,
+                          incar=vasp.incar, max_seconds=settings.max_seconds, scale=settings.scale())
     return AseRelaxOracle(
         settings.calculator, settings.fmax, settings.max_steps, settings.relax_cell, scale=settings.scale(),
         max_seconds=settings.max_seconds,

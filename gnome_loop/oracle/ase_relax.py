@@ -12,7 +12,10 @@ import contextlib
 import functools
 import importlib
 import io
+import shlex
+import sys
 import time
+from pathlib import Path
 
 from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
@@ -55,18 +58,34 @@ class AseRelaxOracle:
     """Relax with FIRE until the largest force is below `fmax` eV/Å or `max_steps` are done.
 
     Running out of steps is not a failure (an ML potential is a stand-in for DFT): the
-    result says `steps` and `trajectory["converged"]`.
+    result says `steps` and `trajectory["converged"]`. The job script of a folder is
+    `gnome-loop run-job .`, which writes `result.json` itself.
     """
 
     def __init__(self, calculator: str, fmax: float, max_steps: int, relax_cell: bool, scale: str = "",
                  max_seconds: float | None = None) -> None:
-        self.calculator = make_calculator(calculator)
+        self.calculator_name = calculator
         self.fmax = fmax
         self.max_steps = max_steps
         self.relax_cell = relax_cell
         self.max_seconds = max_seconds
         self.name = f"ase:{calculator}"
         self.scale = scale or OracleConfig(calculator=calculator).scale()
+
+    @functools.cached_property
+    def calculator(self) -> Calculator:
+        """Made on first use: reading a job folder's result never loads a model."""
+        return make_calculator(self.calculator_name)
+
+    def write_inputs(self, jobdir: Path, structure: Structure) -> str:
+        """Nothing beyond `job.json` is needed; the script runs the job with this Python's gnome_loop."""
+        return f"{shlex.quote(sys.executable)} -m gnome_loop run-job ."
+
+    def run(self, jobdir: Path, structure: Structure) -> OracleResult:
+        return self.relax(structure)
+
+    def collect(self, jobdir: Path, structure: Structure) -> OracleResult | None:
+        return None  # `gnome-loop run-job` writes result.json itself
 
     def relax(self, structure: Structure) -> OracleResult:
         """Relax `structure`; the trajectory records every optimiser step, the initial one included."""

@@ -1,10 +1,17 @@
 """The job-folder protocol shared by every oracle and scheduler.
 
-A job is a folder holding `job.json` (what to relax and with which oracle) and, once
-it has run, `result.json` (an :class:`OracleResult`). Any process that can read the
-folder can run the job: the campaign in-process, a dask worker, or a user running
-`gnome-loop run-job JOBDIR` on a cluster node. Both files are written atomically, so
-a reader never sees half a file from a writer that was killed.
+A job is a folder holding `job.json` (what to relax and with which oracle), the
+oracle's own input files, `run.sh` (the job script a cluster or a user runs) and,
+once it has run, `result.json` (an :class:`OracleResult`). Any process that can
+read the folder can run the job: the campaign in-process, a dask worker, a SLURM
+array task, or a user running `bash run.sh` (or `gnome-loop run-job JOBDIR`).
+
+`run.sh` writes two markers around the oracle's commands: `gnome_loop.started`
+(host, SLURM job id, time) and `gnome_loop.exit` (the exit status), so the state
+of a job can be read from its folder even when the scheduler's records are lost.
+An oracle whose program writes its own outputs (VASP) turns them into
+`result.json` when `read_result` finds them finished. JSON files are written
+atomically, so a reader never sees half a file from a writer that was killed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from gnome_loop.structures import validate_structure
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
+SCRIPT_FILE = "run.sh"
+STARTED_MARKER = "gnome_loop.started"
+EXIT_MARKER = "gnome_loop.exit"
 #: A relaxation that changes the volume per atom by more than this factor (either way) blew up.
 MAX_VOLUME_FACTOR = 3.0
 
@@ -34,8 +44,9 @@ class OracleResult:
 
     `energy` is the total energy of the relaxed cell in eV on the oracle's energy
     scale. `trajectory` holds per-step `energies`, `forces`, `stresses` (Voigt,
-    eV/Å^3, empty when the calculator has none), `cells` and cartesian `positions`:
-    training data for interatomic potentials.
+    eV/Å^3, ASE's sign convention, empty when the calculator has none), `cells` and
+    cartesian `positions`: training data for interatomic potentials. `info` holds
+    what else the oracle knows (run type, uncorrected energy, corrections).
     """
 
     ok: bool
@@ -46,6 +57,7 @@ class OracleResult:
     attempt: int = 0
     wall_s: float = 0.0
     steps: int = 0
+    info: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (the structure as `Structure.as_dict()`)."""
@@ -63,12 +75,23 @@ class OracleResult:
 
 
 class Oracle(Protocol):
-    """Turns a structure into a relaxed structure and its total energy."""
+    """Turns a structure into a relaxed structure and its total energy, in a job folder.
+
+    `write_inputs` writes the files the job needs and returns the shell lines that
+    do the work (they run inside the folder, from `run.sh`); `run` does the job
+    now, in this process; `collect` reads the result of a run that happened
+    elsewhere (None while it has not finished, or when the oracle writes
+    `result.json` itself). `structure` is always the job's initial structure.
+    """
 
     name: str
     scale: str
 
-    def relax(self, structure: Structure) -> OracleResult: ...
+    def write_inputs(self, jobdir: Path, structure: Structure) -> str: ...
+
+    def run(self, jobdir: Path, structure: Structure) -> OracleResult: ...
+
+    def collect(self, jobdir: Path, structure: Structure) -> OracleResult | None: ...
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -90,9 +113,20 @@ def write_json_atomic(path: Path, data: dict | list) -> None:
 
 
 def write_job(jobdir: Path, job_id: str, candidate_id: str, structure: Structure, oracle: dict, attempt: int) -> None:
-    """Create the job folder and its `job.json`; `oracle` is the dumped `Oracle` config section."""
+    """Create the job folder: the oracle's inputs, `run.sh`, and last `job.json`.
+
+    `oracle` is the dumped `Oracle` config section. `job.json` comes last so that a
+    folder with a `job.json` of this attempt is complete.
+    """
+    from gnome_loop.oracle import make_oracle  # the registry imports this module
+
     jobdir = Path(jobdir)
     jobdir.mkdir(parents=True, exist_ok=True)
+    for marker in (STARTED_MARKER, EXIT_MARKER):
+        (jobdir / marker).unlink(missing_ok=True)
+    body = make_oracle(oracle).write_inputs(jobdir, structure)
+    write_text_atomic(jobdir / SCRIPT_FILE, job_script(job_id, attempt, body))
+    (jobdir / SCRIPT_FILE).chmod(0o755)
     job = {
         "job_id": job_id,
         "candidate_id": candidate_id,
@@ -101,6 +135,28 @@ def write_job(jobdir: Path, job_id: str, candidate_id: str, structure: Structure
         "attempt": attempt,
     }
     write_json_atomic(jobdir / JOB_FILE, job)
+
+
+def job_script(job_id: str, attempt: int, body: str) -> str:
+    """`run.sh`: enter the folder, mark the start, run `body`, record its exit status."""
+    return (
+        "#!/usr/bin/env bash\n"
+        f"# gnome_loop job {job_id}, attempt {attempt}: run it from anywhere with `bash run.sh`\n"
+        'cd "$(dirname "$0")" || exit 1\n'
+        f'echo "$(hostname) ${{SLURM_JOB_ID:-}} $(date +%s)" > {STARTED_MARKER}\n'
+        f"{body.rstrip()}\n"
+        "status=$?\n"
+        f'echo "$status" > {EXIT_MARKER}\n'
+        'exit "$status"\n'
+    )
+
+
+def exit_status(jobdir: Path | str) -> int | None:
+    """The exit status `run.sh` recorded, None while it has not ended (or never ran)."""
+    try:
+        return int((Path(jobdir) / EXIT_MARKER).read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
 
 
 def run_job(jobdir: Path | str) -> OracleResult:
@@ -116,13 +172,17 @@ def run_job(jobdir: Path | str) -> OracleResult:
     job = json.loads((jobdir / JOB_FILE).read_text())
     try:
         initial = Structure.from_dict(job["structure"])
-        result = make_oracle(job["oracle"]).relax(initial)
+        result = make_oracle(job["oracle"]).run(jobdir, initial)
         if result.ok:
             result = _sanity_check(result, initial)
     except Exception as error:  # any failure of the oracle is a failed job, not a crash
         result = OracleResult(ok=False, error=f"{type(error).__name__}: {error}")
+    result.wall_s = result.wall_s or time.perf_counter() - start
+    return _save(jobdir, job, result)
+
+
+def _save(jobdir: Path, job: dict, result: OracleResult) -> OracleResult:
     result.attempt = job["attempt"]
-    result.wall_s = time.perf_counter() - start
     write_json_atomic(jobdir / RESULT_FILE, result.to_dict())
     return result
 
@@ -145,10 +205,33 @@ def _sanity_check(result: OracleResult, initial: Structure) -> OracleResult:
 
 
 def read_result(jobdir: Path | str) -> OracleResult | None:
-    """The result in `jobdir`, None when it has not run, a failed result when the file is corrupt."""
-    path = Path(jobdir) / RESULT_FILE
+    """The result in `jobdir`, None while the job has not finished.
+
+    Without a `result.json`, the oracle collects finished outputs written by a run
+    elsewhere (a VASP run on a cluster) and the result is saved as `result.json`;
+    a job script that ended without any result is a failed job. A corrupt
+    `result.json` is a failed result, never an exception.
+    """
+    from gnome_loop.oracle import make_oracle  # the registry imports this module
+
+    jobdir = Path(jobdir)
+    path = jobdir / RESULT_FILE
     if not path.exists():
-        return None
+        try:
+            job = json.loads((jobdir / JOB_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None  # not (yet) a complete job folder
+        try:
+            initial = Structure.from_dict(job["structure"])
+            result = make_oracle(job["oracle"]).collect(jobdir, initial)
+            if result is not None and result.ok:
+                result = _sanity_check(result, initial)
+        except Exception as error:  # outputs the oracle cannot read are a failed job
+            result = OracleResult(ok=False, error=f"{type(error).__name__}: {error}")
+        status = exit_status(jobdir)
+        if result is None and status is not None:
+            result = OracleResult(ok=False, error=f"run.sh exited with status {status} and left no result")
+        return None if result is None else _save(jobdir, job, result)
     try:
         return OracleResult.from_dict(json.loads(path.read_text()))
     except Exception as error:  # truncated or hand-edited file: report it as a failed job

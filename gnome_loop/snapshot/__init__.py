@@ -8,7 +8,11 @@ hull. Two sources exist: the embedded prototype library with elemental reference
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
 
 from pymatgen.core import Composition, Structure
 
@@ -40,13 +44,56 @@ class KnownPhase:
             self.composition = self.structure.composition
 
 
-def load_snapshot(config: CampaignConfig) -> list[KnownPhase]:
-    """The known phases of a campaign, from the source its config names."""
-    # Imported here because both modules import KnownPhase from this package.
-    from gnome_loop.snapshot.files import load_entries_file
+@dataclass
+class Snapshot:
+    """The known phases of a campaign, the rows skipped by reason, and what they came from."""
+
+    phases: list[KnownPhase]
+    skipped: Counter = field(default_factory=Counter)
+    version: str = ""
+
+
+def load_snapshot(config: CampaignConfig, cache_dir: Path | None = None) -> Snapshot:
+    """The known phases of a campaign, from the source its config names.
+
+    A file is read by its kind: entries JSON (`.json`, `.json.gz`), an energy table
+    (`.csv`, `.csv.gz`), extxyz (`.extxyz`, `.xyz`), or a folder/zip of CIFs. MP
+    entries are fetched once and cached in `cache_dir` (the campaign's folder).
+    """
+    # Imported here because these modules import KnownPhase from this package.
+    from gnome_loop.snapshot import files
     from gnome_loop.snapshot.prototypes import load_prototypes
 
-    space = config.chemical_space
-    if config.snapshot.source == "file":
-        return load_entries_file(config.snapshot.path, space.elements, space.max_elements)
-    return load_prototypes(space.elements, space.max_elements, space.max_atoms)
+    space, settings = config.chemical_space, config.snapshot
+    correct = config.oracle.scale() == "mp2020"
+    if settings.source == "prototypes":
+        return Snapshot(load_prototypes(space.elements, space.max_elements, space.max_atoms),
+                        version=f"AFLOW prototypes of pymatgen {version('pymatgen')} + ASE {version('ase')} references")
+    if settings.source == "mp":
+        from gnome_loop.snapshot.mp import cached_mp_snapshot
+
+        mp = cached_mp_snapshot(space.elements, space.max_elements, settings.endpoint, cache_dir)
+        phases = files.phases_of_entries(mp.entries, "mp", space.elements, space.max_elements, correct)
+        return Snapshot(phases, version=f"Materials Project {mp.database_version}")
+    path = Path(settings.path)
+    name = path.name.lower()
+    digest = f"{path.name} (sha1 {_sha1(path)})" if path.is_file() else f"{path.name}/"
+    if name.endswith((".json", ".json.gz")):
+        return Snapshot(files.load_entries_file(path, space.elements, space.max_elements, correct=correct),
+                        version=digest)
+    if name.endswith((".csv", ".csv.gz")):
+        phases, skipped = files.load_energy_table(path, space.elements, space.max_elements, settings.scale)
+    elif name.endswith((".extxyz", ".xyz")):
+        phases, skipped = files.load_extxyz_entries(path, space.elements, space.max_elements, space.max_atoms,
+                                                    settings.scale)
+    else:
+        phases, skipped = files.load_cif_folder(path, space.elements, space.max_elements, space.max_atoms)
+    return Snapshot(phases, skipped, digest)
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

@@ -35,7 +35,7 @@ from gnome_loop.generate.imported import import_structures
 from gnome_loop.generate.random_search import random_search
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
-from gnome_loop.hull import STABLE_TOL, Hull
+from gnome_loop.hull import STABLE_TOL, Hull, e_above_hull_many
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
 from gnome_loop.models.base import EnergyModel, load_model, make_model
 from gnome_loop.oracle.base import read_result, write_job, write_json_atomic
@@ -115,6 +115,10 @@ class Campaign:
         missing = [path for path in imported.paths if not Path(path).exists()]
         if missing:
             raise ConfigError(f"generators.import.paths: {', '.join(missing)} not found")
+        if config.snapshot.source == "file":
+            if not Path(config.snapshot.path).exists():
+                raise ConfigError(f"snapshot.path: {config.snapshot.path} not found")
+            config.snapshot.path = str(Path(config.snapshot.path).resolve())
         directory.mkdir(parents=True, exist_ok=True)
         for sub in ("jobs", "models", "exports"):
             (directory / sub).mkdir(exist_ok=True)
@@ -344,15 +348,19 @@ class Campaign:
         started = time.time()
         rows = self.store.candidates(round_=round_, status="new")
         structures = [structure_from_json(r["structure"]) for r in rows]
-        hull = self._hull()
+        predictions = _predict(self._model(), structures)
+        # every predicted energy against the current hull at once: one diagram per chemical system
+        judged = {r.entry_id: r for r in e_above_hull_many(
+            [ComputedEntry(structure.composition, energy * len(structure), entry_id=row["id"])
+             for row, structure, (energy, _, error) in zip(rows, structures, predictions) if error is None],
+            self._hull())}
         updates, scored = [], []
-        for row, structure, (energy, std, error) in zip(rows, structures, _predict(self._model(), structures)):
+        for row, (energy, std, error) in zip(rows, predictions):
             ehull = None
             if error is None:
-                ehull = hull.e_hull_of(structure.composition, energy * len(structure))
+                ehull = judged[row["id"]].e_above_hull
                 if ehull is None:
-                    missing = hull.missing_elements(structure.composition)
-                    error = "no hull: missing elemental reference for " + ",".join(missing)
+                    error = f"no hull: {judged[row['id']].reason}"
             updates.append((row["id"], energy, std, ehull, error))
             scored.append(Scored(row["id"], row["reduced_formula"], ehull, std))
         selection = self.config.selection
@@ -564,6 +572,8 @@ class Campaign:
             finally:
                 self.scheduler.close()
                 self._scheduler = None
+            # a job that finished while it was being cancelled keeps its result
+            jobs = [job for job in jobs if job.state == "pending" or read_result(self._jobdir(job)) is None]
             with self.store.transaction():
                 for job in jobs:
                     self.store.finish_job(job.id, "failed", job.attempts, "cancelled by user")

@@ -207,6 +207,10 @@ class Oracle(_Section):
         return {"chgnet": "chgnet-mp2020", "emt": "emt"}.get(self.calculator, self.calculator)
 
 
+#: sbatch options the SLURM scheduler sets itself: jobs are found again by their name and array index.
+RESERVED_SBATCH_OPTIONS = ("--job-name", "--array", "--output", "--parsable", "--wrap", "--clusters")
+
+
 class Slurm(_Section):
     partition: Optional[str] = Field(None, description="sbatch --partition")
     account: Optional[str] = Field(None, description="sbatch --account")
@@ -218,6 +222,8 @@ class Slurm(_Section):
                                "(your own shell code, run as written)")
     max_array_size: int = Field(1000, ge=1, description="most tasks per sbatch job array (the site's MaxArraySize)")
     max_running: Optional[int] = Field(None, ge=1, description="most tasks of one array running at once (%N)")
+    ended_grace: float = Field(300.0, ge=0, description="seconds a job SLURM says has ended may take to show its "
+                               "outputs (shared file systems lag) before it counts as failed")
 
     @field_validator("partition", "account", "time")
     @classmethod
@@ -229,8 +235,12 @@ class Slurm(_Section):
     def _lines(cls, value: list[str], info) -> list[str]:
         for item in value:
             _one_line(item, f"each of slurm.{info.field_name}")
-        if info.field_name == "directives" and any(not item.startswith("--") for item in value):
-            raise ValueError("directives are sbatch long options such as '--qos=normal'")
+        if info.field_name == "directives":
+            if any(not item.startswith("--") for item in value):
+                raise ValueError("directives are sbatch long options such as '--qos=normal'")
+            owned = [item for item in value if item.split("=")[0] in RESERVED_SBATCH_OPTIONS]
+            if owned:
+                raise ValueError(f"{', '.join(owned)}: gnome_loop sets these itself (it finds its jobs by them)")
         return value
 
 

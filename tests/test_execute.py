@@ -80,7 +80,7 @@ def test_manual_writes_a_manifest_of_unfinished_jobs(tmp_path):
     # command runs the job from any folder, though the campaign's path holds a space
     done = subprocess.run(manifest[0]["command"], shell=True, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert read_result(jobdirs[1]).ok and (jobdirs[1] / "gnome_loop.exit").read_text().strip() == "0"
+    assert read_result(jobdirs[1]).ok and (jobdirs[1] / "gnome_loop.exit").read_text().split() == ["0", "attempt", "1"]
     (extra,) = copper_jobs(campaign / "jobs" / "r002", n=1)
     scheduler.execute([extra], on_done=None)
     manifest = json.loads((campaign / "jobs" / "manifest.json").read_text())

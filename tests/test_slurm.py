@@ -86,7 +86,7 @@ def test_values_with_spaces_quotes_and_semicolons_do_not_reach_a_shell(tmp_path,
 
 def test_finished_jobs_survive_a_lost_record_and_lost_jobs_are_failed(tmp_path, cluster, shared_data):
     jobdirs = si_jobs(tmp_path / "jobs", vasp_oracle(), n=3)
-    scheduler = SlurmScheduler(SlurmConfig(), tmp_path)
+    scheduler = SlurmScheduler(SlurmConfig(ended_grace=0), tmp_path)
     scheduler.execute(jobdirs, on_done=lambda jobdir: None)
     fake_slurm.run_tasks(cluster, [("1000", 0)], task_env(shared_data))
     assert scheduler.check(jobdirs) == {}
@@ -134,7 +134,7 @@ def test_vasp_campaign_on_slurm_resumes_out_of_order_retries_and_records(tmp_pat
         "model": {"kind": "linear"},
         "selection": {"budget": 2},
         "oracle": vasp_oracle(),
-        "scheduler": {"kind": "slurm", "slurm": {"partition": "debug", "time": "0:30:00"}},
+        "scheduler": {"kind": "slurm", "slurm": {"partition": "debug", "time": "0:30:00", "ended_grace": 0}},
     }
     directory = tmp_path / "campaign"
     Campaign.create(parse_config(config), directory)
@@ -231,3 +231,31 @@ def test_cancel_stops_slurm_jobs_and_the_round_goes_on(tmp_path, cluster, shared
     assert runner.invoke(app, ["resume", str(directory)]).exit_code == 0  # nothing left to wait for
     (entry,) = Campaign(directory).store.entries(with_structure=False)
     assert entry["candidate_id"] == "ref-Si" and entry["is_stable"] == 1
+
+
+def test_a_job_sacct_calls_running_lives_and_an_ended_one_gets_time_to_show_its_outputs(
+        tmp_path, cluster, shared_data):
+    jobdirs = si_jobs(tmp_path / "jobs", vasp_oracle(), n=2)
+    scheduler = SlurmScheduler(SlurmConfig(ended_grace=300), tmp_path)
+    scheduler.execute(jobdirs, on_done=lambda jobdir: None)
+    state = json.loads((cluster / "state.json").read_text())
+    state["jobs"]["1000"]["tasks"] = {"0": "RUNNING", "1": "COMPLETED"}
+    (cluster / "state.json").write_text(json.dumps(state))
+    (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\nexit 0\n")  # squeue shows nothing (a hidden partition)
+    scheduler.check(jobdirs)
+    assert read_result(jobdirs[0]) is None  # sacct says RUNNING: alive
+    assert read_result(jobdirs[1]) is None  # ended, but its outputs may still be on their way
+    record = json.loads((jobdirs[1] / "slurm.json").read_text())
+    record["ended_seen"] -= 301
+    (jobdirs[1] / "slurm.json").write_text(json.dumps(record))
+    scheduler.check(jobdirs)
+    assert read_result(jobdirs[0]) is None
+    assert read_result(jobdirs[1]).error == "SLURM job 1000_1 ended (COMPLETED) without a result"
+
+
+def test_directives_cannot_take_over_what_finds_the_jobs():
+    from gnome_loop.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--job-name=mine: gnome_loop sets these itself"):
+        parse_config({"chemical_space": {"elements": ["Si"]},
+                      "scheduler": {"kind": "slurm", "slurm": {"directives": ["--job-name=mine"]}}})

@@ -277,3 +277,16 @@ def test_energy_only_references_cannot_be_reevaluated(tmp_path):
                            "snapshot": {"source": "file", "path": str(path)}, "model": {"kind": "linear"}})
     with pytest.raises(ValueError, match="energies but no structures"):
         Campaign.create(config, tmp_path / "campaign").run()
+
+
+def test_init_refuses_a_missing_snapshot_file_and_keeps_the_path_absolute(tmp_path, monkeypatch):
+    from gnome_loop.campaign import Campaign
+    from gnome_loop.config import ConfigError
+
+    settings = {"rounds": 0, "chemical_space": {"elements": ["Cu"]}, "snapshot": {"source": "file", "path": "refs.csv"}}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="snapshot.path: refs.csv not found"):
+        Campaign.create(parse_config(settings), tmp_path / "campaign")
+    (tmp_path / "refs.csv").write_text("Composition,MaterialId,Corrected Energy\nCu1,a,-3.7\n")
+    campaign = Campaign.create(parse_config(settings), tmp_path / "campaign")
+    assert campaign.config.snapshot.path == str(tmp_path / "refs.csv")

@@ -385,3 +385,35 @@ def test_manual_vasp_campaign_ingests_folders_where_vasp_ran_by_hand(tmp_path, o
     assert entry["scale"] == "mp2020"
     listed = [Path(item["jobdir"]) for item in json.loads((tmp_path / "campaign" / "jobs" / "manifest.json").read_text())]
     assert ref not in listed and half in listed
+
+
+def test_markers_of_another_attempt_and_a_running_script_prove_nothing(tmp_path, outputs):
+    jobdir = tmp_path / "job"
+    vasp_job(jobdir, si_structure(outputs), "vasp_std")
+    (jobdir / EXIT_MARKER).write_text("1 attempt 0\n")  # a stale script of an earlier attempt ended late
+    assert read_result(jobdir) is None
+    (jobdir / "gnome_loop.started").write_text("attempt 1 node7 123 0\n")  # this attempt runs (e.g. custodian)
+    for path in (outputs / "Si_relax_gga").iterdir():  # ... and left a complete vasprun between two VASP runs
+        shutil.copy(path, jobdir / path.name)
+    assert read_result(jobdir) is None
+    (jobdir / EXIT_MARKER).write_text("0 attempt 1\n")
+    assert read_result(jobdir).ok
+
+
+def test_double_relaxation_needs_its_second_run_and_a_cut_gzip_is_truncated(tmp_path, outputs):
+    jobdir = tmp_path / "job"
+    write_job(jobdir, "j-1", "c-1", si_structure(outputs),
+              {"kind": "vasp", "vasp": {"command": "vasp_std", "double_relax": True}}, attempt=1)
+    for path in (outputs / "Si_mprelaxset_atomate").iterdir():  # one relaxation only, as if relax1 was never moved
+        shutil.copy(path, jobdir / path.name)
+    (jobdir / EXIT_MARKER).write_text("1 attempt 1\n")
+    result = read_result(jobdir)
+    assert not result.ok and result.error.startswith("double relaxation: the second run left no vasprun.xml.relax2")
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    data = (outputs / "Si_relax_gga" / "vasprun.xml.gz").read_bytes()
+    (cut / "vasprun.xml.gz").write_bytes(data[: len(data) // 2])  # cut at the byte level, mid-stream
+    outcome = parse_vasp_dir(cut)
+    assert not outcome.ok and outcome.reason.startswith("truncated vasprun.xml")
+    assert parse_vasp_dir(outputs / "Si_relax_gga", "Si2").ok  # a formula need not be reduced

@@ -35,6 +35,8 @@ from gnome_loop.oracle.base import RESULT_FILE, SCRIPT_FILE, OracleResult, read_
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "slurm.json"
+#: squeue, every partition (-a), one line per array task (-r): `ID|NAME|STATE`.
+SQUEUE = ["squeue", "-h", "-a", "-r", "-o", "%i|%j|%T"]
 #: squeue states of a job that is still alive (queued, running or finishing).
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
                  "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
@@ -126,7 +128,7 @@ class SlurmScheduler:
             return {}
         names = sorted({record["name"] for record in open_jobs.values() if record})
         try:
-            alive = self._states(["squeue", "-h", "-r", "-o", "%i|%j|%T"], names)
+            alive = self._states(SQUEUE, names)
         except SlurmError as error:
             log.warning("cannot reach SLURM (%s); the jobs' state is left as it is", error)
             return {}
@@ -143,13 +145,17 @@ class SlurmScheduler:
                 continue
             key = (record["name"], record["task"])
             state = alive.get(key)
-            if state in ACTIVE_STATES:
+            if state in ACTIVE_STATES or ended.get(key) in ACTIVE_STATES:
                 continue
             if record["job_id"] is None and key not in ended:
                 unsubmitted.append(jobdir)  # killed before sbatch answered, and SLURM never heard of it
                 continue
             if read_result(jobdir) is not None:
                 continue  # it finished between the first look and the query
+            now = time.time()
+            if now - record.setdefault("ended_seen", now) < self.config.ended_grace:
+                write_json_atomic(jobdir / RECORD_FILE, record)  # outputs may still be on their way (NFS)
+                continue
             how = ended.get(key) or state or "with no record in squeue or sacct"
             job_id = record["job_id"] or f"{record['name']}[{record['task']}]"
             failed = OracleResult(ok=False, error=f"SLURM job {job_id} ended ({how}) without a result")
@@ -158,27 +164,34 @@ class SlurmScheduler:
         return self.execute(unsubmitted, lambda jobdir: None) if unsubmitted else {}
 
     def _states(self, command: list[str], names: list[str]) -> dict[tuple[str, int], str]:
-        """(job name, array task) → state, from squeue or sacct lines `ID|NAME|STATE`."""
-        if not names:
-            return {}
-        states = {}
-        for line in _run([*command, f"--name={','.join(names)}"]).splitlines():
-            parts = line.strip().split("|")
-            if len(parts) < 3 or "_" not in parts[0]:
-                continue
-            task = parts[0].split("_", 1)[1]
-            if task.isdigit():  # pending ranges such as 123_[4-9] are alive in squeue's -r form anyway
-                states[(parts[1], int(task))] = parts[2].split()[0].rstrip("+")
-        return states
+        """(job name, array task) → state, from squeue or sacct."""
+        return {key: state for key, (_, state) in _listing(command, names).items()}
 
     def cancel(self, jobdirs: list[Path]) -> None:
-        """`scancel` the SLURM jobs of these folders (those never submitted need nothing)."""
-        ids = [record["job_id"] for record in map(_record, jobdirs) if record and record["job_id"]]
-        if ids:
-            _run(["scancel", *ids])
+        """`scancel` the SLURM jobs of these folders; a job whose id was never recorded is found by name."""
+        records = [record for record in map(_record, jobdirs) if record]
+        unnamed = sorted({record["name"] for record in records if not record["job_id"]})
+        queued = _listing(SQUEUE, unnamed)
+        ids = [record["job_id"] or queued.get((record["name"], record["task"]), (None,))[0] for record in records]
+        if any(ids):
+            _run(["scancel", *[job_id for job_id in ids if job_id]])
 
     def close(self) -> None:
         pass
+
+
+def _listing(command: list[str], names: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
+    """(job name, array task) → (job id, state), from squeue or sacct lines `ID|NAME|STATE`
+    of the jobs with these names (none asked: nothing run)."""
+    if not names:
+        return {}
+    found = {}
+    for line in _run([*command, f"--name={','.join(names)}"]).splitlines():
+        parts = line.strip().split("|")
+        task = parts[0].partition("_")[2] if len(parts) >= 3 else ""
+        if task.isdigit():  # pending ranges such as 123_[4-9] are listed task by task with -r
+            found[(parts[1], int(task))] = (parts[0], parts[2].split()[0].rstrip("+"))
+    return found
 
 
 def _record(jobdir: Path | str) -> dict | None:

@@ -143,18 +143,45 @@ def job_script(job_id: str, attempt: int, body: str) -> str:
         "#!/usr/bin/env bash\n"
         f"# gnome_loop job {job_id}, attempt {attempt}: run it from anywhere with `bash run.sh`\n"
         'cd "$(dirname "$0")" || exit 1\n'
-        f'echo "$(hostname) ${{SLURM_JOB_ID:-}} $(date +%s)" > {STARTED_MARKER}\n'
+        f'echo "attempt {attempt} $(hostname) ${{SLURM_JOB_ID:-}} $(date +%s)" > {STARTED_MARKER}\n'
         f"{body.rstrip()}\n"
         "status=$?\n"
-        f'echo "$status" > {EXIT_MARKER}\n'
+        f'echo "$status attempt {attempt}" > {EXIT_MARKER}\n'
         'exit "$status"\n'
     )
 
 
-def exit_status(jobdir: Path | str) -> int | None:
-    """The exit status `run.sh` recorded, None while it has not ended (or never ran)."""
+def _current_attempt(jobdir: Path) -> int | None:
     try:
-        return int((Path(jobdir) / EXIT_MARKER).read_text().split()[0])
+        return json.loads((jobdir / JOB_FILE).read_text())["attempt"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def _marker_attempt(path: Path) -> int | None:
+    """The attempt a marker was written by (None: unreadable, absent, or written by no attempt)."""
+    try:
+        words = path.read_text().split()
+        return int(words[words.index("attempt") + 1])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def has_started(jobdir: Path | str) -> bool:
+    """Whether `run.sh` of the folder's current attempt has started."""
+    jobdir = Path(jobdir)
+    marker = jobdir / STARTED_MARKER
+    return marker.exists() and _marker_attempt(marker) == _current_attempt(jobdir)
+
+
+def exit_status(jobdir: Path | str) -> int | None:
+    """The exit status `run.sh` of the current attempt recorded, None while it has not ended
+    (or never ran). A marker left by an earlier attempt's script does not count."""
+    jobdir = Path(jobdir)
+    if _marker_attempt(jobdir / EXIT_MARKER) != _current_attempt(jobdir):
+        return None
+    try:
+        return int((jobdir / EXIT_MARKER).read_text().split()[0])
     except (FileNotFoundError, IndexError, ValueError):
         return None
 

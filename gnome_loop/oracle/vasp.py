@@ -32,7 +32,7 @@ from pymatgen.io.vasp import Poscar, Vasprun
 from pymatgen.io.vasp.sets import MPRelaxSet
 
 from gnome_loop.compatibility import mp2020_correct
-from gnome_loop.oracle.base import EXIT_MARKER, SCRIPT_FILE, OracleResult, exit_status
+from gnome_loop.oracle.base import SCRIPT_FILE, OracleResult, exit_status, has_started
 
 VASP_LOG = "vasp.out"
 CUSTODIAN_SCRIPT = "run_custodian.py"
@@ -139,10 +139,14 @@ def _is_complete(path: Path) -> bool:
 
 
 def is_finished(jobdir: Path, double_relax: bool) -> bool:
-    """Whether `run.sh` has ended, or VASP run by hand left a complete final vasprun."""
+    """Whether `run.sh` of this attempt has ended, or VASP run by hand (no `run.sh`) left a
+    complete final vasprun. While `run.sh` runs, a complete vasprun proves nothing: custodian
+    may be about to run VASP again."""
     jobdir = Path(jobdir)
-    if (jobdir / EXIT_MARKER).exists():
+    if exit_status(jobdir) is not None:
         return True
+    if has_started(jobdir):
+        return False
     name = "vasprun.xml.relax2" if double_relax else "vasprun.xml"
     return any(_is_complete(jobdir / f"{name}{ext}") for ext in ("", ".gz"))
 
@@ -262,7 +266,7 @@ def parse_vasp_dir(jobdir: Path, expected_formula: str | None = None) -> VaspOut
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pymatgen warns about POTCARs and unconverged runs
                 runs.append(Vasprun(path, parse_dos=False, parse_eigen=False, parse_potcar_file=False))
-        except (etree.XMLSyntaxError, ElementTree.ParseError) as error:
+        except (etree.XMLSyntaxError, ElementTree.ParseError, EOFError, zlib.error) as error:  # also a cut .gz
             return VaspOutcome(ok=False, reason=f"truncated vasprun.xml (the run died mid-write): {path.name}: {error}",
                                formula=_atominfo_formula(path) or _input_formula(jobdir))
     final = runs[-1]
@@ -283,7 +287,7 @@ def parse_vasp_dir(jobdir: Path, expected_formula: str | None = None) -> VaspOut
         forces = np.asarray(final.ionic_steps[-1]["forces"])
         outcome.reason = (f"not converged ionically: NSW={final.parameters.get('NSW')} ionic steps done, "
                           f"last max force {np.linalg.norm(forces, axis=1).max():.3f} eV/Å")
-    elif expected_formula is not None and outcome.formula != expected_formula:
+    elif expected_formula is not None and outcome.formula != Composition(expected_formula).reduced_formula:
         outcome.reason = f"composition mismatch: the run holds {outcome.formula}, the job expected {expected_formula}"
     else:
         outcome.entry, outcome.reason = mp2020_correct(final.get_computed_entry(inc_structure=True))
@@ -341,6 +345,10 @@ class VaspOracle:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             return OracleResult(ok=False, error=f"time limit: VASP still ran after {self.max_seconds} s and was killed")
+        except BaseException:  # Ctrl-C or a dying worker: VASP must not outlive the job that runs it
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
         result = self.collect(jobdir, structure)
         if result is None:
             return OracleResult(ok=False, error=f"run.sh exited with status {process.returncode} and left no "
@@ -353,6 +361,8 @@ class VaspOracle:
         if not is_finished(jobdir, self.double_relax):
             return None
         outcome = parse_vasp_dir(jobdir, structure.composition.reduced_formula)
+        if self.double_relax and outcome.ok and not _vasprun_paths(jobdir)[-1].name.startswith("vasprun.xml.relax2"):
+            outcome.ok, outcome.reason = False, "double relaxation: the second run left no vasprun.xml.relax2"
         status = exit_status(jobdir)
         info = {
             "run_type": outcome.run_type,

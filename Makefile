@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install gnome_loop with CHGNet and the test tools
 
-quickstart: $(STAMP)  ## a real 3-round campaign: 12 elements, CHGNet oracle, then the export
+quickstart: $(STAMP)  ## a real 3-round campaign: 12 elements, CHGNet oracle, then the export and the report
 	rm -rf runs/quickstart
 	$(BIN)/gnome-loop init experiments/quickstart/config.yaml -d runs/quickstart
 	$(BIN)/gnome-loop run runs/quickstart
 	$(BIN)/gnome-loop export runs/quickstart
+	$(BIN)/gnome-loop report runs/quickstart
 
 test: $(STAMP)  ## the default (fast) test suite
 	$(BIN)/python -m pytest -q

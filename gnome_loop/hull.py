@@ -51,7 +51,8 @@ def chemsys_of(elements: str | Composition | Iterable[str]) -> Chemsys:
     return frozenset(elements)
 
 
-def _named(ids: list[str]) -> str:
+def named_ids(ids: list) -> str:
+    """Ids for an error message: the first `MAX_NAMED`, then how many more."""
     more = f" and {len(ids) - MAX_NAMED} more" if len(ids) > MAX_NAMED else ""
     return ", ".join(map(str, ids[:MAX_NAMED])) + more
 
@@ -63,7 +64,7 @@ def _check_ids(entries: list[ComputedEntry]) -> None:
             raise ValueError(f"entry {entry.composition.reduced_formula} has no entry_id")
     repeated = sorted(str(key) for key, count in Counter(e.entry_id for e in entries).items() if count > 1)
     if repeated:
-        raise ValueError(f"duplicated entry ids: {_named(repeated)}")
+        raise ValueError(f"duplicated entry ids: {named_ids(repeated)}")
 
 
 def _shared_scale(entries: list[ComputedEntry], scale: str | None) -> str | None:
@@ -121,7 +122,7 @@ class Hull:
         _check_ids(entries)
         non_finite = [str(e.entry_id) for e in entries if not math.isfinite(e.energy)]
         if non_finite:
-            raise ValueError(f"non-finite energy for entries {_named(non_finite)}")
+            raise ValueError(f"non-finite energy for entries {named_ids(non_finite)}")
         self.scale = _shared_scale(entries, self.scale)
         for entry in entries:
             old = self._entries.get(entry.entry_id)

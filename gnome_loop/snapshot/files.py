@@ -29,14 +29,11 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from gnome_loop.compatibility import mp2020_correct
 from gnome_loop.generate.imported import import_structures
+from gnome_loop.hull import named_ids
 from gnome_loop.snapshot import KnownPhase
 from gnome_loop.structures import is_known_element, validate_structure
 
 log = logging.getLogger(__name__)
-
-#: Most offending ids named in an error message.
-MAX_NAMED = 10
-
 
 def _entry_id(entry: ComputedEntry) -> str:
     """The entry's own id, or a content hash of the entry when it has none."""
@@ -44,11 +41,6 @@ def _entry_id(entry: ComputedEntry) -> str:
         return str(entry.entry_id)
     text = json.dumps(entry.as_dict(), cls=MontyEncoder, sort_keys=True)
     return "entry-" + hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def _named(ids: list[str]) -> str:
-    more = f" and {len(ids) - MAX_NAMED} more" if len(ids) > MAX_NAMED else ""
-    return ", ".join(ids[:MAX_NAMED]) + more
 
 
 def _energy_scale(entries: list[ComputedEntry]) -> str:
@@ -127,10 +119,10 @@ def phases_of_entries(entries: list[ComputedEntry], source: str, elements: list[
     ids = [_entry_id(entry) for entry in entries]
     repeated = sorted(key for key, count in Counter(ids).items() if count > 1)
     if repeated:
-        raise ValueError(f"{source}: {len(repeated)} entry ids appear more than once: {_named(repeated)}")
+        raise ValueError(f"{source}: {len(repeated)} entry ids appear more than once: {named_ids(repeated)}")
     non_finite = [key for key, entry in zip(ids, entries) if not math.isfinite(entry.energy)]
     if non_finite:
-        raise ValueError(f"{source}: {len(non_finite)} entries have a non-finite energy: {_named(non_finite)}")
+        raise ValueError(f"{source}: {len(non_finite)} entries have a non-finite energy: {named_ids(non_finite)}")
 
     scale = _energy_scale(entries)
     if correct:
@@ -208,7 +200,7 @@ def load_energy_table(
     entries, skipped = read_energy_table(path)
     repeated = sorted(key for key, count in Counter(e.entry_id for e in entries).items() if count > 1)
     if repeated:
-        raise ValueError(f"energy table {path}: {len(repeated)} ids appear more than once: {_named(repeated)}")
+        raise ValueError(f"energy table {path}: {len(repeated)} ids appear more than once: {named_ids(repeated)}")
     space = None if elements is None else set(elements)
     phases = []
     for entry in entries:

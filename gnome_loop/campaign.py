@@ -38,7 +38,11 @@ from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import STABLE_TOL, Hull, e_above_hull_many
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
 from gnome_loop.models.base import EnergyModel, load_model, make_model
+from gnome_loop.models.nequip import NequIPConfig
+from gnome_loop.models.nequip_train import (average_neighbors, load_nequip, save_nequip, train_nequip,
+                                             training_frames)
 from gnome_loop.oracle.base import read_result, write_job, write_json_atomic
+from gnome_loop.prerelax import prerelax
 from gnome_loop.select import Scored, select_candidates
 from gnome_loop.snapshot import load_snapshot
 from gnome_loop.snapshot.prototypes import prototype_templates
@@ -53,6 +57,8 @@ from gnome_loop.structures import (
 )
 
 EXPORT_FORMATS = ("csv", "json", "cif-zip", "extxyz")
+#: Round metrics of the NequIP pre-relaxer (`prerelax: nequip`) shown by `status`.
+PRERELAX_METRICS = ("nequip_frames", "nequip_energy_mae", "nequip_force_mae", "prerelaxed", "prerelax_flagged")
 BOOTSTRAP_STAGES = ("snapshot", "submit", "wait", "hull", "train", "metrics")
 ROUND_STAGES = ("generate", "dedup", "select", "submit", "wait", "hull", "train", "metrics")
 
@@ -348,13 +354,38 @@ class Campaign:
         started = time.time()
         rows = self.store.candidates(round_=round_, status="new")
         structures = [structure_from_json(r["structure"]) for r in rows]
+        updates = self._score(rows, structures)
+        potential = self._potential() if self.config.prerelax.kind == "nequip" else None
+        records = self._prerelax(rows, structures, updates, potential) if potential else {}
+        scored = [Scored(row["id"], row["reduced_formula"], update[3], update[2]) for row, update in zip(rows, updates)]
+        selection = self.config.selection
+        picks = select_candidates(
+            scored, selection.budget, selection.ehull_threshold, selection.per_composition,
+            selection.explore_fraction, np.random.default_rng([self.config.seed, round_]), selection.strategy)
+        metrics = {"prerelaxed": len(records), "prerelax_flagged": sum(1 for r in records.values() if r["flag"])}
+        with self.store.transaction():
+            self.store.set_predictions(updates)
+            self.store.set_prerelaxed((rows[i]["id"], record) for i, record in records.items())
+            for index, record in records.items():
+                if record["flag"]:
+                    self.store.log("prerelax-flagged", f"{rows[index]['id']}: {record['flag']}")
+            self.store.mark_selected((p.id, p.explore) for p in picks)
+            self.store.add_jobs(self._job_row(p.id, round_) for p in picks)
+            self.store.update_round_metrics(round_, {
+                "selected": len(picks), "unscored": sum(1 for u in updates if u[-1] is not None),
+                **(metrics if potential else {})})
+            self._advance(round_, "select", started)
+        return 0
+
+    def _score(self, rows: list, structures: list) -> list[tuple]:
+        """(id, energy, std, E_hull, error) per candidate: the energy model's prediction,
+        judged against the current hull (one phase diagram per chemical system)."""
         predictions = _predict(self._model(), structures)
-        # every predicted energy against the current hull at once: one diagram per chemical system
         judged = {r.entry_id: r for r in e_above_hull_many(
             [ComputedEntry(structure.composition, energy * len(structure), entry_id=row["id"])
              for row, structure, (energy, _, error) in zip(rows, structures, predictions) if error is None],
             self._hull())}
-        updates, scored = [], []
+        updates = []
         for row, (energy, std, error) in zip(rows, predictions):
             ehull = None
             if error is None:
@@ -362,19 +393,55 @@ class Campaign:
                 if ehull is None:
                     error = f"no hull: {judged[row['id']].reason}"
             updates.append((row["id"], energy, std, ehull, error))
-            scored.append(Scored(row["id"], row["reduced_formula"], ehull, std))
-        selection = self.config.selection
-        picks = select_candidates(
-            scored, selection.budget, selection.ehull_threshold, selection.per_composition,
-            selection.explore_fraction, np.random.default_rng([self.config.seed, round_]), selection.strategy)
-        with self.store.transaction():
-            self.store.set_predictions(updates)
-            self.store.mark_selected((p.id, p.explore) for p in picks)
-            self.store.add_jobs(self._job_row(p.id, round_) for p in picks)
-            self.store.update_round_metrics(round_, {
-                "selected": len(picks), "unscored": sum(1 for u in updates if u[-1] is not None)})
-            self._advance(round_, "select", started)
-        return 0
+        return updates
+
+    def _prerelax(self, rows: list, structures: list, updates: list, potential: tuple) -> dict[int, dict]:
+        """Pre-relax the shortlist (best predicted E_hull first; molecules stay as they
+        are) with the campaign's NequIP and re-score the relaxed structures in `updates`.
+
+        Returns each shortlisted candidate's record by index: FIRE's status, steps and
+        energy, the force spread, the flag, and the relaxed structure unless flagged.
+        Candidates that relax onto one structure, or onto a known phase, keep only the
+        first: the others get an error and are not selected.
+        """
+        settings = self.config.prerelax
+        ranked = sorted((i for i, u in enumerate(updates)
+                         if u[3] is not None and not json.loads(rows[i]["info"]).get("molecule")),
+                        key=lambda i: (updates[i][3], rows[i]["id"]))
+        shortlist = ranked[:settings.shortlist] if settings.shortlist else ranked
+        params, config, species = potential
+        with self.progress("pre-relaxing (nequip)", len(shortlist)) as advance:
+            results = prerelax([structures[i] for i in shortlist], params, config, fmax=settings.fmax,
+                               max_steps=settings.max_steps, relax_cell=self.config.oracle.relax_cell,
+                               max_force_std=settings.max_force_std, batch_size=settings.batch_size,
+                               species=species)
+            advance(len(shortlist))
+        records, relaxed = {}, []
+        for index, result in zip(shortlist, results):
+            energy = result.relax.energy if result.relax is not None else None
+            records[index] = {
+                "status": result.relax.status if result.relax is not None else "not relaxed",
+                "steps": result.relax.steps if result.relax is not None else 0,
+                "energy": energy if energy is not None and math.isfinite(energy) else None,
+                "force_std": result.force_std, "flag": result.flag, "structure": None}
+            if result.structure is not None:
+                relaxed.append((index, result.structure))
+        labels = {index: symmetry_label(structure) for index, structure in relaxed}
+        known = [(e["id"], e["fingerprint"], structure_from_json(e["structure"]))
+                 for e in self.store.entries(fingerprints=set(labels.values())) if e["structure"]]
+        duplicates = find_duplicates([(rows[i]["id"], labels[i], s) for i, s in relaxed], known)
+        rescored = self._score([rows[i] for i, _ in relaxed], [s for _, s in relaxed])
+        for (index, structure), update in zip(relaxed, rescored):
+            key = rows[index]["id"]
+            if key in duplicates:
+                updates[index] = update[:3] + (None, f"pre-relaxes onto the same structure as {duplicates[key]}")
+            elif update[-1] is not None:
+                records[index]["flag"] = f"energy model failed on the relaxed structure: {update[-1]}"
+                continue  # keeps its unrelaxed score
+            else:
+                updates[index] = update
+            records[index]["structure"] = structure_to_json(structure)
+        return records
 
     def _stage_submit(self, round_: int) -> int:
         started = time.time()
@@ -436,11 +503,33 @@ class Campaign:
         if target.exists():
             shutil.rmtree(target)
         model.save(target)
+        metrics = {"model_val_mae": fit.get("val_mae"), "train_size": len(entries)}
+        if self.config.prerelax.kind == "nequip":
+            metrics.update(self._train_potential(round_, entries, target / "nequip"))
         with self.store.transaction():
             self.store.add_model(round_, 0, str(relative), fit.get("val_mae"))
-            self.store.update_round_metrics(round_, {"model_val_mae": fit.get("val_mae"), "train_size": len(entries)})
+            self.store.update_round_metrics(round_, metrics)
             self._advance(round_, "train", started)
         return 0
+
+    def _train_potential(self, round_: int, entries: list, target: Path) -> dict:
+        """Train the NequIP pre-relaxer on every stored relaxation trajectory; its metrics."""
+        settings = self.config.prerelax
+        frames = training_frames([(structure_from_json(e["structure"]), json.loads(e["trajectory"]))
+                                  for e in entries if e["trajectory"]], settings.frame_stride, settings.max_frames)
+        if not frames:
+            return {"nequip_frames": 0}  # no trajectories yet (energies without relaxations): nothing to learn
+        config = NequIPConfig(cutoff=settings.cutoff, irreps=settings.irreps, blocks=settings.blocks,
+                              radial_hidden=settings.radial_hidden,
+                              avg_neighbors=average_neighbors(frames, settings.cutoff))
+        with self.progress(f"training NequIP ({len(frames)} frames)", 1) as advance:
+            params, fit = train_nequip(frames, config, members=settings.members, epochs=settings.epochs,
+                                       batch_size=settings.train_batch_size, patience=settings.patience,
+                                       seed=self.config.seed + round_)
+            advance(1)
+        save_nequip(target, params, config, fit)
+        return {"nequip_frames": len(frames), "nequip_energy_mae": fit.get("energy_mae_meV_per_atom"),
+                "nequip_force_mae": fit.get("force_mae_meV_per_A")}
 
     def _stage_metrics(self, round_: int) -> int:
         started = time.time()
@@ -509,8 +598,11 @@ class Campaign:
             oracle = self.config.oracle.model_dump()
             if json.loads(candidate["info"]).get("molecule"):
                 oracle["relax_cell"] = False  # a molecule in a box: relaxing the box would collapse it
-            write_job(jobdir, job.id, job.candidate_id, structure_from_json(candidate["structure"]), oracle,
-                      attempt=job.attempts + 1)
+            # a trusted pre-relaxation (not flagged) is where the oracle starts; a retry starts
+            # from the generated structure, in case the pre-relaxed one is what failed
+            relaxed = json.loads(candidate["prerelax"] or "{}").get("structure") if job.attempts == 0 else None
+            write_job(jobdir, job.id, job.candidate_id, structure_from_json(relaxed or candidate["structure"]),
+                      oracle, attempt=job.attempts + 1)
         with self.store.transaction():
             self.store.mark_submitted(j.id for j in jobs)
         by_dir = {self._jobdir(j): j.id for j in jobs}
@@ -596,6 +688,15 @@ class Campaign:
         self._hull_cache.add(new)
         return self._hull_cache
 
+    def _potential(self) -> tuple[dict, NequIPConfig, set[int]] | None:
+        """The latest trained NequIP pre-relaxer (parameters, config, the atomic numbers it
+        was trained on), or None before the first."""
+        for row in self.store.query("SELECT path FROM models ORDER BY round DESC"):
+            if (self.dir / row["path"] / "nequip").is_dir():
+                params, config, metrics = load_nequip(self.dir / row["path"] / "nequip")
+                return params, config, set(metrics["species"])
+        return None
+
     def _model(self) -> EnergyModel:
         row = self.store.latest_model()
         if row is None:
@@ -639,6 +740,7 @@ class Campaign:
                 "spread_error_spearman": metrics.get("spread_error_spearman"),
                 "precision": metrics.get("precision"), "recall": metrics.get("recall"), "f1": metrics.get("f1"),
                 "daf": metrics.get("daf"),
+                "prerelax": {key: metrics[key] for key in PRERELAX_METRICS if key in metrics},
                 "seconds": {k[len("seconds_"):]: v for k, v in metrics.items() if k.startswith("seconds_")},
             })
         return table

@@ -132,14 +132,33 @@ def _print_status(campaign) -> None:
     table = Table(title=f"campaign {campaign.config.name} ({campaign.dir})")
     for header in STATUS_COLUMNS:
         table.add_column(header, justify="right")
-    for row in campaign.round_table():
+    rounds = campaign.round_table()
+    for row in rounds:
         table.add_row(str(row["round"]), row["stage"], _fmt(row["generated"]), _fmt(row["unique"]),
                       _fmt(row["selected"]), _fmt(row["evaluated"]), _fmt(row["failed"]), _fmt(row["stable"]),
                       _fmt(row["new_stable"]), _fmt(row["hit_rate"], 100, 1), _fmt(row["filter_mae"], 1000),
                       _fmt(row["model_val_mae"], 1000), _fmt(row["spread_error_spearman"], 1, 2))
     out.print(table)
     out.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in STATUS_COLUMNS.items()) + "[/]")
-    _print_generators(campaign.round_table())
+    _print_generators(rounds)
+    _print_prerelax(rounds)
+
+
+def _print_prerelax(rounds: list[dict]) -> None:
+    """The NequIP pre-relaxer per round: its training and how many candidates it relaxed."""
+    rows = [row for row in rounds if row["prerelax"]]
+    if not rows:
+        return
+    table = Table(title="NequIP pre-relaxer (frames and MAEs: trained after the round; pre-relaxed and "
+                        "flagged: with the potential of the round before)")
+    for header in ("round", "frames", "E MAE meV/at", "F MAE meV/Å", "pre-relaxed", "flagged"):
+        table.add_column(header, justify="right")
+    for row in rows:
+        values = row["prerelax"]
+        table.add_row(str(row["round"]), _fmt(values.get("nequip_frames")), _fmt(values.get("nequip_energy_mae"), 1, 1),
+                      _fmt(values.get("nequip_force_mae"), 1, 1), _fmt(values.get("prerelaxed")),
+                      _fmt(values.get("prerelax_flagged")))
+    out.print(table)
 
 
 def _print_generators(rounds: list[dict]) -> None:

@@ -150,6 +150,43 @@ class Selection(_Section):
     strategy: Literal["model", "random"] = "model"
 
 
+class Prerelax(_Section):
+    kind: Literal["none", "nequip"] = Field(
+        "none", description="'nequip': train a NequIP ensemble on the oracle's relaxation trajectories each round "
+        "and relax the best candidates with it before the energy model scores them")
+    members: int = Field(2, ge=2, description="NequIP ensemble members (their force spread flags candidates)")
+    epochs: int = Field(30, ge=1, description="most NequIP training epochs per round")
+    cutoff: float = Field(4.0, gt=1.0, le=10.0, description="NequIP neighbour cutoff, Å")
+    irreps: str = Field("16x0e + 8x1o + 4x2e", description="NequIP hidden features (l ≤ 2; NequIP's papers use "
+                        "32–64 channels per l, slower on a CPU)")
+    blocks: int = Field(2, ge=1, le=6, description="NequIP interaction blocks")
+    radial_hidden: int = Field(32, ge=4, description="width of the radial MLPs")
+    patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
+    train_batch_size: int = Field(8, ge=1, description="frames per training step")
+    frame_stride: int = Field(2, ge=1, description="train on every n-th ionic step of each trajectory")
+    max_frames: int = Field(400, ge=10, description="most training frames (evenly thinned beyond this)")
+    shortlist: int = Field(100, ge=0, description="candidates pre-relaxed per round, best predicted E_hull "
+                           "first (0: all)")
+    fmax: float = Field(0.05, gt=0, description="force convergence of the pre-relaxation, eV/Å")
+    max_steps: int = Field(150, ge=1, description="most FIRE steps of the pre-relaxation")
+    max_force_std: float = Field(0.5, gt=0, description="ensemble force spread (eV/Å) above which a relaxed "
+                                 "candidate is flagged and kept unrelaxed")
+    batch_size: int = Field(16, ge=1, description="structures relaxed together")
+
+    @field_validator("irreps")
+    @classmethod
+    def _valid_irreps(cls, value: str) -> str:
+        import e3nn_jax as e3nn
+
+        try:
+            irreps = e3nn.Irreps(value)
+        except (ValueError, AssertionError) as error:
+            raise ValueError(f"irreps {value!r} cannot be read ({error}); e.g. '16x0e + 8x1o + 4x2e'") from None
+        if irreps.lmax > 2 or "0e" not in {str(ir) for _, ir in irreps}:
+            raise ValueError("irreps need scalars (0e) and l ≤ 2, e.g. '16x0e + 8x1o + 4x2e'")
+        return value
+
+
 def _one_line(value: str, what: str) -> str:
     """Values that end up in job scripts or scheduler arguments never hold a line break."""
     if "\n" in value or "\r" in value or "\0" in value:
@@ -176,6 +213,9 @@ class Oracle(_Section):
     kind: Literal["ase", "vasp"] = Field("ase", description="'ase' (an ASE calculator relaxes in-process or in "
                                          "run-job) or 'vasp' (job folders for VASP with MP settings)")
     calculator: str = Field("emt", description="'emt', 'chgnet', or an import path 'module:Class'")
+    calculator_args: dict[str, Any] = Field({}, description="keyword arguments of an imported calculator class, "
+                                            "e.g. {path_or_params: /abs/path/campaign/models/r002/nequip} for "
+                                            "gnome_loop.models.nequip_train:NequIPCalculator")
     fmax: float = Field(0.05, gt=0, description="force convergence, eV/Å")
     max_steps: int = Field(300, ge=1, description="most optimiser steps")
     relax_cell: bool = True
@@ -197,6 +237,13 @@ class Oracle(_Section):
         if value not in ("emt", "chgnet") and ":" not in value:
             raise ValueError(f"unknown calculator {value!r}; use 'emt', 'chgnet' or 'package.module:Class'")
         return value
+
+    @model_validator(mode="after")
+    def _args_for_imported_calculators(self) -> "Oracle":
+        if self.calculator_args and ":" not in self.calculator:
+            raise ValueError(f"calculator_args are for an imported calculator ('module:Class'), not "
+                             f"{self.calculator!r}")
+        return self
 
     def scale(self) -> str:
         """The energy scale the oracle's energies live on (hulls never mix scales)."""
@@ -260,8 +307,21 @@ class CampaignConfig(_Section):
     generators: Generators = Generators()
     model: Model = Model()
     selection: Selection = Selection()
+    prerelax: Prerelax = Prerelax()
     oracle: Oracle = Oracle()
     scheduler: Scheduler = Scheduler()
+
+    @field_validator("prerelax", mode="before")
+    @classmethod
+    def _prerelax_shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value  # `prerelax: nequip`
+
+    @model_validator(mode="after")
+    def _prerelax_needs_a_structure_model(self) -> "CampaignConfig":
+        if self.prerelax.kind != "none" and self.model.kind != "gnome":
+            raise ValueError(f"prerelax: {self.prerelax.kind} relaxes candidates for a structure model to score; "
+                             f"model.kind {self.model.kind!r} reads only compositions (use model.kind: gnome)")
+        return self
 
     def digest(self) -> str:
         """Hash of the settings frozen at init (provenance of exports).

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     status TEXT NOT NULL DEFAULT 'new', duplicate_of TEXT,
     pred_energy REAL, pred_std REAL, pred_ehull REAL, score_error TEXT,
     selected INTEGER NOT NULL DEFAULT 0, explore INTEGER NOT NULL DEFAULT 0,
-    info TEXT NOT NULL DEFAULT '{}');
+    info TEXT NOT NULL DEFAULT '{}', prerelax TEXT);
 CREATE INDEX IF NOT EXISTS candidates_round ON candidates(round);
 CREATE INDEX IF NOT EXISTS candidates_fingerprint ON candidates(fingerprint);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 #: Statements that bring a database of version N up to version N + 1.
-MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}'"]}
+MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}'"],
+              2: ["ALTER TABLE candidates ADD COLUMN prerelax TEXT"]}
 
 #: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
 JOB_STATES = ("pending", "submitted", "done", "failed")
@@ -253,6 +254,11 @@ class Store:
             "UPDATE candidates SET pred_energy = ?, pred_std = ?, pred_ehull = ?, score_error = ? WHERE id = ?",
             [(e, s, h, err, key) for key, e, s, h, err in rows],
         )
+
+    def set_prerelaxed(self, rows: Iterable[tuple[str, dict]]) -> None:
+        """rows: (id, pre-relaxation record: status, steps, energy, force_std, flag, structure or None)."""
+        self.conn.executemany("UPDATE candidates SET prerelax = ? WHERE id = ?",
+                              [(json.dumps(record), key) for key, record in rows])
 
     def mark_selected(self, picks: Iterable[tuple[str, bool]]) -> None:
         self.conn.executemany(

@@ -367,14 +367,15 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     from gnome_loop.store import SCHEMA, SCHEMA_VERSION, Store
 
     path = tmp_path / "campaign.db"
-    old = sqlite3.connect(path)  # the schema as version 1 had it: no entries.data
-    old.executescript(SCHEMA.replace(",\n    data TEXT NOT NULL DEFAULT '{}')", ")"))
+    old = sqlite3.connect(path)  # the schema as version 1 had it: no entries.data, no candidates.prerelax
+    old.executescript(SCHEMA.replace(",\n    data TEXT NOT NULL DEFAULT '{}')", ")").replace(", prerelax TEXT)", ")"))
     old.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     old.execute("INSERT INTO entries (id, source, round, composition, reduced_formula, nsites, energy_corrected,"
                 " energy_per_atom, scale) VALUES ('e-1', 'snapshot', 0, 'Cu1', 'Cu', 1, -3.5, -3.5, 'emt')")
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "2"
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "3"
     (entry,) = store.entries(with_structure=False)
     assert entry["energy_corrected"] == -3.5 and json.loads(entry["data"]) == {}
+    assert "prerelax" in [row[1] for row in store.query("PRAGMA table_info(candidates)")]

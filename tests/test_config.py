@@ -42,6 +42,11 @@ def test_shipped_configs_are_valid(name):
          "scheduler.slurm.directives", "one line"),
         (lambda c: c["scheduler"].update(kind="slurm", slurm={"partition": "a\nb"}), "scheduler.slurm.partition",
          "one line"),
+        (lambda c: c.update(prerelax="mace"), "prerelax.kind", "mace"),
+        (lambda c: c.update(prerelax={"kind": "nequip", "members": 1}), "prerelax.members", "greater than or equal to 2"),
+        (lambda c: c.update(prerelax={"kind": "nequip", "irreps": "8x0e + 4x3o"}), "prerelax.irreps", "l ≤ 2"),
+        (lambda c: c.update(prerelax="nequip"), "(top level)", "model.kind: gnome"),
+        (lambda c: c["oracle"].update(calculator_args={"path": "x"}), "oracle", "imported calculator"),
     ],
 )
 def test_invalid_config_names_the_field(change, field, hint):

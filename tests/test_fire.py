@@ -162,6 +162,50 @@ def test_fire_lowers_the_energy_and_stops_below_fmax():
     assert np.linalg.norm(cell_force, axis=1).max() < fmax
 
 
+def emt_factory(batch: RelaxBatch):
+    """compute(positions, cells) with ASE's EMT, one structure at a time in numpy:
+    the relaxer takes any potential, JAX or not."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    species, node_graph = np.asarray(batch.species), np.asarray(batch.node_graph)
+
+    def compute(positions, cells):
+        positions, cells = np.asarray(positions), np.asarray(cells)
+        energies, forces, stresses = np.zeros(len(cells)), np.zeros_like(positions), np.zeros((len(cells), 6))
+        for graph in range(int(np.sum(batch.graph_mask))):
+            atoms_of = node_graph == graph
+            atoms = Atoms(numbers=species[atoms_of], positions=positions[atoms_of], cell=cells[graph], pbc=True)
+            atoms.calc = EMT()
+            energies[graph] = atoms.get_potential_energy()
+            forces[atoms_of] = atoms.get_forces()
+            stresses[graph] = atoms.get_stress(voigt=True)
+        return energies, forces, stresses
+
+    return compute
+
+
+def test_fire_relaxes_an_emt_alloy_downhill_to_fmax():
+    """CuAu (L1_0-like cubic cell, EMT), strained and rattled: the energy falls except
+    where FIRE restarts, and the returned structure's EMT forces are below fmax."""
+    from ase.calculators.emt import EMT
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    start = rattled(Structure(Lattice.cubic(3.85), ["Cu", "Au", "Cu", "Au"],
+                              [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]), 0.1, seed=3)
+    fmax = 0.02
+    result = relax_batch([start], emt_factory, fmax=fmax, max_steps=400)[0]
+
+    assert result.status == "converged" and 0 < result.steps < 400
+    energies = np.array(result.energies)
+    assert energies[-1] < energies[0] - 0.05
+    assert set(np.flatnonzero(np.diff(energies) > 1e-12) + 1) <= set(result.restarts)
+    atoms = AseAtomsAdaptor.get_atoms(result.structure)
+    atoms.calc = EMT()
+    assert atoms.get_potential_energy() == pytest.approx(result.energy, abs=1e-9)
+    assert np.linalg.norm(atoms.get_forces(), axis=1).max() < fmax
+
+
 def test_steps_match_ase_fire_on_a_unit_cell_filter():
     """The same trajectory, energy for energy, as ASE's FIRE on ASE's UnitCellFilter."""
     from ase.calculators.calculator import Calculator, all_changes

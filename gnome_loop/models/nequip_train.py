@@ -7,9 +7,12 @@ one into `Frame`s. Validation frames are whole trajectories (split by the id of 
 entry's structure), so frames of one relaxation never sit on both sides.
 
 Loss (per member): energy_weight × MSE of the energy per atom (eV/atom)² +
-force_weight × MSE of the force components (eV/Å)². The defaults, 1 and 10, weight
-forces up as NequIP-style training does: a frame has 3N force labels but one
-energy, and forces drive relaxations. Stresses are kept in the frames but not fitted.
+force_weight × MSE of the force components (eV/Å)² + stress_weight × MSE of the
+virial per atom (stress × volume / atoms, eV/atom: the energy's own scale) on the
+frames that have a stress. The defaults, 1, 10 and 1, weight forces up as
+NequIP-style training does (a frame has 3N force labels but one energy, and forces
+drive relaxations); the stress matters because many relaxations of symmetric
+candidates move only the cell, with every force zero by symmetry.
 
 Members are trained together under `jax.vmap`: each has its own initialisation and
 its own data order (the batches are stacked along the member axis), Adam with a
@@ -64,11 +67,13 @@ class Frame:
 
 def frames_from_trajectory(structure: Structure, trajectory: dict, every: int = 1) -> list[Frame]:
     """The frames of every `every`-th step of `trajectory` (`OracleResult.trajectory`
-    format), with the species of `structure` (the entry the trajectory belongs to)."""
+    format) and of its last step (the relaxed geometry), with the species of
+    `structure` (the entry the trajectory belongs to)."""
     source = structure_id(structure)
     stresses = trajectory.get("stresses") or []
+    n_steps = len(trajectory.get("energies", []))
     frames = []
-    for step in range(0, len(trajectory.get("energies", [])), every):
+    for step in sorted(set(range(0, n_steps, every)) | ({n_steps - 1} if n_steps else set())):
         frame_structure = Structure(Lattice(trajectory["cells"][step]), structure.species,
                                     trajectory["positions"][step], coords_are_cartesian=True)
         stress = np.asarray(stresses[step], float) if step < len(stresses) else None
@@ -77,11 +82,39 @@ def frames_from_trajectory(structure: Structure, trajectory: dict, every: int = 
     return frames
 
 
+def training_frames(relaxations: Sequence[tuple[Structure, dict]], every: int = 1,
+                    max_frames: int | None = None) -> list[Frame]:
+    """The frames of many relaxations ((structure, trajectory) pairs), every `every`-th
+    step of each and its last, thinned evenly to at most `max_frames`.
+
+    Relaxed geometries (the last steps) take at most half of `max_frames`, or the room
+    the other frames leave: a set of endpoints alone, where every force is near
+    zero, would teach a potential nothing about the way down.
+    """
+    per_relaxation = [frames_from_trajectory(structure, trajectory, every) for structure, trajectory in relaxations]
+    frames = [f for group in per_relaxation for f in group]
+    if max_frames is None or len(frames) <= max_frames:
+        return frames
+    last = [group[-1] for group in per_relaxation if group]
+    rest = [f for group in per_relaxation for f in group[:-1]]
+    n_last = min(len(last), max(max_frames // 2, max_frames - len(rest)))
+    return _evenly(last, n_last) + _evenly(rest, max_frames - n_last)
+
+
+def _evenly(items: list, count: int) -> list:
+    """`count` ≤ len(items) items spread evenly over `items`, first and last included."""
+    if count <= 0:
+        return []
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
 class Targets(NamedTuple):
     """Labels padded to a batch's graph and node slots."""
 
     energies: np.ndarray  # (G,) total eV
     forces: np.ndarray  # (N, 3) eV/Å
+    stresses: np.ndarray  # (G, 6) Voigt eV/Å³
+    has_stress: np.ndarray  # (G,) 1.0 where the frame has a stress label
 
 
 class Prediction(NamedTuple):
@@ -97,10 +130,15 @@ def _padded(frames: Sequence[Frame], config: NequIPConfig, shape: tuple[int, int
     batch = nequip_batch([f.structure for f in frames], config.cutoff, *shape)
     energies = np.zeros(batch.cells.shape[0], np.float32)
     forces = np.zeros(batch.positions.shape, np.float32)
+    stresses = np.zeros((batch.cells.shape[0], 6), np.float32)
+    has_stress = np.zeros(batch.cells.shape[0], np.float32)
     energies[:len(frames)] = [f.energy for f in frames]
     if frames:
         forces[:sum(len(f.structure) for f in frames)] = np.concatenate([f.forces for f in frames])
-    return batch, Targets(energies, forces)
+    for index, frame in enumerate(frames):
+        if frame.stress is not None:
+            stresses[index], has_stress[index] = frame.stress, 1.0
+    return batch, Targets(energies, forces, stresses, has_stress)
 
 
 def _stack(items: Sequence) -> object:
@@ -108,14 +146,20 @@ def _stack(items: Sequence) -> object:
     return jax.tree.map(lambda *leaves: np.stack(leaves), *items)
 
 
-def _loss(energies: jax.Array, forces: jax.Array, batch: NequIPBatch, targets: Targets,
+def _loss(energies: jax.Array, forces: jax.Array, stresses: jax.Array, batch: NequIPBatch, targets: Targets,
           weights: jax.Array) -> jax.Array:
-    """weights[0] × MSE(energy per atom) + weights[1] × MSE(force components) on the real graphs and atoms."""
-    per_atom = (energies - targets.energies) / jnp.maximum(batch.n_node, 1.0)
+    """weights · (MSE(energy per atom), MSE(force components), MSE(virial per atom)) on
+    the real graphs and atoms (the virial on frames with a stress)."""
+    atoms = jnp.maximum(batch.n_node, 1.0)
+    per_atom = (energies - targets.energies) / atoms
     energy_mse = jnp.sum(batch.graph_mask * per_atom**2) / jnp.maximum(jnp.sum(batch.graph_mask), 1.0)
     force_mse = (jnp.sum(batch.node_mask[:, None] * (forces - targets.forces) ** 2)
                  / jnp.maximum(3.0 * jnp.sum(batch.node_mask), 1.0))
-    return weights[0] * energy_mse + weights[1] * force_mse
+    volumes = jnp.abs(jnp.linalg.det(batch.cells))
+    virial = (stresses - targets.stresses) * (volumes / atoms)[:, None]
+    stress_mse = (jnp.sum(targets.has_stress[:, None] * virial**2)
+                  / jnp.maximum(6.0 * jnp.sum(targets.has_stress), 1.0))
+    return weights[0] * energy_mse + weights[1] * force_mse + weights[2] * stress_mse
 
 
 @functools.partial(jax.jit, static_argnames="config")
@@ -126,8 +170,8 @@ def train_step(params: dict, opt_state, config: NequIPConfig, batch: NequIPBatch
 
     def member(params, opt_state, batch, targets):
         def loss(network):
-            energies, forces, _ = energy_forces_stress({**params, "params": network}, config, batch)
-            return _loss(energies, forces, batch, targets, weights)
+            energies, forces, stresses = energy_forces_stress({**params, "params": network}, config, batch)
+            return _loss(energies, forces, stresses, batch, targets, weights)
 
         value, grads = jax.value_and_grad(loss)(params["params"])
         directions, opt_state = OPTIMIZER.update(grads, opt_state, params["params"])
@@ -164,15 +208,17 @@ def _evaluate(params: dict, config: NequIPConfig, frames: Sequence[Frame], shape
               weights: np.ndarray) -> dict:
     """Every member's loss on `frames` and the ensemble mean's MAEs (meV), with the
     baselines of predicting zero forces and the species shift alone."""
-    losses, energy_errors, force_errors, shift_errors = [], [], [], []
+    losses, energy_errors, force_errors, shift_errors, stress_errors = [], [], [], [], []
     for start in range(0, len(frames), shape[0]):
         chunk = frames[start:start + shape[0]]
         batch, targets = _padded(chunk, config, shape)
-        energies, forces, _ = ensemble_outputs(params, config, batch)
-        member_loss = jax.vmap(_loss, in_axes=(0, 0, None, None, None))(energies, forces, batch, targets, weights)
+        energies, forces, stresses = ensemble_outputs(params, config, batch)
+        member_loss = jax.vmap(_loss, in_axes=(0, 0, 0, None, None, None))(energies, forces, stresses, batch,
+                                                                            targets, weights)
         losses.append(np.asarray(member_loss) * len(chunk))
-        energies, forces = np.asarray(energies), np.asarray(forces)
+        energies, forces, stresses = np.asarray(energies), np.asarray(forces), np.asarray(stresses)
         n, atoms = len(chunk), np.asarray(batch.n_node[:len(chunk)])
+        stress_errors.append(np.abs(stresses.mean(0)[:n] - targets.stresses[:n])[targets.has_stress[:n] > 0].ravel())
         real = int(np.sum(batch.node_mask))
         energy_errors.append(np.abs(energies.mean(0)[:n] - targets.energies[:n]) / atoms)
         force_errors.append(np.abs(forces.mean(0)[:real] - targets.forces[:real]).ravel())
@@ -183,21 +229,40 @@ def _evaluate(params: dict, config: NequIPConfig, frames: Sequence[Frame], shape
     return {"loss": np.sum(losses, axis=0) / len(frames),
             "energy_mae_meV_per_atom": 1e3 * float(np.mean(np.concatenate(energy_errors))),
             "force_mae_meV_per_A": 1e3 * float(np.mean(np.concatenate(force_errors))),
+            "stress_mae_meV_per_A3": 1e3 * float(np.mean(np.concatenate(stress_errors)))
+            if np.concatenate(stress_errors).size else None,
             "energy_mae_shift_only_meV_per_atom": 1e3 * float(np.mean(np.concatenate(shift_errors))),
             "force_mae_zero_meV_per_A": 1e3 * float(np.mean(np.abs(forces_true)))}
 
 
+def average_neighbors(frames: Sequence[Frame], cutoff: float) -> float:
+    """Mean number of neighbours within `cutoff` per atom: `NequIPConfig.avg_neighbors` for these data."""
+    edges = sum(len(f.structure.get_neighbor_list(r=cutoff)[0]) for f in frames)
+    return edges / max(sum(len(f.structure) for f in frames), 1)
+
+
+def _energy_scale(frames: Sequence[Frame], shift: dict[int, float]) -> float:
+    """The network's output scale: the RMS of the force components (NequIP's default),
+    or the RMS of the per-atom energy residuals after the species shift when that is
+    larger: trajectories of symmetric cells can have every force zero."""
+    forces = float(np.sqrt(np.mean(np.concatenate([f.forces.ravel() for f in frames]) ** 2)))
+    residuals = [(f.energy - sum(shift.get(site.specie.Z, 0.0) for site in f.structure)) / len(f.structure)
+                 for f in frames]
+    return max(forces, float(np.sqrt(np.mean(np.square(residuals))))) or 1.0
+
+
 def train_nequip(frames: Sequence[Frame], config: NequIPConfig, members: int = 1, epochs: int = 100,
                  batch_size: int = 8, learning_rate: float = 5e-3, energy_weight: float = 1.0,
-                 force_weight: float = 10.0, seed: int = 0, val_fraction: float = 0.2, patience: int = 20,
-                 final_lr_fraction: float = 0.05) -> tuple[dict, dict]:
+                 force_weight: float = 10.0, stress_weight: float = 1.0, seed: int = 0, val_fraction: float = 0.2,
+                 patience: int = 20, final_lr_fraction: float = 0.05) -> tuple[dict, dict]:
     """Train an ensemble of `members` NequIPs on `frames`; returns the stacked
     parameters (leading member axis) and metrics on the validation trajectories
-    (`energy_mae_meV_per_atom`, `force_mae_meV_per_A` of the ensemble mean, and the
-    baselines `energy_mae_shift_only_meV_per_atom`, `force_mae_zero_meV_per_A`).
+    (`energy_mae_meV_per_atom`, `force_mae_meV_per_A`, `stress_mae_meV_per_A3` of the
+    ensemble mean, and the baselines `energy_mae_shift_only_meV_per_atom`,
+    `force_mae_zero_meV_per_A`), with `species`, the atomic numbers trained on.
 
-    The species shift is fitted on the training frames' energies; the scale is the
-    RMS of their force components. `config.avg_neighbors` is used as given; the
+    The species shift is fitted on the training frames' energies; the scale is
+    `_energy_scale`'s. `config.avg_neighbors` is used as given; the
     data's value is reported as the metric `avg_neighbors`.
     """
     frames = list(frames)
@@ -209,12 +274,12 @@ def train_nequip(frames: Sequence[Frame], config: NequIPConfig, members: int = 1
     edges = np.array([len(f.structure.get_neighbor_list(r=config.cutoff)[0]) for f in frames])
     shape = _batch_shape(nodes, edges, batch_size)
     shift = fit_species_shift([f.structure for f in train_frames], [f.energy for f in train_frames])
-    scale = float(np.sqrt(np.mean(np.concatenate([f.forces.ravel() for f in train_frames]) ** 2))) or 1.0
+    scale = _energy_scale(train_frames, shift)
     sample, _ = _padded(train_frames[:1], config, shape)
     keys = jax.random.split(jax.random.PRNGKey(seed), members)
     params = _stack([init_params(config, key, sample, shift, scale) for key in keys])
     opt_state = jax.vmap(OPTIMIZER.init)(params["params"])
-    weights = np.array([energy_weight, force_weight], np.float32)
+    weights = np.array([energy_weight, force_weight, stress_weight], np.float32)
     steps_per_epoch = -(-len(train) // batch_size)
     schedule = optax.cosine_decay_schedule(learning_rate, max(epochs * steps_per_epoch, 1),
                                            alpha=final_lr_fraction)
@@ -248,7 +313,9 @@ def train_nequip(frames: Sequence[Frame], config: NequIPConfig, members: int = 1
 
     metrics = {"n_train_frames": len(train_frames), "n_val_frames": len(val_frames), "epochs": len(history["train_loss"]),
                "members": members, "energy_weight": energy_weight, "force_weight": force_weight,
+               "stress_weight": stress_weight,
                "avg_neighbors": float(edges[train].sum() / nodes[train].sum()),
+               "species": sorted({site.specie.Z for f in train_frames for site in f.structure}),
                "history": history,
                "data_hash": data_hash([f.structure for f in frames],
                                       np.array([f.energy / len(f.structure) for f in frames]))}

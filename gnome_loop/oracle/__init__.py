@@ -30,5 +30,5 @@ def make_oracle(config: dict | OracleConfig) -> Oracle:
                           incar=vasp.incar, max_seconds=settings.max_seconds, scale=settings.scale())
     return AseRelaxOracle(
         settings.calculator, settings.fmax, settings.max_steps, settings.relax_cell, scale=settings.scale(),
-        max_seconds=settings.max_seconds,
+        max_seconds=settings.max_seconds, calculator_args=settings.calculator_args,
     )

@@ -39,8 +39,9 @@ def _chgnet_model():
     return CHGNet.load(model_name=CHGNET_MODEL, use_device="cpu", verbose=False)
 
 
-def make_calculator(name: str) -> Calculator:
-    """An ASE calculator from its name: 'emt', 'chgnet' or an import path 'package.module:Class'."""
+def make_calculator(name: str, **kwargs) -> Calculator:
+    """An ASE calculator from its name: 'emt', 'chgnet' or an import path 'package.module:Class'
+    (called with `kwargs`, e.g. the checkpoint of `gnome_loop.models.nequip_train:NequIPCalculator`)."""
     if name == "emt":
         return EMT()
     if name == "chgnet":
@@ -51,7 +52,7 @@ def make_calculator(name: str) -> Calculator:
     module, _, class_name = name.partition(":")
     if not module or not class_name:
         raise ValueError(f"unknown calculator {name!r}; use 'emt', 'chgnet' or 'package.module:Class'")
-    return getattr(importlib.import_module(module), class_name)()
+    return getattr(importlib.import_module(module), class_name)(**kwargs)
 
 
 class AseRelaxOracle:
@@ -63,8 +64,9 @@ class AseRelaxOracle:
     """
 
     def __init__(self, calculator: str, fmax: float, max_steps: int, relax_cell: bool, scale: str = "",
-                 max_seconds: float | None = None) -> None:
+                 max_seconds: float | None = None, calculator_args: dict | None = None) -> None:
         self.calculator_name = calculator
+        self.calculator_args = dict(calculator_args or {})
         self.fmax = fmax
         self.max_steps = max_steps
         self.relax_cell = relax_cell
@@ -75,7 +77,7 @@ class AseRelaxOracle:
     @functools.cached_property
     def calculator(self) -> Calculator:
         """Made on first use: reading a job folder's result never loads a model."""
-        return make_calculator(self.calculator_name)
+        return make_calculator(self.calculator_name, **self.calculator_args)
 
     def write_inputs(self, jobdir: Path, structure: Structure) -> str:
         """Nothing beyond `job.json` is needed; the script runs the job with this Python's gnome_loop."""

@@ -35,7 +35,7 @@ from gnome_loop.generate.imported import import_structures
 from gnome_loop.generate.random_search import random_search
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
-from gnome_loop.hull import STABLE_TOL, Hull, e_above_hull_many
+from gnome_loop.hull import STABLE_TOL, Hull
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
 from gnome_loop.models.base import EnergyModel, load_model, make_model
 from gnome_loop.models.nequip import NequIPConfig
@@ -43,6 +43,8 @@ from gnome_loop.models.nequip_train import (average_neighbors, load_nequip, save
                                              training_frames)
 from gnome_loop.oracle.base import read_result, write_job, write_json_atomic
 from gnome_loop.prerelax import prerelax
+from gnome_loop.execute.shards import run_shards
+from gnome_loop.screen import ScreenContext, ScreenSettings, model_files, score_structures, screen_task
 from gnome_loop.select import Scored, select_candidates
 from gnome_loop.snapshot import load_snapshot
 from gnome_loop.snapshot.prototypes import prototype_templates
@@ -237,6 +239,7 @@ class Campaign:
 
     def _stage_generate(self, round_: int) -> int:
         started = time.time()
+        funnel = self._screen(round_) if self.config.screening.enabled else None
         space = self.config.chemical_space
         proposed = self.store.candidate_ids()
         rows, generated, rejected = [], Counter(), Counter()
@@ -268,10 +271,65 @@ class Campaign:
                 self.store.set_meta(key, value)
             self.store.update_round_metrics(round_, {
                 "generated": dict(generated), "rejected": dict(rejected), "valid": added,
-                "rejected_by_generator": {name: dict(c) for name, c in by_generator.items() if c}})
+                "rejected_by_generator": {name: dict(c) for name, c in by_generator.items() if c},
+                **({"funnel": funnel} if funnel is not None else {})})
             self.store.log("generate", f"round {round_}: {added} candidates, {sum(rejected.values())} rejected")
             self._advance(round_, "generate", started)
         return 0
+
+    def _screen(self, round_: int) -> dict:
+        """Screen the substitution and SAPS candidates of the round in shards of parents,
+        each shard committed on its own (a shard already in the store is not redone);
+        returns the funnel's totals. Kept candidates arrive scored, the rest as summary rows."""
+        space, generators, screening = self.config.chemical_space, self.config.generators, self.config.screening
+        entries = self.store.entries()
+        known = frozenset(e["reduced_formula"] for e in entries)
+        parents = [(e["id"], structure_from_json(e["structure"])) for e in entries if e["structure"]]
+        if "known+prototypes" in (generators.substitution.parents, generators.saps.parents):
+            parents += prototype_templates()
+        parents = sorted(parents, key=lambda item: item[0])
+        size = screening.parents_per_shard
+        shards = [[(key, s.as_dict()) for key, s in parents[i:i + size]] for i in range(0, len(parents), size)]
+        sub, sap = generators.substitution, generators.saps
+        settings = ScreenSettings(
+            tuple(space.elements), space.max_elements, space.max_atoms, known, keep=screening.keep_per_shard,
+            substitution={"threshold": sub.threshold, "alpha": sub.alpha, "charge_balanced": sub.charge_balanced}
+            if sub.enabled else None,
+            saps={"threshold": sap.threshold, "alpha": sap.alpha, "max_per_parent": sap.max_per_parent,
+                  "supercell": sap.supercell} if sap.enabled else None)
+        model_row = self.store.latest_model()
+        context = ScreenContext(f"{self.dir.resolve()}:{round_}:{model_row['path']}",
+                                model_files(self.dir / model_row["path"]),
+                                [e.as_dict() for e in self._hull_entries()], self._scale(), settings)
+        done = self.store.shards_done(round_)
+        todo = [i for i in range(len(shards)) if i not in done]
+        totals: Counter = Counter()
+        for funnel in done.values():
+            totals.update(funnel)
+        client = self.scheduler.client() if self.config.scheduler.kind == "local" else None
+        with self.progress(f"screening {len(shards)} shards", len(shards)) as advance:
+            advance(len(done))
+
+            def record(position: int, result) -> None:
+                index = todo[position]
+                fresh = [c for c, _ in result.kept if self.store.candidate(c.id) is None]
+                predictions = {c.id: p for c, p in result.kept}
+                with self.store.transaction():
+                    self.store.add_candidates(_candidate_row(c.id, round_, c.generator, c.structure, c.parent_ids,
+                                                             c.info) for c in fresh)
+                    self.store.set_predictions((c.id, predictions[c.id].energy, predictions[c.id].std,
+                                                predictions[c.id].ehull, None) for c in fresh)
+                    self.store.add_shard(round_, index, dict(result.funnel), result.summary)
+                    totals.update(result.funnel)
+                    self.store.update_round_metrics(round_, {"funnel": dict(totals)})  # live in `status`
+                advance(1)
+
+            failed = run_shards(screen_task, context, [shards[i] for i in todo], record, client)
+        if failed:
+            raise StoreError(f"round {round_}: {len(failed)} screening shard(s) failed ("
+                             + "; ".join(f"shard {todo[i]}: {e}" for i, e in sorted(failed.items())[:3])
+                             + "); the shards that finished are kept: `gnome-loop resume` redoes the rest")
+        return dict(totals)
 
     def _proposals(self, round_: int, marks: dict[str, str]) -> Iterator[tuple[str, int, Iterable[Candidate], Counter]]:
         """Each enabled generator's name, budget per round, candidates (best first) and
@@ -285,14 +343,15 @@ class Campaign:
         def parents(choice: str) -> list:
             return structures + prototype_templates() if choice == "known+prototypes" else structures
 
+        screening = self.config.screening.enabled  # substitution and SAPS then run in shards (`_screen`)
         settings = generators.substitution
-        if settings.enabled:
+        if settings.enabled and not screening:
             yield "substitution", settings.max_candidates, substitute(
                 parents(settings.parents), space.elements, known, threshold=settings.threshold,
                 alpha=settings.alpha, max_elements=space.max_elements, max_atoms=space.max_atoms,
                 charge_balanced=settings.charge_balanced), Counter()
         settings = generators.saps
-        if settings.enabled:
+        if settings.enabled and not screening:
             yield "saps", settings.max_candidates, saps(
                 parents(settings.parents), space.elements, known, threshold=settings.threshold,
                 alpha=settings.alpha, max_elements=space.max_elements, max_atoms=space.max_atoms,
@@ -342,7 +401,9 @@ class Campaign:
                  for e in self.store.entries(fingerprints=labels) if e["structure"]]
         known += [(c["id"], c["fingerprint"], structure_from_json(c["structure"]))
                   for c in self.store.candidates(status="new", fingerprints=labels) if c["round"] < round_]
-        items = [(c["id"], c["fingerprint"], structure_from_json(c["structure"])) for c in new]
+        # in id order: which of two matching candidates survives does not depend on the order
+        # they were generated in (or on how a screened round was cut into shards)
+        items = [(c["id"], c["fingerprint"], structure_from_json(c["structure"])) for c in sorted(new, key=lambda c: c["id"])]
         duplicates = find_duplicates(items, known)
         with self.store.transaction():
             self.store.mark_duplicates(duplicates)
@@ -354,7 +415,11 @@ class Campaign:
         started = time.time()
         rows = self.store.candidates(round_=round_, status="new")
         structures = [structure_from_json(r["structure"]) for r in rows]
-        updates = self._score(rows, structures)
+        # screened candidates arrive scored against this round's hull: only the others are scored here
+        todo = [i for i, r in enumerate(rows) if r["pred_ehull"] is None and r["score_error"] is None]
+        updates = [(r["id"], r["pred_energy"], r["pred_std"], r["pred_ehull"], r["score_error"]) for r in rows]
+        for index, update in zip(todo, self._score([rows[i] for i in todo], [structures[i] for i in todo])):
+            updates[index] = update
         potential = self._potential() if self.config.prerelax.kind == "nequip" else None
         records = self._prerelax(rows, structures, updates, potential) if potential else {}
         scored = [Scored(row["id"], row["reduced_formula"], update[3], update[2]) for row, update in zip(rows, updates)]
@@ -380,20 +445,8 @@ class Campaign:
     def _score(self, rows: list, structures: list) -> list[tuple]:
         """(id, energy, std, E_hull, error) per candidate: the energy model's prediction,
         judged against the current hull (one phase diagram per chemical system)."""
-        predictions = _predict(self._model(), structures)
-        judged = {r.entry_id: r for r in e_above_hull_many(
-            [ComputedEntry(structure.composition, energy * len(structure), entry_id=row["id"])
-             for row, structure, (energy, _, error) in zip(rows, structures, predictions) if error is None],
-            self._hull())}
-        updates = []
-        for row, (energy, std, error) in zip(rows, predictions):
-            ehull = None
-            if error is None:
-                ehull = judged[row["id"]].e_above_hull
-                if ehull is None:
-                    error = f"no hull: {judged[row['id']].reason}"
-            updates.append((row["id"], energy, std, ehull, error))
-        return updates
+        predictions = score_structures(self._model(), self._hull(), structures, [row["id"] for row in rows])
+        return [(row["id"], p.energy, p.std, p.ehull, p.error) for row, p in zip(rows, predictions)]
 
     def _prerelax(self, rows: list, structures: list, updates: list, potential: tuple) -> dict[int, dict]:
         """Pre-relax the shortlist (best predicted E_hull first; molecules stay as they
@@ -682,11 +735,13 @@ class Campaign:
         entries, so a stage rebuilds only the phase diagrams of systems that changed."""
         if self._hull_cache is None:
             self._hull_cache = Hull(scale=self._scale())
-        new = [ComputedEntry(Composition(e["composition"]), e["energy_corrected"], entry_id=e["id"],
-                             data={"scale": e["scale"]})
-               for e in self.store.entries(with_structure=False) if e["id"] not in self._hull_cache]
-        self._hull_cache.add(new)
+        self._hull_cache.add(e for e in self._hull_entries() if e.entry_id not in self._hull_cache)
         return self._hull_cache
+
+    def _hull_entries(self) -> list[ComputedEntry]:
+        """Every entry of the campaign as the hull sees it: composition and corrected energy."""
+        return [ComputedEntry(Composition(e["composition"]), e["energy_corrected"], entry_id=e["id"],
+                              data={"scale": e["scale"]}) for e in self.store.entries(with_structure=False)]
 
     def _potential(self) -> tuple[dict, NequIPConfig, set[int]] | None:
         """The latest trained NequIP pre-relaxer (parameters, config, the atomic numbers it
@@ -741,6 +796,7 @@ class Campaign:
                 "precision": metrics.get("precision"), "recall": metrics.get("recall"), "f1": metrics.get("f1"),
                 "daf": metrics.get("daf"),
                 "prerelax": {key: metrics[key] for key in PRERELAX_METRICS if key in metrics},
+                "funnel": metrics.get("funnel", {}),
                 "seconds": {k[len("seconds_"):]: v for k, v in metrics.items() if k.startswith("seconds_")},
             })
         return table
@@ -801,32 +857,6 @@ class Campaign:
             written.append(folder / "stable_materials.extxyz")
             write_extxyz([entries[row["MaterialId"]] for row in rows], written[-1])
         return written
-
-
-def _predict(model: EnergyModel, structures: list) -> list[tuple[float | None, float | None, str | None]]:
-    """Predictions per structure; a structure the model rejects or a NaN never reaches selection."""
-    if not structures:
-        return []
-    try:
-        mean, std = model.predict(structures)
-        pairs = list(zip(mean.tolist(), std.tolist()))
-    except ValueError:
-        pairs = []
-        for structure in structures:
-            try:
-                m, s = model.predict([structure])
-                pairs.append((float(m[0]), float(s[0])))
-            except ValueError as error:
-                pairs.append((str(error), None))
-    out = []
-    for energy, std in pairs:
-        if isinstance(energy, str):
-            out.append((None, None, f"model rejected the structure: {energy}"))
-        elif not math.isfinite(energy) or (std is not None and not math.isfinite(std)):
-            out.append((None, None, "non-finite prediction"))
-        else:
-            out.append((energy, std, None))
-    return out
 
 
 def _candidate_row(candidate_id: str, round_: int, generator: str, structure, parent_ids=(), info=None) -> dict:

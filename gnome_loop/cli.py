@@ -141,7 +141,22 @@ def _print_status(campaign) -> None:
     out.print(table)
     out.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in STATUS_COLUMNS.items()) + "[/]")
     _print_generators(rounds)
+    _print_funnel(rounds)
     _print_prerelax(rounds)
+
+
+def _print_funnel(rounds: list[dict]) -> None:
+    """The screening funnel per round (`screening.enabled`): where candidates drop out."""
+    rows = [row for row in rounds if row["funnel"]]
+    if not rows:
+        return
+    table = Table(title="screening funnel (substitution + SAPS shards)")
+    for header in ("round", "generated", "valid", "unique", "scored", "kept"):
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(str(row["round"]), *(_fmt(row["funnel"].get(key, 0))
+                                           for key in ("generated", "valid", "unique", "scored", "kept")))
+    out.print(table)
 
 
 def _print_prerelax(rounds: list[dict]) -> None:

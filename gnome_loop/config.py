@@ -150,6 +150,15 @@ class Selection(_Section):
     strategy: Literal["model", "random"] = "model"
 
 
+class Screening(_Section):
+    enabled: bool = Field(False, description="run the substitution and SAPS generators as shard tasks (generate, "
+                          "validate, dedup, score) on the dask cluster of the `local` scheduler (in this process "
+                          "with any other scheduler); their max_candidates caps do not apply")
+    parents_per_shard: int = Field(8, ge=1, description="parent structures per shard task")
+    keep_per_shard: int = Field(50, ge=1, description="best-scored candidates a shard keeps in full; the rest "
+                                "are stored as summary rows (id, formula, symmetry label, predicted E_hull)")
+
+
 class Prerelax(_Section):
     kind: Literal["none", "nequip"] = Field(
         "none", description="'nequip': train a NequIP ensemble on the oracle's relaxation trajectories each round "
@@ -307,6 +316,7 @@ class CampaignConfig(_Section):
     generators: Generators = Generators()
     model: Model = Model()
     selection: Selection = Selection()
+    screening: Screening = Screening()
     prerelax: Prerelax = Prerelax()
     oracle: Oracle = Oracle()
     scheduler: Scheduler = Scheduler()

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+SCREENING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shards (
+    round INTEGER NOT NULL, shard INTEGER NOT NULL, funnel TEXT NOT NULL, PRIMARY KEY (round, shard));
+CREATE TABLE IF NOT EXISTS screened (
+    id TEXT PRIMARY KEY, round INTEGER NOT NULL, shard INTEGER NOT NULL, reduced_formula TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, pred_ehull REAL);
+CREATE INDEX IF NOT EXISTS screened_bucket ON screened(fingerprint);
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,11 +61,17 @@ CREATE TABLE IF NOT EXISTS models (
     PRIMARY KEY (round, member));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL, msg TEXT NOT NULL);
-"""
+""" + SCREENING_SCHEMA
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
 
 #: Statements that bring a database of version N up to version N + 1.
 MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}'"],
-              2: ["ALTER TABLE candidates ADD COLUMN prerelax TEXT"]}
+              2: ["ALTER TABLE candidates ADD COLUMN prerelax TEXT"],
+              3: _statements(SCREENING_SCHEMA)}
 
 #: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
 JOB_STATES = ("pending", "submitted", "done", "failed")
@@ -255,6 +270,19 @@ class Store:
             [(e, s, h, err, key) for key, e, s, h, err in rows],
         )
 
+    # --- screening shards -------------------------------------------------------------
+    def shards_done(self, round_: int) -> dict[int, dict]:
+        """The funnel counts of every screened shard of the round, by shard index."""
+        return {row["shard"]: json.loads(row["funnel"]) for row in self.conn.execute(
+            "SELECT shard, funnel FROM shards WHERE round = ?", (round_,))}
+
+    def add_shard(self, round_: int, shard: int, funnel: dict, summary: Iterable[tuple]) -> None:
+        """Record a screened shard: its funnel and the summary rows (id, formula,
+        fingerprint, predicted E_hull) of the candidates it did not keep in full."""
+        self.conn.executemany("INSERT OR IGNORE INTO screened VALUES (?, ?, ?, ?, ?, ?)",
+                              [(key, round_, shard, formula, label, ehull) for key, formula, label, ehull in summary])
+        self.conn.execute("INSERT INTO shards VALUES (?, ?, ?)", (round_, shard, json.dumps(funnel)))
+
     def set_prerelaxed(self, rows: Iterable[tuple[str, dict]]) -> None:
         """rows: (id, pre-relaxation record: status, steps, energy, force_std, flag, structure or None)."""
         self.conn.executemany("UPDATE candidates SET prerelax = ? WHERE id = ?",
@@ -358,6 +386,3 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(row["id"], row["candidate_id"], row["round"], row["state"], row["workdir"], row["attempts"],
                row["error"], row["scheduler_ref"])
 
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]

@@ -364,18 +364,20 @@ def test_imports_share_one_budget_and_count_each_files_rejects_once(tmp_path):
 def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     import sqlite3
 
-    from gnome_loop.store import SCHEMA, SCHEMA_VERSION, Store
+    from gnome_loop.store import SCHEMA, SCHEMA_VERSION, SCREENING_SCHEMA, Store
 
     path = tmp_path / "campaign.db"
     old = sqlite3.connect(path)  # the schema as version 1 had it: no entries.data, no candidates.prerelax
-    old.executescript(SCHEMA.replace(",\n    data TEXT NOT NULL DEFAULT '{}')", ")").replace(", prerelax TEXT)", ")"))
+    old.executescript(SCHEMA.replace(",\n    data TEXT NOT NULL DEFAULT '{}')", ")").replace(", prerelax TEXT)", ")")
+                      .replace(SCREENING_SCHEMA, ""))
     old.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     old.execute("INSERT INTO entries (id, source, round, composition, reduced_formula, nsites, energy_corrected,"
                 " energy_per_atom, scale) VALUES ('e-1', 'snapshot', 0, 'Cu1', 'Cu', 1, -3.5, -3.5, 'emt')")
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "3"
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "4"
     (entry,) = store.entries(with_structure=False)
     assert entry["energy_corrected"] == -3.5 and json.loads(entry["data"]) == {}
     assert "prerelax" in [row[1] for row in store.query("PRAGMA table_info(candidates)")]
+    assert store.shards_done(1) == {}

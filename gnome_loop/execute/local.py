@@ -33,7 +33,7 @@ class DaskScheduler:
         self._cluster: LocalCluster | None = None
         self._client: Client | None = None
 
-    def _get_client(self) -> Client:
+    def client(self) -> Client:
         """Start the local cluster (or connect to `address`) on first use."""
         if self._client is None:
             if self.address:
@@ -52,7 +52,7 @@ class DaskScheduler:
     def execute(self, jobdirs: list[Path], on_done: Callable[[Path], None]) -> None:
         if not jobdirs:
             return
-        client = self._get_client()
+        client = self.client()
         futures = {client.submit(run_job, Path(jobdir), pure=False): Path(jobdir) for jobdir in jobdirs}
         for future in as_completed(futures):
             jobdir = futures[future]

@@ -1,0 +1,197 @@
+"""Screening one shard of parent structures: generate → validate → dedup → score → keep.
+
+GNoME screened over 10^9 candidates; a round at that scale cannot hold its
+candidates in memory. The funnel is cut into shards of a few parent structures.
+A shard generates its substitution and SAPS candidates, rejects invalid ones,
+removes duplicates inside the shard (bucketed `StructureMatcher`), scores the rest
+with the energy model against the hull, and keeps in full only its best `keep`
+candidates by acquisition score. The others leave only a summary row (id,
+formula, symmetry label, predicted E_hull), so memory is bounded by the shard, not
+the round. Duplicates across shards are the caller's business (the campaign keeps
+a store index of (reduced formula, space group) buckets).
+
+`score_structures` is also what the campaign's select stage uses: a structure the
+model rejects, a NaN, or a system without a hull gets an error, never a number.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from pymatgen.core import Structure
+from pymatgen.entries.computed_entries import ComputedEntry
+
+from gnome_loop.generate.saps import saps
+from gnome_loop.generate.substitution import substitute
+from gnome_loop.hull import Hull, e_above_hull_many
+from gnome_loop.models.base import EnergyModel, load_model
+from gnome_loop.select import Scored, acquisition
+from gnome_loop.structures import Candidate, find_duplicates, symmetry_label, validate_structure
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The energy model's verdict on one structure: energy per atom (eV), ensemble
+    spread, E_hull (eV/atom) against the hull, or the error that replaces them."""
+
+    energy: float | None
+    std: float | None
+    ehull: float | None
+    error: str | None
+
+
+def score_structures(model: EnergyModel, hull: Hull, structures: Sequence[Structure],
+                     keys: Sequence[str]) -> list[Prediction]:
+    """Predict every structure's energy and judge it against `hull` (one phase diagram
+    per chemical system); `keys` name the structures in the hull computation."""
+    predictions = _predict(model, structures)
+    judged = {r.entry_id: r for r in e_above_hull_many(
+        [ComputedEntry(structure.composition, energy * len(structure), entry_id=key)
+         for key, structure, (energy, _, error) in zip(keys, structures, predictions) if error is None], hull)}
+    out = []
+    for key, (energy, std, error) in zip(keys, predictions):
+        ehull = None
+        if error is None:
+            ehull = judged[key].e_above_hull
+            if ehull is None:
+                error = f"no hull: {judged[key].reason}"
+        out.append(Prediction(energy, std, ehull, error))
+    return out
+
+
+def _predict(model: EnergyModel, structures: Sequence[Structure]) -> list[tuple[float | None, float | None, str | None]]:
+    """(energy, std, error) per structure: a structure the model rejects or a NaN never reaches selection."""
+    if not structures:
+        return []
+    try:
+        mean, std = model.predict(list(structures))
+        pairs = list(zip(mean.tolist(), std.tolist()))
+    except ValueError:
+        pairs = []
+        for structure in structures:
+            try:
+                m, s = model.predict([structure])
+                pairs.append((float(m[0]), float(s[0])))
+            except ValueError as error:
+                pairs.append((str(error), None))
+    out = []
+    for energy, std in pairs:
+        if isinstance(energy, str):
+            out.append((None, None, f"model rejected the structure: {energy}"))
+        elif not math.isfinite(energy) or (std is not None and not math.isfinite(std)):
+            out.append((None, None, "non-finite prediction"))
+        else:
+            out.append((energy, std, None))
+    return out
+
+
+@dataclass(frozen=True)
+class ScreenSettings:
+    """What a shard generates and keeps (the campaign's chemical space and generator settings)."""
+
+    elements: tuple[str, ...]
+    max_elements: int
+    max_atoms: int
+    known_formulas: frozenset[str]
+    keep: int = 100  # candidates kept in full per shard, best acquisition score first
+    kappa: float = 0.0  # acquisition = predicted E_hull − kappa × spread
+    substitution: dict | None = field(default_factory=dict)  # substitute() options; None: off
+    saps: dict | None = field(default_factory=dict)  # saps() options; None: off
+
+
+@dataclass
+class ShardResult:
+    """A screened shard: its best candidates in full (with their predictions), a summary
+    row for every other scored candidate, and the funnel's counts."""
+
+    kept: list[tuple[Candidate, Prediction]]
+    summary: list[tuple[str, str, str, float | None]]  # (id, reduced formula, symmetry label, predicted E_hull)
+    funnel: Counter  # generated, valid, unique, scored, kept; rejected:<reason>
+
+
+def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSettings, model: EnergyModel,
+                 hull: Hull) -> ShardResult:
+    """Generate, validate, dedup (inside the shard), score and keep the best `settings.keep`.
+
+    Deterministic: the same parents and settings give the same result, whatever the
+    worker. Candidates are deduplicated in id order (the smallest id of a group of
+    matching structures survives), so shard boundaries do not change which one does.
+    """
+    funnel: Counter = Counter()
+    space = dict(elements=list(settings.elements), known_formulas=set(settings.known_formulas),
+                 max_elements=settings.max_elements, max_atoms=settings.max_atoms)
+    proposals: dict[str, Candidate] = {}
+    if settings.substitution is not None:
+        for candidate in substitute(parents, **space, **settings.substitution):
+            proposals.setdefault(candidate.id, candidate)
+    if settings.saps is not None:
+        for candidate in saps(parents, **space, **settings.saps):
+            proposals.setdefault(candidate.id, candidate)
+    funnel["generated"] = len(proposals)
+
+    valid = []
+    for key in sorted(proposals):
+        reason = validate_structure(proposals[key].structure, settings.elements, settings.max_atoms,
+                                    settings.max_elements)
+        if reason:
+            funnel[f"rejected:{reason.split(':')[0]}"] += 1
+        else:
+            valid.append(proposals[key])
+    funnel["valid"] = len(valid)
+
+    labels = {c.id: symmetry_label(c.structure) for c in valid}
+    duplicates = find_duplicates([(c.id, labels[c.id], c.structure) for c in valid])
+    unique = [c for c in valid if c.id not in duplicates]
+    funnel["unique"] = len(unique)
+
+    predictions = score_structures(model, hull, [c.structure for c in unique], [c.id for c in unique])
+    scored = [(c, p) for c, p in zip(unique, predictions) if p.error is None]
+    funnel["scored"] = len(scored)
+    ranked = sorted(scored, key=lambda item: (acquisition(Scored(item[0].id, "", item[1].ehull, item[1].std),
+                                                          settings.kappa), item[0].id))
+    kept = ranked[:settings.keep]
+    funnel["kept"] = len(kept)
+    summary = [(c.id, c.structure.composition.reduced_formula, labels[c.id], p.ehull) for c, p in ranked[settings.keep:]]
+    return ShardResult(kept, summary, funnel)
+
+
+@dataclass(frozen=True)
+class ScreenContext:
+    """What every shard task of a round shares, shipped to each worker once: the energy
+    model's files, the hull's entries and the settings. `key` names the round's
+    model and hull; a worker builds them once per key and reuses them (and the
+    model's compiled functions) for every shard it runs."""
+
+    key: str
+    model_files: dict[str, bytes]
+    hull_entries: list[dict]  # ComputedEntry.as_dict()
+    scale: str
+    settings: ScreenSettings
+
+
+#: Per worker process: the model and hull of the context being screened.
+_LOADED: dict[str, tuple[EnergyModel, Hull]] = {}
+
+
+def screen_task(context: ScreenContext, parents: list[tuple[str, dict]]) -> ShardResult:
+    """One shard task (a dask task or a plain call): `parents` as (id, Structure.as_dict())."""
+    if context.key not in _LOADED:
+        _LOADED.clear()
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in context.model_files.items():
+                (Path(folder) / name).write_bytes(data)
+            model = load_model(folder)
+        hull = Hull([ComputedEntry.from_dict(d) for d in context.hull_entries], scale=context.scale)
+        _LOADED[context.key] = (model, hull)
+    model, hull = _LOADED[context.key]
+    return screen_shard([(key, Structure.from_dict(d)) for key, d in parents], context.settings, model, hull)
+
+
+def model_files(directory: str | Path) -> dict[str, bytes]:
+    """The files of a saved model (its top-level folder: parameters, settings, model card)."""
+    return {path.name: path.read_bytes() for path in sorted(Path(directory).iterdir()) if path.is_file()}

@@ -36,6 +36,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from gnome_loop.campaign import Campaign
 from gnome_loop.config import Prerelax, parse_config
+from gnome_loop.models.graph import GraphError
 from gnome_loop.models.nequip import NequIPConfig
 from gnome_loop.models.nequip_train import (NequIPCalculator, average_neighbors, predict_nequip, train_nequip,
                                              training_frames)
@@ -138,7 +139,10 @@ def speedup(params: dict, config: NequIPConfig, structures: list, max_steps: int
             atoms = AseAtomsAdaptor.get_atoms(structure)
             atoms.calc = calculator
             optimizer = FIRE(UnitCellFilter(atoms), logfile=None)
-            optimizer.run(fmax=defaults.fmax, steps=max_steps)
+            try:
+                optimizer.run(fmax=defaults.fmax, steps=max_steps)
+            except GraphError:  # atoms collapsed: the batched relaxer stops these as "exploded"
+                pass
             steps.append(optimizer.nsteps)
         return steps
 
@@ -153,7 +157,8 @@ def speedup(params: dict, config: NequIPConfig, structures: list, max_steps: int
             "batched_structures_per_s": len(structures) / batched_s, "ase_structures_per_s": len(structures) / ase_s,
             "batched_speedup_vs_ase": ase_s / batched_s,
             "mean_steps_batched": float(np.mean([r.relax.steps for r in results])),
-            "mean_steps_ase": float(np.mean(ase_steps))}
+            "mean_steps_ase": float(np.mean(ase_steps)),
+            "exploded_batched": sum(1 for r in results if r.relax.status == "exploded")}
 
 
 def campaign_arms(quick: bool, workdir: Path) -> dict:
@@ -195,8 +200,11 @@ def main() -> int:
               f"in {time.perf_counter() - t:.0f} s")
         accuracy[oracle], params, config = accuracy_per_round(data, seed=0, rounds=(1, 3) if args.quick else (1, 2, 3))
         trained[oracle] = (params, config)
+        write_results(args.json, {"quick": args.quick, "partial": True, "accuracy_per_round": accuracy})
     params, config = trained["emt"]
     timing = speedup(params, config, perturbed_prototypes(SPACES["emt"], 32, seed=1), max_steps=steps)
+    write_results(args.json, {"quick": args.quick, "partial": True, "accuracy_per_round": accuracy,
+                              "relaxer": timing})
     with tempfile.TemporaryDirectory(prefix="bench_prerelax_") as tmp:
         arms = campaign_arms(args.quick, Path(tmp))
 

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Iterator
 
 import numpy as np
-from pymatgen.core import Composition
+from pymatgen.core import Composition, Structure
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
 from gnome_loop.config import CampaignConfig, ConfigError, dump_config, load_config
 from gnome_loop.execute import Scheduler, make_scheduler
+from gnome_loop.execute.shards import run_shards
 from gnome_loop.export import (SUMMARY_CSV_COLUMNS, stable_rows, summary_row, write_cif_zip, write_entries_json,
                                write_extxyz, write_stable_hull_csv)
 from gnome_loop.generate.composition import enumerate_candidates, placeholder_structure
@@ -43,7 +44,6 @@ from gnome_loop.models.nequip_train import (average_neighbors, load_nequip, save
                                              training_frames)
 from gnome_loop.oracle.base import read_result, write_job, write_json_atomic
 from gnome_loop.prerelax import prerelax
-from gnome_loop.execute.shards import run_shards
 from gnome_loop.screen import ScreenContext, ScreenSettings, model_files, score_structures, screen_task
 from gnome_loop.select import Scored, select_candidates
 from gnome_loop.snapshot import load_snapshot
@@ -282,17 +282,16 @@ class Campaign:
         each shard committed on its own (a shard already in the store is not redone);
         returns the funnel's totals. Kept candidates arrive scored, the rest as summary rows."""
         space, generators, screening = self.config.chemical_space, self.config.generators, self.config.screening
-        entries = self.store.entries()
-        known = frozenset(e["reduced_formula"] for e in entries)
-        parents = [(e["id"], structure_from_json(e["structure"])) for e in entries if e["structure"]]
-        if "known+prototypes" in (generators.substitution.parents, generators.saps.parents):
-            parents += prototype_templates()
-        parents = sorted(parents, key=lambda item: item[0])
+        known, structures = self._known_structures()
+        choice = "known+prototypes" if "known+prototypes" in (generators.substitution.parents,
+                                                              generators.saps.parents) else "known"
+        parents = sorted(_parents(structures, choice), key=lambda item: item[0])
         size = screening.parents_per_shard
         shards = [[(key, s.as_dict()) for key, s in parents[i:i + size]] for i in range(0, len(parents), size)]
         sub, sap = generators.substitution, generators.saps
         settings = ScreenSettings(
-            tuple(space.elements), space.max_elements, space.max_atoms, known, keep=screening.keep_per_shard,
+            tuple(space.elements), space.max_elements, space.max_atoms, frozenset(known),
+            keep=screening.keep_per_shard,
             substitution={"threshold": sub.threshold, "alpha": sub.alpha, "charge_balanced": sub.charge_balanced}
             if sub.enabled else None,
             saps={"threshold": sap.threshold, "alpha": sap.alpha, "max_per_parent": sap.max_per_parent,
@@ -336,24 +335,19 @@ class Campaign:
         the rejects it counted itself. An import file's rejects count in the first round
         that reads it; `marks` collects the store flags that say so."""
         space, generators = self.config.chemical_space, self.config.generators
-        entries = self.store.entries()
-        known = {e["reduced_formula"] for e in entries}
-        structures = [(e["id"], structure_from_json(e["structure"])) for e in entries if e["structure"]]
-
-        def parents(choice: str) -> list:
-            return structures + prototype_templates() if choice == "known+prototypes" else structures
+        known, structures = self._known_structures()
 
         screening = self.config.screening.enabled  # substitution and SAPS then run in shards (`_screen`)
         settings = generators.substitution
         if settings.enabled and not screening:
             yield "substitution", settings.max_candidates, substitute(
-                parents(settings.parents), space.elements, known, threshold=settings.threshold,
+                _parents(structures, settings.parents), space.elements, known, threshold=settings.threshold,
                 alpha=settings.alpha, max_elements=space.max_elements, max_atoms=space.max_atoms,
                 charge_balanced=settings.charge_balanced), Counter()
         settings = generators.saps
         if settings.enabled and not screening:
             yield "saps", settings.max_candidates, saps(
-                parents(settings.parents), space.elements, known, threshold=settings.threshold,
+                _parents(structures, settings.parents), space.elements, known, threshold=settings.threshold,
                 alpha=settings.alpha, max_elements=space.max_elements, max_atoms=space.max_atoms,
                 max_per_parent=settings.max_per_parent, supercell=settings.supercell), Counter()
         seed = self.config.seed * 1000 + round_  # a new draw every round, the same on a re-run
@@ -397,13 +391,13 @@ class Campaign:
         started = time.time()
         new = self.store.candidates(round_=round_, status="new")
         labels = {row["fingerprint"] for row in new}
-        known = [(e["id"], e["fingerprint"], structure_from_json(e["structure"]))
-                 for e in self.store.entries(fingerprints=labels) if e["structure"]]
+        known = self._known_phases(labels)
         known += [(c["id"], c["fingerprint"], structure_from_json(c["structure"]))
                   for c in self.store.candidates(status="new", fingerprints=labels) if c["round"] < round_]
         # in id order: which of two matching candidates survives does not depend on the order
         # they were generated in (or on how a screened round was cut into shards)
-        items = [(c["id"], c["fingerprint"], structure_from_json(c["structure"])) for c in sorted(new, key=lambda c: c["id"])]
+        items = [(c["id"], c["fingerprint"], structure_from_json(c["structure"]))
+                 for c in sorted(new, key=lambda c: c["id"])]
         duplicates = find_duplicates(items, known)
         with self.store.transaction():
             self.store.mark_duplicates(duplicates)
@@ -480,9 +474,8 @@ class Campaign:
             if result.structure is not None:
                 relaxed.append((index, result.structure))
         labels = {index: symmetry_label(structure) for index, structure in relaxed}
-        known = [(e["id"], e["fingerprint"], structure_from_json(e["structure"]))
-                 for e in self.store.entries(fingerprints=set(labels.values())) if e["structure"]]
-        duplicates = find_duplicates([(rows[i]["id"], labels[i], s) for i, s in relaxed], known)
+        duplicates = find_duplicates([(rows[i]["id"], labels[i], s) for i, s in relaxed],
+                                     self._known_phases(set(labels.values())))
         rescored = self._score([rows[i] for i, _ in relaxed], [s for _, s in relaxed])
         for (index, structure), update in zip(relaxed, rescored):
             key = rows[index]["id"]
@@ -738,6 +731,18 @@ class Campaign:
         self._hull_cache.add(e for e in self._hull_entries() if e.entry_id not in self._hull_cache)
         return self._hull_cache
 
+    def _known_structures(self) -> tuple[set[str], list[tuple[str, Structure]]]:
+        """The reduced formulas of every entry, and (id, structure) of those with a structure:
+        what the substitution generators start from."""
+        entries = self.store.entries()
+        return ({e["reduced_formula"] for e in entries},
+                [(e["id"], structure_from_json(e["structure"])) for e in entries if e["structure"]])
+
+    def _known_phases(self, labels: set[str]) -> list[tuple[str, str, Structure]]:
+        """(id, symmetry label, structure) of the entries in the dedup buckets `labels`."""
+        return [(e["id"], e["fingerprint"], structure_from_json(e["structure"]))
+                for e in self.store.entries(fingerprints=labels) if e["structure"]]
+
     def _hull_entries(self) -> list[ComputedEntry]:
         """Every entry of the campaign as the hull sees it: composition and corrected energy."""
         return [ComputedEntry(Composition(e["composition"]), e["energy_corrected"], entry_id=e["id"],
@@ -857,6 +862,12 @@ class Campaign:
             written.append(folder / "stable_materials.extxyz")
             write_extxyz([entries[row["MaterialId"]] for row in rows], written[-1])
         return written
+
+
+def _parents(structures: list, choice: str) -> list:
+    """Parent structures of a substitution generator: the known ones, plus AFLOW's prototypes
+    for `known+prototypes`."""
+    return structures + prototype_templates() if choice == "known+prototypes" else structures
 
 
 def _candidate_row(candidate_id: str, round_: int, generator: str, structure, parent_ids=(), info=None) -> dict:

@@ -64,7 +64,8 @@ def score_structures(model: EnergyModel, hull: Hull, structures: Sequence[Struct
     return out
 
 
-def _predict(model: EnergyModel, structures: Sequence[Structure]) -> list[tuple[float | None, float | None, str | None]]:
+def _predict(model: EnergyModel,
+             structures: Sequence[Structure]) -> list[tuple[float | None, float | None, str | None]]:
     """(energy, std, error) per structure: a structure the model rejects or a NaN never reaches selection."""
     if not structures:
         return []
@@ -156,7 +157,8 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
                                                           settings.kappa), item[0].id))
     kept = ranked[:settings.keep]
     funnel["kept"] = len(kept)
-    summary = [(c.id, c.structure.composition.reduced_formula, labels[c.id], p.ehull) for c, p in ranked[settings.keep:]]
+    summary = [(c.id, c.structure.composition.reduced_formula, labels[c.id], p.ehull)
+               for c, p in ranked[settings.keep:]]
     return ShardResult(kept, summary, funnel)
 
 

@@ -394,10 +394,11 @@ class Campaign:
         known = self._known_phases(labels)
         known += [(c["id"], c["fingerprint"], structure_from_json(c["structure"]))
                   for c in self.store.candidates(status="new", fingerprints=labels) if c["round"] < round_]
-        # in id order: which of two matching candidates survives does not depend on the order
-        # they were generated in (or on how a screened round was cut into shards)
+        # Which of two matching candidates survives does not depend on the order they were
+        # generated in: screened ones (scored already) best predicted first, as inside a
+        # shard, so that cutting the round into shards changes nothing; then the rest in id order.
         items = [(c["id"], c["fingerprint"], structure_from_json(c["structure"]))
-                 for c in sorted(new, key=lambda c: c["id"])]
+                 for c in sorted(new, key=_dedup_order)]
         duplicates = find_duplicates(items, known)
         with self.store.transaction():
             self.store.mark_duplicates(duplicates)
@@ -868,6 +869,12 @@ def _parents(structures: list, choice: str) -> list:
     """Parent structures of a substitution generator: the known ones, plus AFLOW's prototypes
     for `known+prototypes`."""
     return structures + prototype_templates() if choice == "known+prototypes" else structures
+
+
+def _dedup_order(row) -> tuple:
+    """Candidates scored while screening first, by predicted E_hull; then the others; ties by id."""
+    scored = row["pred_ehull"] is not None
+    return (not scored, row["pred_ehull"] if scored else 0.0, row["id"])
 
 
 def _candidate_row(candidate_id: str, round_: int, generator: str, structure, parent_ids=(), info=None) -> dict:

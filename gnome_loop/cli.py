@@ -151,11 +151,11 @@ def _print_funnel(rounds: list[dict]) -> None:
     if not rows:
         return
     table = Table(title="screening funnel (substitution + SAPS shards)")
-    for header in ("round", "generated", "valid", "unique", "scored", "kept"):
+    stages = ("generated", "valid", "scored", "examined", "duplicates", "kept")
+    for header in ("round", *stages):
         table.add_column(header, justify="right")
     for row in rows:
-        table.add_row(str(row["round"]), *(_fmt(row["funnel"].get(key, 0))
-                                           for key in ("generated", "valid", "unique", "scored", "kept")))
+        table.add_row(str(row["round"]), *(_fmt(row["funnel"].get(key, 0)) for key in stages))
     out.print(table)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -92,14 +92,19 @@ class Hull:
     Entries without a label are taken to be on the hull's scale.
 
     `pd_builds` counts the `PhaseDiagram`s built, to check that updates are local.
+    With `max_diagrams`, at most that many diagrams stay cached, the least recently
+    used dropped first: a screening worker judges candidates of tens of thousands of
+    chemical systems, and its memory must not grow with them.
     """
 
-    def __init__(self, entries: Iterable[ComputedEntry] = (), scale: str | None = None) -> None:
+    def __init__(self, entries: Iterable[ComputedEntry] = (), scale: str | None = None,
+                 max_diagrams: int | None = None) -> None:
         self.scale = scale
         self.pd_builds = 0
+        self.max_diagrams = max_diagrams
         self._entries: dict[str, ComputedEntry] = {}
         self._ids_by_chemsys: dict[Chemsys, set[str]] = defaultdict(set)
-        self._diagrams: dict[Chemsys, PhaseDiagram] = {}
+        self._diagrams: OrderedDict[Chemsys, PhaseDiagram] = OrderedDict()
         self.add(entries)
 
     def __len__(self) -> int:
@@ -146,6 +151,7 @@ class Hull:
         reference is missing."""
         system = chemsys_of(chemsys)
         if system in self._diagrams:
+            self._diagrams.move_to_end(system)
             return self._diagrams[system]
         if self.missing_elements(system):
             return None
@@ -158,6 +164,8 @@ class Hull:
         diagram = PhaseDiagram([self._entries[entry_id] for entry_id in ids])
         self.pd_builds += 1
         self._diagrams[system] = diagram
+        if self.max_diagrams is not None and len(self._diagrams) > self.max_diagrams:
+            self._diagrams.popitem(last=False)
         return diagram
 
     def covering_diagrams(self, systems: Iterable[Chemsys]) -> dict[Chemsys, PhaseDiagram]:
@@ -185,7 +193,8 @@ class Hull:
         for system in wanted:
             supersystems = set.intersection(*(built_by_element[element] for element in system))
             if supersystems:
-                out[system] = self._diagrams[min(supersystems, key=lambda s: (len(s), sorted(s)))]
+                chosen = min(supersystems, key=lambda s: (len(s), sorted(s)))
+                out[system] = out[chosen] if chosen in out else self.phase_diagram(chosen)  # rebuilt if evicted
                 continue
             out[system] = self.phase_diagram(system)
             for element in system:

@@ -1,14 +1,14 @@
-"""Screening one shard of parent structures: generate → validate → dedup → score → keep.
+"""Screening one shard of parent structures: generate → validate → score → dedup → keep.
 
 GNoME screened over 10^9 candidates; a round at that scale cannot hold its
 candidates in memory. The funnel is cut into shards of a few parent structures.
 A shard generates its substitution and SAPS candidates, rejects invalid ones,
-removes duplicates inside the shard (bucketed `StructureMatcher`), scores the rest
-with the energy model against the hull, and keeps in full only its best `keep`
-candidates by acquisition score. The others leave only a summary row (id,
-formula, symmetry label, predicted E_hull), so memory is bounded by the shard, not
-the round. Duplicates across shards are the caller's business (the campaign keeps
-a store index of (reduced formula, space group) buckets).
+scores the rest with the energy model against the hull, and keeps in full only its
+best `keep` unique candidates by acquisition score (duplicates are looked for, with
+a bucketed `StructureMatcher`, among the candidates that could be kept). The others
+leave only a summary row (id, formula, predicted E_hull), so memory is bounded by
+the shard, not the round. Duplicates across shards are the caller's business (the
+campaign keeps a store index of (reduced formula, space group) buckets).
 
 `score_structures` is also what the campaign's select stage uses: a structure the
 model rejects, a NaN, or a system without a hull gets an error, never a number.
@@ -31,7 +31,7 @@ from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import Hull, e_above_hull_many
 from gnome_loop.models.base import EnergyModel, load_model
 from gnome_loop.select import Scored, acquisition
-from gnome_loop.structures import Candidate, find_duplicates, symmetry_label, validate_structure
+from gnome_loop.structures import Candidate, DuplicateIndex, symmetry_label, validate_structure
 
 
 @dataclass(frozen=True)
@@ -67,28 +67,33 @@ def score_structures(model: EnergyModel, hull: Hull, structures: Sequence[Struct
 def _predict(model: EnergyModel,
              structures: Sequence[Structure]) -> list[tuple[float | None, float | None, str | None]]:
     """(energy, std, error) per structure: a structure the model rejects or a NaN never reaches selection."""
-    if not structures:
-        return []
-    try:
-        mean, std = model.predict(list(structures))
-        pairs = list(zip(mean.tolist(), std.tolist()))
-    except ValueError:
-        pairs = []
-        for structure in structures:
-            try:
-                m, s = model.predict([structure])
-                pairs.append((float(m[0]), float(s[0])))
-            except ValueError as error:
-                pairs.append((str(error), None))
     out = []
-    for energy, std in pairs:
+    for energy, std in _predict_pairs(model, list(structures)):
         if isinstance(energy, str):
             out.append((None, None, f"model rejected the structure: {energy}"))
-        elif not math.isfinite(energy) or (std is not None and not math.isfinite(std)):
+        elif not math.isfinite(energy) or not math.isfinite(std):
             out.append((None, None, "non-finite prediction"))
         else:
             out.append((energy, std, None))
     return out
+
+
+def _predict_pairs(model: EnergyModel, structures: list[Structure]) -> list[tuple[float | str, float | None]]:
+    """(energy, std) per structure, or (the model's reason, None) for one it rejects.
+
+    A model refuses a whole batch for one bad structure (ValueError); the batch is
+    then split in halves until the bad ones stand alone, so a few rejects cost a few
+    extra calls, not one call per structure."""
+    if not structures:
+        return []
+    try:
+        mean, std = model.predict(structures)
+        return list(zip(mean.tolist(), std.tolist()))
+    except ValueError as error:
+        if len(structures) == 1:
+            return [(str(error), None)]
+    half = len(structures) // 2
+    return _predict_pairs(model, structures[:half]) + _predict_pairs(model, structures[half:])
 
 
 @dataclass(frozen=True)
@@ -107,21 +112,26 @@ class ScreenSettings:
 
 @dataclass
 class ShardResult:
-    """A screened shard: its best candidates in full (with their predictions), a summary
-    row for every other scored candidate, and the funnel's counts."""
+    """A screened shard: its best unique candidates in full (with their predictions), a
+    summary row for every other scored candidate, and the funnel's counts."""
 
     kept: list[tuple[Candidate, Prediction]]
-    summary: list[tuple[str, str, str, float | None]]  # (id, reduced formula, symmetry label, predicted E_hull)
-    funnel: Counter  # generated, valid, unique, scored, kept; rejected:<reason>
+    summary: list[tuple[str, str, str | None, float | None]]  # (id, formula, symmetry label or None, E_hull)
+    funnel: Counter  # generated, valid, scored, examined, duplicates, kept; rejected:<reason>
 
 
 def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSettings, model: EnergyModel,
                  hull: Hull) -> ShardResult:
-    """Generate, validate, dedup (inside the shard), score and keep the best `settings.keep`.
+    """Generate, validate, score, then keep the best `settings.keep` unique candidates.
 
+    The filter comes before dedup, as in GNoME: a structure match costs milliseconds
+    a pair, scoring a fraction of that per structure, so only candidates that could be
+    kept are matched. They are examined best first (acquisition score, then id), each
+    against the better ones kept before it, inside its (reduced formula, space group)
+    bucket; a duplicate is dropped and the next one examined until `keep` are kept.
+    Candidates never examined have no symmetry label in their summary row.
     Deterministic: the same parents and settings give the same result, whatever the
-    worker. Candidates are deduplicated in id order (the smallest id of a group of
-    matching structures survives), so shard boundaries do not change which one does.
+    worker, and a shard's survivors are those one shard of all parents would keep.
     """
     funnel: Counter = Counter()
     space = dict(elements=list(settings.elements), known_formulas=set(settings.known_formulas),
@@ -145,20 +155,24 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
             valid.append(proposals[key])
     funnel["valid"] = len(valid)
 
-    labels = {c.id: symmetry_label(c.structure) for c in valid}
-    duplicates = find_duplicates([(c.id, labels[c.id], c.structure) for c in valid])
-    unique = [c for c in valid if c.id not in duplicates]
-    funnel["unique"] = len(unique)
-
-    predictions = score_structures(model, hull, [c.structure for c in unique], [c.id for c in unique])
-    scored = [(c, p) for c, p in zip(unique, predictions) if p.error is None]
+    predictions = score_structures(model, hull, [c.structure for c in valid], [c.id for c in valid])
+    scored = [(c, p) for c, p in zip(valid, predictions) if p.error is None]
     funnel["scored"] = len(scored)
     ranked = sorted(scored, key=lambda item: (acquisition(Scored(item[0].id, "", item[1].ehull, item[1].std),
                                                           settings.kappa), item[0].id))
-    kept = ranked[:settings.keep]
+    index = DuplicateIndex()
+    kept, summary = [], []
+    for candidate, prediction in ranked:
+        formula, label = candidate.structure.composition.reduced_formula, None
+        if len(kept) < settings.keep:
+            label = symmetry_label(candidate.structure)
+            funnel["examined"] += 1
+            if index.add(candidate.id, label, candidate.structure) is None:
+                kept.append((candidate, prediction))
+                continue
+            funnel["duplicates"] += 1
+        summary.append((candidate.id, formula, label, prediction.ehull))
     funnel["kept"] = len(kept)
-    summary = [(c.id, c.structure.composition.reduced_formula, labels[c.id], p.ehull)
-               for c, p in ranked[settings.keep:]]
     return ShardResult(kept, summary, funnel)
 
 
@@ -176,6 +190,10 @@ class ScreenContext:
     settings: ScreenSettings
 
 
+#: Phase diagrams a worker keeps cached: a round touches tens of thousands of chemical
+#: systems, and a worker's memory must not grow with the round.
+WORKER_DIAGRAMS = 3000
+
 #: Per worker process: the model and hull of the context being screened.
 _LOADED: dict[str, tuple[EnergyModel, Hull]] = {}
 
@@ -188,7 +206,8 @@ def screen_task(context: ScreenContext, parents: list[tuple[str, dict]]) -> Shar
             for name, data in context.model_files.items():
                 (Path(folder) / name).write_bytes(data)
             model = load_model(folder)
-        hull = Hull([ComputedEntry.from_dict(d) for d in context.hull_entries], scale=context.scale)
+        hull = Hull([ComputedEntry.from_dict(d) for d in context.hull_entries], scale=context.scale,
+                    max_diagrams=WORKER_DIAGRAMS)
         _LOADED[context.key] = (model, hull)
     model, hull = _LOADED[context.key]
     return screen_shard([(key, Structure.from_dict(d)) for key, d in parents], context.settings, model, hull)

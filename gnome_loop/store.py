@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCREENING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
     round INTEGER NOT NULL, shard INTEGER NOT NULL, funnel TEXT NOT NULL, PRIMARY KEY (round, shard));
 CREATE TABLE IF NOT EXISTS screened (
     id TEXT PRIMARY KEY, round INTEGER NOT NULL, shard INTEGER NOT NULL, reduced_formula TEXT NOT NULL,
-    fingerprint TEXT NOT NULL, pred_ehull REAL);
+    fingerprint TEXT, pred_ehull REAL);
 CREATE INDEX IF NOT EXISTS screened_bucket ON screened(fingerprint);
 """
 
@@ -71,7 +71,11 @@ def _statements(script: str) -> list[str]:
 #: Statements that bring a database of version N up to version N + 1.
 MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}'"],
               2: ["ALTER TABLE candidates ADD COLUMN prerelax TEXT"],
-              3: _statements(SCREENING_SCHEMA)}
+              3: _statements(SCREENING_SCHEMA),
+              # screened rows of candidates never examined for duplicates have no symmetry label
+              4: ["DROP INDEX screened_bucket", "ALTER TABLE screened RENAME TO screened_v4",
+                  *_statements(SCREENING_SCHEMA),
+                  "INSERT INTO screened SELECT * FROM screened_v4", "DROP TABLE screened_v4"]}
 
 #: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
 JOB_STATES = ("pending", "submitted", "done", "failed")
@@ -278,7 +282,7 @@ class Store:
 
     def add_shard(self, round_: int, shard: int, funnel: dict, summary: Iterable[tuple]) -> None:
         """Record a screened shard: its funnel and the summary rows (id, formula,
-        fingerprint, predicted E_hull) of the candidates it did not keep in full."""
+        fingerprint or None, predicted E_hull) of the candidates it did not keep in full."""
         self.conn.executemany("INSERT OR IGNORE INTO screened VALUES (?, ?, ?, ?, ?, ?)",
                               [(key, round_, shard, formula, label, ehull) for key, formula, label, ehull in summary])
         self.conn.execute("INSERT INTO shards VALUES (?, ?, ?)", (round_, shard, json.dumps(funnel)))

@@ -7,6 +7,7 @@ after a crash inserts nothing twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -63,7 +64,7 @@ class Candidate:
     parent_ids: tuple[str, ...] = ()
     info: dict = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         return structure_id(self.structure, prefix="c-")
 
@@ -114,24 +115,29 @@ def validate_structure(
     low, high = volume_per_atom_range
     if not low <= vpa <= high:
         return f"volume: {vpa:.2f} Å^3/atom is outside [{low}, {high}]"
-    dmin = minimum_distance(structure)
+    distances, shortest = _distances(structure)
+    dmin = float(min(distances.min(initial=np.inf), shortest))
     if dmin < min_distance:
         return f"overlapping-atoms: two atoms are {dmin:.3f} Å apart (< {min_distance} Å)"
-    ratio = bond_ratio(structure)
+    ratio = _bond_ratio(structure, distances, shortest)
     if ratio < MIN_BOND_RATIO:
         return (f"overlapping-atoms: two atoms are {ratio:.2f} covalent bond lengths apart "
                 f"(< {MIN_BOND_RATIO})")
     return None
 
 
+def _distances(structure: Structure) -> tuple[np.ndarray, float]:
+    """Minimum-image distances between sites (infinite on the diagonal) and the
+    shortest lattice translation (the distance of an atom to its own image), Å."""
+    distances = np.array(structure.distance_matrix, dtype=float)
+    np.fill_diagonal(distances, np.inf)
+    return distances, float(min(structure.lattice.get_lll_reduced_lattice().abc))
+
+
 def minimum_distance(structure: Structure) -> float:
     """Shortest interatomic distance, periodic images included, in Å."""
-    shortest_translation = float(min(structure.lattice.get_lll_reduced_lattice().abc))
-    if len(structure) == 1:
-        return shortest_translation
-    dists = np.asarray(structure.distance_matrix)
-    off_diagonal = dists[~np.eye(len(structure), dtype=bool)]
-    return min(float(off_diagonal.min()), shortest_translation)
+    distances, shortest = _distances(structure)
+    return float(min(distances.min(initial=np.inf), shortest))
 
 
 def bond_ratio(structure: Structure) -> float:
@@ -140,23 +146,23 @@ def bond_ratio(structure: Structure) -> float:
     About 1 for bonded neighbours in real solids (NaCl 1.05, SiO2 0.91, ClO bonds
     0.87); far below means overlapping atoms.
     """
-    if len(structure) == 1:
-        return minimum_distance(structure) / (2 * covalent_radii[structure[0].specie.Z])
+    return _bond_ratio(structure, *_distances(structure))
+
+
+def _bond_ratio(structure: Structure, distances: np.ndarray, shortest: float) -> float:
     radii = np.array([covalent_radii[site.specie.Z] for site in structure])
-    dists = np.asarray(structure.distance_matrix) / (radii[:, None] + radii[None, :])
-    np.fill_diagonal(dists, np.inf)
-    self_image = min(structure.lattice.get_lll_reduced_lattice().abc) / (2 * radii.max())
-    return float(min(dists.min(), self_image))
+    ratios = distances / (radii[:, None] + radii[None, :])
+    return float(min(ratios.min(), shortest / (2 * radii.max())))
 
 
 def expand_to_bond_ratio(structure: Structure, floor: float = 0.8) -> Structure:
-    """A copy scaled up isotropically until no two atoms are closer than `floor` bond
-    lengths (sums of covalent radii). Guards generators whose volume estimate fails."""
+    """Scale `structure` up isotropically, in place, until no two atoms are closer than
+    `floor` bond lengths (sums of covalent radii), and return it. Guards generators
+    whose volume estimate fails."""
     ratio = bond_ratio(structure)
-    scaled = structure.copy()
     if ratio < floor:
-        scaled.scale_lattice(structure.volume * (floor / ratio) ** 3)
-    return scaled
+        structure.scale_lattice(structure.volume * (floor / ratio) ** 3)
+    return structure
 
 
 def symmetry_label(structure: Structure, symprec: float = 0.01) -> str:
@@ -176,24 +182,60 @@ def default_matcher() -> StructureMatcher:
 def find_duplicates(
     new: Sequence[tuple[str, str, Structure]],
     known: Sequence[tuple[str, str, Structure]] = (),
-    matcher: StructureMatcher | None = None,
 ) -> dict[str, str]:
-    """Map each duplicate id in `new` to the id it duplicates.
+    """Map each duplicate id in `new` to the id it duplicates (by :func:`default_matcher`).
 
     Items are `(id, symmetry_label, structure)`. A structure duplicates a known one
-    or an earlier one in `new`. `StructureMatcher` only runs inside a bucket of equal
-    labels (reduced formula + space group), never over all pairs.
+    or an earlier one in `new` that is not itself a duplicate.
     """
-    matcher = matcher or default_matcher()
-    buckets: dict[str, list[tuple[str, Structure]]] = defaultdict(list)
-    for key, label, struct in known:
-        buckets[label].append((key, struct))
+    index = DuplicateIndex(known)
     duplicates: dict[str, str] = {}
     for key, label, struct in new:
-        bucket = buckets[label]
-        match = next((other for other, ref in bucket if matcher.fit(struct, ref)), None)
+        match = index.add(key, label, struct)
         if match is not None:
             duplicates[key] = match
-        else:
-            bucket.append((key, struct))
     return duplicates
+
+
+class DuplicateIndex:
+    """Unique structures in buckets of equal symmetry labels (reduced formula + space
+    group): a new structure is compared with `StructureMatcher` (:func:`default_matcher`)
+    inside its bucket only, never over all pairs.
+
+    Each structure is reduced (Niggli, then primitive cell) once, when its bucket first
+    holds another one, not once per comparison as a plain `StructureMatcher.fit` does;
+    primitive cells of different sizes never match (the matcher tries no supercells).
+    The verdicts are the matcher's own.
+    """
+
+    def __init__(self, known: Iterable[tuple[str, str, Structure]] = ()) -> None:
+        self.matcher = default_matcher()
+        self.buckets: dict[str, list[tuple[str, _Reduced]]] = defaultdict(list)
+        for key, label, struct in known:
+            self.buckets[label].append((key, _Reduced(struct)))
+
+    def add(self, key: str, label: str, structure: Structure) -> str | None:
+        """The id of the indexed structure that `structure` duplicates, or None after
+        indexing it as a new unique one."""
+        bucket = self.buckets[label]
+        mine = _Reduced(structure)
+        for other, ref in bucket:
+            if len(mine.cell) == len(ref.cell) and self.matcher.fit(mine.cell, ref.cell, skip_structure_reduction=True):
+                return other
+        bucket.append((key, mine))
+        return None
+
+
+class _Reduced:
+    """A structure's Niggli-reduced primitive cell, what `StructureMatcher` compares,
+    made when first asked for."""
+
+    def __init__(self, structure: Structure) -> None:
+        self.structure = structure
+        self._cell: Structure | None = None
+
+    @property
+    def cell(self) -> Structure:
+        if self._cell is None:
+            self._cell = self.structure.get_reduced_structure("niggli").get_primitive_structure()
+        return self._cell

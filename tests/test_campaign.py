@@ -376,8 +376,30 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "4"
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "5"
     (entry,) = store.entries(with_structure=False)
     assert entry["energy_corrected"] == -3.5 and json.loads(entry["data"]) == {}
     assert "prerelax" in [row[1] for row in store.query("PRAGMA table_info(candidates)")]
     assert store.shards_done(1) == {}
+
+
+def test_a_version_4_database_keeps_its_screened_rows_and_takes_rows_without_a_label(tmp_path):
+    import sqlite3
+
+    from gnome_loop.store import SCHEMA, SCREENING_SCHEMA, Store
+
+    path = tmp_path / "campaign.db"
+    old = sqlite3.connect(path)  # version 4: every screened row had a symmetry label
+    old.executescript(SCHEMA.replace(SCREENING_SCHEMA, SCREENING_SCHEMA.replace("fingerprint TEXT,",
+                                                                             "fingerprint TEXT NOT NULL,")))
+    old.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+    old.execute("INSERT INTO screened VALUES ('c-1', 1, 0, 'Cu3Au', 'Cu3Au:221', -0.01)")
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.meta("schema_version") == "5"
+    with store.transaction():
+        store.add_shard(1, 1, {"kept": 0}, [("c-2", "CuAu", None, 0.2)])
+    rows = store.query("SELECT id, fingerprint, pred_ehull FROM screened ORDER BY id")
+    assert [tuple(r) for r in rows] == [("c-1", "Cu3Au:221", -0.01), ("c-2", None, 0.2)]
+    assert [r[1] for r in store.query("PRAGMA index_list(screened)")].count("screened_bucket") == 1

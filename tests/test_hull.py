@@ -235,6 +235,25 @@ def test_subsystem_candidates_share_the_supersystem_diagram():
         assert result.e_above_hull == pytest.approx(fresh_e_hull(candidate, reference)[0], abs=1e-9)
 
 
+def test_a_bounded_diagram_cache_gives_the_same_answers_and_stays_within_its_bound(li_co_ni_o):
+    """A screening worker keeps at most `max_diagrams` diagrams: the least recently used
+    leave, and are built again when a later candidate needs one."""
+    reference, _ = li_co_ni_o
+    rng = np.random.default_rng(1)
+    candidates = [ComputedEntry(e.composition, e.energy + rng.normal(0, 0.05) * e.composition.num_atoms,
+                                entry_id=f"cand-{i}") for i, e in enumerate(reference[::7])]
+    assert len({chemsys_of(c.composition) for c in candidates}) > 3
+    unbounded = e_above_hull_many(candidates, Hull(reference))
+    bounded = Hull(reference, max_diagrams=1)
+    for start in range(0, len(candidates), 5):  # shard after shard on one worker
+        for result, expected in zip(e_above_hull_many(candidates[start:start + 5], bounded),
+                                    unbounded[start:start + 5]):
+            assert result.entry_id == expected.entry_id
+            assert result.e_above_hull == pytest.approx(expected.e_above_hull, abs=1e-9)
+        assert len(bounded._diagrams) <= 1
+    assert bounded.pd_builds > Hull(reference).pd_builds
+
+
 def test_own_hull_table_puts_vertices_at_zero():
     results = {r.entry_id: r for r in hull_table(li_na_o_entries())}
     assert results["li2o"] == HullResult("li2o", "Li2O", 0.0, {"Li2O": 1.0})

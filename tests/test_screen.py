@@ -14,7 +14,7 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from gnome_loop.hull import Hull
 from gnome_loop.screen import ScreenSettings, score_structures, screen_shard
 from gnome_loop.snapshot.prototypes import load_prototypes
-from gnome_loop.structures import find_duplicates, symmetry_label
+from gnome_loop.structures import DuplicateIndex, find_duplicates, symmetry_label
 
 ELEMENTS = ("Ag", "Al", "Au", "Cu", "Ni", "Pd", "Pt")
 
@@ -46,14 +46,52 @@ def test_a_shard_keeps_its_best_in_full_and_the_rest_as_summary_rows():
     structures, known = parents()
     result = screen_shard(structures, settings(known, keep=10), StubModel(), hull())
     funnel = result.funnel
-    assert funnel["generated"] >= funnel["valid"] >= funnel["unique"] >= funnel["scored"] > funnel["kept"] == 10
+    assert funnel["generated"] >= funnel["valid"] >= funnel["scored"] > funnel["examined"] >= funnel["kept"] == 10
     assert funnel["generated"] - funnel["valid"] == sum(v for k, v in funnel.items() if k.startswith("rejected:"))
+    assert funnel["examined"] == funnel["kept"] + funnel["duplicates"]
     assert len(result.summary) == funnel["scored"] - funnel["kept"]
     kept = [p.ehull for _, p in result.kept]
-    assert kept == sorted(kept) and max(kept) <= min(e for *_, e in result.summary)
+    # only the candidates examined for duplicates carry a symmetry label; all others rank below the kept
+    assert sum(1 for _, _, label, _ in result.summary if label is not None) == funnel["duplicates"]
+    assert kept == sorted(kept) and max(kept) <= min(e for _, _, label, e in result.summary if label is None)
     assert all(c.structure.composition.reduced_formula != "AlPt3" for c, _ in result.kept)  # NaN: never scored
     ids = [c.id for c, _ in result.kept] + [row[0] for row in result.summary]
     assert len(ids) == len(set(ids))
+
+
+def test_a_shard_keeps_no_two_matching_structures_and_the_better_ranked_of_a_pair():
+    """Every parent twice, the copy with its origin shifted: each candidate then has a twin
+    with another id. Duplicates are searched among the best-ranked candidates, and of a
+    pair the better-ranked one (the smaller id on a tie) is kept."""
+    structures, known = parents()
+    shifted = []
+    for key, structure in structures:
+        copy = structure.copy()
+        copy.translate_sites(range(len(copy)), [0.013, 0.007, 0.002])
+        shifted.append((key + "-shifted", copy))
+    result = screen_shard(structures + shifted, settings(known, keep=10), StubModel(), hull())
+    kept = [c for c, _ in result.kept]
+    assert len(kept) == 10 and result.funnel["duplicates"] >= 5
+    labelled = [(c.id, symmetry_label(c.structure), c.structure) for c in kept]
+    assert find_duplicates(labelled) == {}
+    rank = {c.id: (p.ehull, c.id) for c, p in result.kept}
+    for key, _, label, ehull in result.summary:
+        if label is None:
+            continue  # never examined
+        twin = DuplicateIndex(labelled).add(key, label, next(s for s in _regenerate(structures + shifted, known)
+                                                           if s[0] == key)[1])
+        assert twin is not None and rank[twin] <= (ehull, key)
+
+
+def _regenerate(structures, known):
+    """(id, structure) of every candidate a shard of these parents proposes."""
+    from gnome_loop.generate.saps import saps
+    from gnome_loop.generate.substitution import substitute
+
+    space = dict(elements=list(ELEMENTS), known_formulas=set(known), max_elements=2, max_atoms=8)
+    made = substitute(structures, **space, threshold=0.001) + saps(structures, **space, threshold=0.001,
+                                                                   max_per_parent=10)
+    return [(c.id, c.structure) for c in made]
 
 
 def test_shards_give_the_same_best_candidates_as_one_shard():
@@ -83,9 +121,9 @@ def test_score_structures_names_what_it_cannot_score():
 
 
 @pytest.mark.slow
-def test_a_screened_round_on_dask_selects_what_the_classic_round_selects(tmp_path):
-    """The same campaign twice, the same seed: substitution and SAPS run in shards of 3
-    parents on a 2-worker dask cluster, or in one piece in this process."""
+def test_a_screened_round_in_shards_on_dask_selects_what_one_shard_selects(tmp_path):
+    """The same campaign twice, the same seed: substitution and SAPS screened in shards of 3
+    parents on a 2-worker dask cluster, or in one shard in this process."""
     import json
     from pathlib import Path
 
@@ -96,23 +134,24 @@ def test_a_screened_round_on_dask_selects_what_the_classic_round_selects(tmp_pat
 
     data = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments/ci_emt/config.yaml").read_text())
     data["rounds"] = 1
-    data["generators"] = {"substitution": {"max_candidates": 10**6}, "saps": {"max_candidates": 10**6}}
-    classic = Campaign.create(parse_config(data), tmp_path / "classic")
-    assert classic.run().status == "done"
-    data["screening"] = {"enabled": True, "parents_per_shard": 3, "keep_per_shard": 1000}
+    data["screening"] = {"enabled": True, "parents_per_shard": 10**6, "keep_per_shard": 1000}
+    whole = Campaign.create(parse_config(data), tmp_path / "whole")
+    assert whole.run().status == "done"
+    data["screening"]["parents_per_shard"] = 3
     data["scheduler"] = {"kind": "local", "workers": 2}
-    screened = Campaign.create(parse_config(data), tmp_path / "screened")
-    assert screened.run().status == "done"
+    sharded = Campaign.create(parse_config(data), tmp_path / "sharded")
+    assert sharded.run().status == "done"
 
     def selected(campaign):
         return {r["id"] for r in campaign.store.candidates(round_=1, selected=True)}
 
-    assert selected(screened) == selected(classic) and len(selected(classic)) == 8
-    metrics = json.loads(screened.store.rounds()[1]["metrics"])
-    shards = screened.store.shards_done(1)
+    assert selected(sharded) == selected(whole) and len(selected(whole)) == 8
+    metrics = json.loads(sharded.store.rounds()[1]["metrics"])
+    shards = sharded.store.shards_done(1)
     assert len(shards) > 1 and metrics["funnel"]["kept"] == sum(f["kept"] for f in shards.values())
-    unique_classic = len(classic.store.candidates(round_=1, status="new"))
-    assert len(screened.store.candidates(round_=1, status="new")) == unique_classic
+    assert metrics["funnel"]["scored"] >= json.loads(whole.store.rounds()[1]["metrics"])["funnel"]["scored"]
+    unique = len(whole.store.candidates(round_=1, status="new"))
+    assert len(sharded.store.candidates(round_=1, status="new")) == unique
 
 
 def _die_once(marker_dir, task):

@@ -129,8 +129,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a slice of parents only (minutes)")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_scale.json")
-    parser.add_argument("--max-per-parent", type=int, default=1000, help="SAPS candidates per parent")
-    parser.add_argument("--slice", type=int, default=64, help="parents of the 1- vs 2-worker comparison")
+    parser.add_argument("--max-per-parent", type=int, default=2500, help="SAPS candidates per parent")
+    parser.add_argument("--slice", type=int, default=32, help="parents of the 1- vs 2-worker comparison")
     parser.add_argument("--parents-per-shard", type=int, default=4)
     parser.add_argument("--parents", type=int, default=None,
                         help="parents of the whole round (default all 1,301: about 10^6 candidates)")

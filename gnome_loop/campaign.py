@@ -110,6 +110,7 @@ class Campaign:
         self.progress = progress
         self.say = say
         self._scheduler: Scheduler | None = None
+        self._screening: Scheduler | None = None  # a dask cluster for screening alone (`_screening_client`)
         self._hull_cache: Hull | None = None
 
     @classmethod
@@ -160,9 +161,10 @@ class Campaign:
                     if waiting:
                         return Outcome("waiting", waiting)
             finally:
-                if self._scheduler is not None:
-                    self._scheduler.close()
-                    self._scheduler = None
+                for scheduler in (self._scheduler, self._screening):
+                    if scheduler is not None:
+                        scheduler.close()
+                self._scheduler = self._screening = None
 
     def _advance(self, round_: int, stage: str, started: float) -> None:
         """Move to the next stage (call inside the stage's transaction)."""
@@ -179,6 +181,19 @@ class Campaign:
         if self._scheduler is None:
             self._scheduler = make_scheduler(self.config.scheduler, self.dir)
         return self._scheduler
+
+    def _screening_client(self):
+        """The dask client screening shards run on: the `local` scheduler's cluster; with
+        another scheduler, the dask scheduler at `scheduler.address` (e.g. a dask-jobqueue
+        cluster while DFT goes through sbatch); None, in this process, without one."""
+        settings = self.config.scheduler
+        if settings.kind == "local":
+            return self.scheduler.client()
+        if not settings.address:
+            return None
+        if self._screening is None:
+            self._screening = make_scheduler(settings.model_copy(update={"kind": "local"}), self.dir)
+        return self._screening.client()
 
     # --- stages --------------------------------------------------------------------------
     def _stage_snapshot(self, round_: int) -> int:
@@ -305,7 +320,7 @@ class Campaign:
         totals: Counter = Counter()
         for funnel in done.values():
             totals.update(funnel)
-        client = self.scheduler.client() if self.config.scheduler.kind == "local" else None
+        client = self._screening_client()
         with self.progress(f"screening {len(shards)} shards", len(shards)) as advance:
             advance(len(done))
 

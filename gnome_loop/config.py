@@ -152,11 +152,12 @@ class Selection(_Section):
 
 class Screening(_Section):
     enabled: bool = Field(False, description="run the substitution and SAPS generators as shard tasks (generate, "
-                          "validate, dedup, score) on the dask cluster of the `local` scheduler (in this process "
-                          "with any other scheduler); their max_candidates caps do not apply")
+                          "validate, score, dedup the best) on the dask cluster of the `local` scheduler, or on "
+                          "the one at `scheduler.address` with any other scheduler (else in this process); their "
+                          "max_candidates caps do not apply")
     parents_per_shard: int = Field(8, ge=1, description="parent structures per shard task")
-    keep_per_shard: int = Field(50, ge=1, description="best-scored candidates a shard keeps in full; the rest "
-                                "are stored as summary rows (id, formula, symmetry label, predicted E_hull)")
+    keep_per_shard: int = Field(50, ge=1, description="best-scored unique candidates a shard keeps in full; the "
+                                "rest are stored as summary rows (id, formula, predicted E_hull)")
 
 
 class Prerelax(_Section):
@@ -303,7 +304,8 @@ class Slurm(_Section):
 class Scheduler(_Section):
     kind: Literal["inline", "local", "manual", "slurm"] = "inline"
     workers: int = Field(2, ge=1, description="dask workers of the local cluster")
-    address: Optional[str] = Field(None, description="address of an existing dask scheduler")
+    address: Optional[str] = Field(None, description="address of an existing dask scheduler: the local "
+                                   "scheduler's jobs run there; with another kind, the screening shards")
     slurm: Slurm = Slurm()
 
 

@@ -16,7 +16,6 @@ model rejects, a NaN, or a system without a hull gets an error, never a number.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import Hull, e_above_hull_many
-from gnome_loop.models.base import EnergyModel, load_model
+from gnome_loop.models.base import EnergyModel, load_model, predict_each
 from gnome_loop.select import Scored, acquisition
 from gnome_loop.structures import Candidate, DuplicateIndex, symmetry_label, validate_structure
 
@@ -68,32 +67,14 @@ def _predict(model: EnergyModel,
              structures: Sequence[Structure]) -> list[tuple[float | None, float | None, str | None]]:
     """(energy, std, error) per structure: a structure the model rejects or a NaN never reaches selection."""
     out = []
-    for energy, std in _predict_pairs(model, list(structures)):
-        if isinstance(energy, str):
-            out.append((None, None, f"model rejected the structure: {energy}"))
-        elif not math.isfinite(energy) or not math.isfinite(std):
-            out.append((None, None, "non-finite prediction"))
+    for result in predict_each(model, structures):
+        if result == "non-finite prediction":
+            out.append((None, None, result))
+        elif isinstance(result, str):
+            out.append((None, None, f"model rejected the structure: {result}"))
         else:
-            out.append((energy, std, None))
+            out.append((*result, None))
     return out
-
-
-def _predict_pairs(model: EnergyModel, structures: list[Structure]) -> list[tuple[float | str, float | None]]:
-    """(energy, std) per structure, or (the model's reason, None) for one it rejects.
-
-    A model refuses a whole batch for one bad structure (ValueError); the batch is
-    then split in halves until the bad ones stand alone, so a few rejects cost a few
-    extra calls, not one call per structure."""
-    if not structures:
-        return []
-    try:
-        mean, std = model.predict(structures)
-        return list(zip(mean.tolist(), std.tolist()))
-    except ValueError as error:
-        if len(structures) == 1:
-            return [(str(error), None)]
-    half = len(structures) // 2
-    return _predict_pairs(model, structures[:half]) + _predict_pairs(model, structures[half:])
 
 
 @dataclass(frozen=True)
@@ -131,7 +112,9 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
     bucket; a duplicate is dropped and the next one examined until `keep` are kept.
     Candidates never examined have no symmetry label in their summary row.
     Deterministic: the same parents and settings give the same result, whatever the
-    worker, and a shard's survivors are those one shard of all parents would keep.
+    worker. Duplicates that span shards are left to the campaign's dedup stage, which
+    takes screened candidates in the same order (best first), so cutting a round into
+    shards does not change which of two duplicates survives.
     """
     funnel: Counter = Counter()
     space = dict(elements=list(settings.elements), known_formulas=set(settings.known_formulas),

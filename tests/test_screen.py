@@ -120,6 +120,30 @@ def test_score_structures_names_what_it_cannot_score():
     assert no_hull.error.startswith("no hull") and no_hull.ehull is None
 
 
+def test_a_batch_with_refused_structures_is_split_around_them_not_predicted_one_by_one():
+    from gnome_loop.models.base import predict_each
+
+    structures, _ = parents()
+    batch = [s for _, s in structures][:16] * 4  # 64 structures, two of them refused
+    bad = {5, 40}
+
+    class Refuses(StubModel):
+        calls = 0
+
+        def predict(self, chunk):
+            Refuses.calls += 1
+            if any(s is batch[i] for s in chunk for i in bad):
+                raise ValueError("a refused structure")
+            return super().predict(chunk)
+
+    batch[5], batch[40] = batch[5].copy(), batch[40].copy()  # objects of their own
+    results = predict_each(Refuses(), batch)
+    expected = [tuple(map(float, pair)) for pair in zip(*StubModel().predict(batch))]
+    assert [r for i, r in enumerate(results) if i not in bad] == [e for i, e in enumerate(expected) if i not in bad]
+    assert results[5] == results[40] == "a refused structure"
+    assert Refuses.calls <= 2 * 2 * 6 + 1  # two bisections of depth log2(64), not 64 calls
+
+
 @pytest.mark.slow
 def test_a_screened_round_in_shards_on_dask_selects_what_one_shard_selects(tmp_path):
     """The same campaign twice, the same seed: substitution and SAPS screened in shards of 3
@@ -152,6 +176,32 @@ def test_a_screened_round_in_shards_on_dask_selects_what_one_shard_selects(tmp_p
     assert metrics["funnel"]["scored"] >= json.loads(whole.store.rounds()[1]["metrics"])["funnel"]["scored"]
     unique = len(whole.store.candidates(round_=1, status="new"))
     assert len(sharded.store.candidates(round_=1, status="new")) == unique
+
+
+@pytest.mark.slow
+def test_with_a_scheduler_address_screening_runs_on_that_dask_cluster_whatever_runs_the_jobs(tmp_path):
+    """Jobs in this process (`inline`, as sbatch would run them elsewhere), screening shards
+    on the dask cluster at `scheduler.address`, as on a dask-jobqueue cluster."""
+    import logging
+    from pathlib import Path
+
+    import yaml
+    from distributed import Client, LocalCluster
+
+    from gnome_loop.campaign import Campaign
+    from gnome_loop.config import parse_config
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments/ci_emt/config.yaml").read_text())
+    data.update(rounds=1, screening={"enabled": True, "parents_per_shard": 4, "keep_per_shard": 20})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        data["scheduler"] = {"kind": "inline", "address": cluster.scheduler_address}
+        campaign = Campaign.create(parse_config(data), tmp_path / "campaign")
+        assert campaign.run().status == "done"
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    shards = campaign.store.shards_done(1)
+    assert "screen_task" in prefixes and len(shards) > 1
+    assert len(campaign.store.candidates(round_=1, selected=True)) > 0
 
 
 def _die_once(marker_dir, task):

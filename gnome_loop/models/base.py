@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -49,6 +50,28 @@ class EnergyModel(Protocol):
     def load(cls, directory: Path) -> "EnergyModel":
         """Read a model that `save` wrote; fail clearly on another architecture."""
         ...
+
+
+def predict_each(model: EnergyModel, structures: Sequence[Structure]) -> list[tuple[float, float] | str]:
+    """(energy per atom, uncertainty) per structure, or why there is none: the model's
+    reason for a structure it refuses, or "non-finite prediction" for a NaN or inf.
+
+    A model refuses a whole batch for one bad structure (ValueError); the batch is
+    then split in halves until the bad ones stand alone, so a few refusals cost a few
+    extra calls, not one call per structure.
+    """
+    structures = list(structures)
+    if not structures:
+        return []
+    try:
+        mean, spread = model.predict(structures)
+    except ValueError as error:
+        if len(structures) == 1:
+            return [str(error)]
+        half = len(structures) // 2
+        return predict_each(model, structures[:half]) + predict_each(model, structures[half:])
+    return [(float(m), float(s)) if math.isfinite(m) and math.isfinite(s) else "non-finite prediction"
+            for m, s in zip(mean.tolist(), spread.tolist())]
 
 
 def _architectures() -> dict[str, type]:

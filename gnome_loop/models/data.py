@@ -23,7 +23,7 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
-from gnome_loop.models.base import EnergyModel
+from gnome_loop.models.base import EnergyModel, predict_each
 
 SUPPORTED = ("a .cif file, a folder or .zip of CIFs, a .csv(.gz) with a 'cif' column, an .extxyz file, "
              "or a monty-JSON entries file (.json, .json.gz)")
@@ -92,7 +92,7 @@ def predict_rows(model: EnergyModel, items: list[tuple[str, Structure]]) -> list
     structures = [structure for _, structure in items]
     results = []
     for start in range(0, len(structures), CHUNK):
-        results.extend(_predict(model, structures[start:start + CHUNK]))
+        results.extend(predict_each(model, structures[start:start + CHUNK]))
     rows = []
     for (key, structure), result in zip(items, results):
         row = {"id": key, "formula": structure.composition.reduced_formula, "energy_per_atom": None,
@@ -103,18 +103,6 @@ def predict_rows(model: EnergyModel, items: list[tuple[str, Structure]]) -> list
             row["energy_per_atom"], row["uncertainty"] = result
         rows.append(row)
     return rows
-
-
-def _predict(model: EnergyModel, structures: list[Structure]) -> list[tuple[float, float] | str]:
-    """(energy, uncertainty) or the refusal reason per structure."""
-    try:
-        mean, spread = model.predict(structures)
-    except ValueError as error:
-        if len(structures) == 1:
-            return [str(error)]
-        return [result for structure in structures for result in _predict(model, [structure])]
-    return [(float(m), float(s)) if math.isfinite(m) and math.isfinite(s) else "non-finite prediction"
-            for m, s in zip(mean, spread)]
 
 
 # --- file kinds ----------------------------------------------------------------------------

@@ -411,7 +411,8 @@ class Campaign:
                   for c in self.store.candidates(status="new", fingerprints=labels) if c["round"] < round_]
         # Which of two matching candidates survives does not depend on the order they were
         # generated in: screened ones (scored already) best predicted first, as inside a
-        # shard, so that cutting the round into shards changes nothing; then the rest in id order.
+        # shard, so that where shards are cut does not decide which of two kept duplicates
+        # survives; then the rest in id order.
         items = [(c["id"], c["fingerprint"], structure_from_json(c["structure"]))
                  for c in sorted(new, key=_dedup_order)]
         duplicates = find_duplicates(items, known)

@@ -155,7 +155,8 @@ def _print_funnel(rounds: list[dict]) -> None:
     for header in ("round", *stages):
         table.add_column(header, justify="right")
     for row in rows:
-        table.add_row(str(row["round"]), *(_fmt(row["funnel"].get(key, 0)) for key in stages))
+        # a round screened by an older gnome_loop (deduplicated before scoring) lacks some stages
+        table.add_row(str(row["round"]), *(_fmt(row["funnel"].get(key)) for key in stages))
     out.print(table)
 
 

@@ -189,14 +189,16 @@ class Hull:
         for system in self._diagrams:
             for element in system:
                 built_by_element[element].add(system)
-        out = {}
+        out, fetched = {}, {}
         for system in wanted:
             supersystems = set.intersection(*(built_by_element[element] for element in system))
             if supersystems:
                 chosen = min(supersystems, key=lambda s: (len(s), sorted(s)))
-                out[system] = out[chosen] if chosen in out else self.phase_diagram(chosen)  # rebuilt if evicted
+                if chosen not in fetched:  # cached when the call began, perhaps evicted since: rebuilt once
+                    fetched[chosen] = self.phase_diagram(chosen)
+                out[system] = fetched[chosen]
                 continue
-            out[system] = self.phase_diagram(system)
+            out[system] = fetched[system] = self.phase_diagram(system)
             for element in system:
                 built_by_element[element].add(system)
         return out

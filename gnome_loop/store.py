@@ -73,7 +73,7 @@ MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}
               2: ["ALTER TABLE candidates ADD COLUMN prerelax TEXT"],
               3: _statements(SCREENING_SCHEMA),
               # screened rows of candidates never examined for duplicates have no symmetry label
-              4: ["DROP INDEX screened_bucket", "ALTER TABLE screened RENAME TO screened_v4",
+              4: ["DROP INDEX IF EXISTS screened_bucket", "ALTER TABLE screened RENAME TO screened_v4",
                   *_statements(SCREENING_SCHEMA),
                   "INSERT INTO screened SELECT * FROM screened_v4", "DROP TABLE screened_v4"]}
 

@@ -116,7 +116,7 @@ def validate_structure(
     if not low <= vpa <= high:
         return f"volume: {vpa:.2f} Å^3/atom is outside [{low}, {high}]"
     distances, shortest = _distances(structure)
-    dmin = float(min(distances.min(initial=np.inf), shortest))
+    dmin = _minimum_distance(distances, shortest)
     if dmin < min_distance:
         return f"overlapping-atoms: two atoms are {dmin:.3f} Å apart (< {min_distance} Å)"
     ratio = _bond_ratio(structure, distances, shortest)
@@ -136,7 +136,10 @@ def _distances(structure: Structure) -> tuple[np.ndarray, float]:
 
 def minimum_distance(structure: Structure) -> float:
     """Shortest interatomic distance, periodic images included, in Å."""
-    distances, shortest = _distances(structure)
+    return _minimum_distance(*_distances(structure))
+
+
+def _minimum_distance(distances: np.ndarray, shortest: float) -> float:
     return float(min(distances.min(initial=np.inf), shortest))
 
 
@@ -175,7 +178,10 @@ def symmetry_label(structure: Structure, symprec: float = 0.01) -> str:
 
 
 def default_matcher() -> StructureMatcher:
-    """MatterGen's / matbench's matcher settings (ltol 0.2, stol 0.3, angle_tol 5)."""
+    """MatterGen's / matbench's matcher settings (ltol 0.2, stol 0.3, angle_tol 5).
+
+    No supercells and no subsets: `DuplicateIndex` relies on it (primitive cells of
+    different sizes then never match)."""
     return StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)
 
 
@@ -203,9 +209,9 @@ class DuplicateIndex:
     inside its bucket only, never over all pairs.
 
     Each structure is reduced (Niggli, then primitive cell) once, when its bucket first
-    holds another one, not once per comparison as a plain `StructureMatcher.fit` does;
-    primitive cells of different sizes never match (the matcher tries no supercells).
-    The verdicts are the matcher's own.
+    holds another one, and kept with it (pymatgen's own cache of reductions holds 300
+    and finds them by comparing structures); primitive cells of different sizes never
+    match (the matcher tries no supercells). The verdicts are the matcher's own.
     """
 
     def __init__(self, known: Iterable[tuple[str, str, Structure]] = ()) -> None:

@@ -98,9 +98,10 @@ def test_shards_give_the_same_best_candidates_as_one_shard():
     structures, known = parents()
     whole = screen_shard(structures, settings(known, keep=10**6), StubModel(), hull())
     shards = [screen_shard(structures[i::3], settings(known, keep=10**6), StubModel(), hull()) for i in range(3)]
-    # across shards, duplicates are removed as the campaign does: in id order, within (formula, space group) buckets
-    pooled = sorted((c for shard in shards for c, _ in shard.kept), key=lambda c: c.id)
-    pooled = list({c.id: c for c in pooled}.values())
+    # across shards, duplicates are removed as the campaign does: best predicted first, within
+    # (formula, space group) buckets
+    pooled = sorted((item for shard in shards for item in shard.kept), key=lambda item: (item[1].ehull, item[0].id))
+    pooled = list({c.id: c for c, _ in pooled}.values())
     duplicates = find_duplicates([(c.id, symmetry_label(c.structure), c.structure) for c in pooled])
     survivors = {c.id for c in pooled if c.id not in duplicates}
     assert survivors == {c.id for c, _ in whole.kept}

@@ -131,7 +131,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_scale.json")
     parser.add_argument("--max-per-parent", type=int, default=2500, help="SAPS candidates per parent")
     parser.add_argument("--slice", type=int, default=32, help="parents of the 1- vs 2-worker comparison")
-    parser.add_argument("--parents-per-shard", type=int, default=4)
+    parser.add_argument("--parents-per-shard", type=int, default=2)
     parser.add_argument("--parents", type=int, default=None,
                         help="parents of the whole round (default all 1,301: about 10^6 candidates)")
     args = parser.parse_args()

@@ -173,3 +173,24 @@ def test_training_batches_are_packed_into_one_budget():
         assert sum(graphs[i].n_edge for i in batch) <= max_edges
     with pytest.raises(ValueError, match="exceeds the batch budget"):
         pack_graphs(graphs, order, 4, 2, max_edges)
+
+
+def test_predictions_are_packed_into_few_shapes_and_equal_one_by_one_predictions():
+    """Structures of 8 to 24 atoms in calls of every size: a few compiled shapes (each ~10 MB
+    for the life of a screening worker), and the same numbers as predicting each alone."""
+    model = StructureEnsemble(members=2, width=16, steps=2, cutoff=CUTOFF, epochs=1, batch_size=8)
+    structures = _training_set()
+    model.fit(structures, np.array([-0.01 * s.volume / len(s) for s in structures]))
+    rng = np.random.default_rng(0)
+    pool = []
+    for repeat in range(1, 4):
+        for structure in structures:
+            scaled = structure * (repeat, 1, 1)
+            scaled.apply_strain(rng.uniform(-0.05, 0.05, 3))
+            pool.append(scaled)
+    alone = np.concatenate([model.member_predictions([s]) for s in pool[:12]], axis=1)
+    np.testing.assert_allclose(model.member_predictions(pool[:12]), alone, atol=1e-5)
+    for size in (5, 17, 40, len(pool)):
+        order = rng.permutation(len(pool))[:size]
+        model.member_predictions([pool[i] for i in order])
+    assert model._predict._cache_size() <= 6

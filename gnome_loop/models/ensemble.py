@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -130,12 +130,17 @@ class GNNEnsemble:
             raise ValueError(f"{self.name} is not trained: call fit() or load() first")
         features = self._features(structures)
         base = self.reference.predict(list(structures))[0]
-        size, out = self.settings["batch_size"], []
-        for start in range(0, len(features), size):
-            chunk = features[start:start + size]
-            out.append(np.asarray(self._predict(self.params, self._batch(chunk)))[:, :len(chunk)])
-        raw = np.concatenate(out, axis=1) if out else np.zeros((self.settings["members"], 0))
+        raw = np.zeros((self.settings["members"], len(features)))
+        for chunk, batch in self._inference_batches(features):
+            raw[:, chunk] = np.asarray(self._predict(self.params, batch))[:, :len(chunk)]
         return raw * self.scale + self.shift + base[None, :]
+
+    def _inference_batches(self, features: list) -> Iterator[tuple[np.ndarray, object]]:
+        """(indices, padded batch) for prediction: `batch_size` samples at a time by default."""
+        size = self.settings["batch_size"]
+        for start in range(0, len(features), size):
+            chunk = np.arange(start, min(start + size, len(features)))
+            yield chunk, self._batch([features[i] for i in chunk])
 
     def predict(self, structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
         """Median energy per atom over members and its spread (IQR, or std below 4 members).
@@ -184,6 +189,11 @@ class GNNEnsemble:
         raise NotImplementedError
 
 
+def _power_of_two(n: float, minimum: int = 16) -> int:
+    """Smallest power of two that holds n (at least `minimum`, itself a power of two)."""
+    return max(minimum, 1 << int(np.ceil(np.log2(max(n, 1.0)))))
+
+
 def median_and_spread(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median over the member axis and the interquartile range (std below 4 members)."""
     median = np.median(members, axis=0)
@@ -224,6 +234,22 @@ class StructureEnsemble(GNNEnsemble):
                 structure.scale_lattice(structure.volume * factor)
             energies = np.minimum(energies, super().member_predictions(scaled))
         return energies
+
+    def _inference_batches(self, features):
+        """Graphs packed, in order, into batches of one padded shape per call whose node
+        and edge budgets are powers of two (about PACKING_SLACK average batches, never
+        less than the largest graph). Every new shape is a compiled program of about
+        10 MB kept for the life of the process: a worker screening millions of
+        candidates of every size compiles a handful this way, not one per bucket pair."""
+        if not features:
+            return
+        size, cutoff = self.settings["batch_size"], self.settings["cutoff"]
+        nodes = np.array([g.n_node for g in features])
+        edges = np.array([g.n_edge for g in features])
+        max_nodes = _power_of_two(max(PACKING_SLACK * size * nodes.mean(), nodes.max() + 1))
+        max_edges = _power_of_two(max(PACKING_SLACK * size * edges.mean(), edges.max(), 1))
+        for chunk in pack_graphs(features, np.arange(len(features)), size, max_nodes, max_edges):
+            yield chunk, batch_graphs([features[i] for i in chunk], size, cutoff, max_nodes, max_edges)
 
     def _chunks(self, features, order, fixed):
         if not fixed:

@@ -7,8 +7,9 @@ scores the rest with the energy model against the hull, and keeps in full only i
 best `keep` unique candidates by predicted E_hull (duplicates are looked for, with a
 bucketed `StructureMatcher`, among the candidates that could be kept). The others
 leave only a summary row (id, formula, predicted E_hull, and the symmetry label of
-those examined), so memory is bounded by the shard, not the round. Duplicates across shards are the caller's business (the
-campaign keeps a store index of (reduced formula, space group) buckets).
+those examined), so memory is bounded by the shard, not the round. Duplicates
+across shards are the caller's business (the campaign keeps a store index of
+(reduced formula, space group) buckets).
 
 `score_structures` is also what the campaign's select stage uses: a structure the
 model rejects, a NaN, or a system without a hull gets an error, never a number.
@@ -28,7 +29,7 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import Hull, e_above_hull_many
-from gnome_loop.models.base import EnergyModel, load_model, predict_each
+from gnome_loop.models.base import NON_FINITE, EnergyModel, load_model, predict_each
 from gnome_loop.structures import Candidate, DuplicateIndex, symmetry_label, validate_structure
 
 
@@ -67,7 +68,7 @@ def _predict(model: EnergyModel,
     """(energy, std, error) per structure: a structure the model rejects or a NaN never reaches selection."""
     out = []
     for result in predict_each(model, structures):
-        if result == "non-finite prediction":
+        if result == NON_FINITE:
             out.append((None, None, result))
         elif isinstance(result, str):
             out.append((None, None, f"model rejected the structure: {result}"))
@@ -105,9 +106,10 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
 
     The filter comes before dedup, as in GNoME: a structure match costs milliseconds
     a pair (5 ms on a 2-core CPU), scoring about one a structure, so only candidates
-    that could be kept are matched. They are examined best first (predicted E_hull, then id), each
-    against the better ones kept before it, inside its (reduced formula, space group)
-    bucket; a duplicate is dropped and the next one examined until `keep` are kept.
+    that could be kept are matched. They are examined best first (predicted E_hull,
+    then id), each against the better ones kept before it, inside its (reduced
+    formula, space group) bucket; a duplicate is dropped and the next one examined
+    until `keep` are kept.
     Candidates never examined have no symmetry label in their summary row.
     Deterministic: the same parents and settings give the same result, whatever the
     worker. Duplicates that span shards are left to the campaign's dedup stage, which

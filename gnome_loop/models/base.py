@@ -52,6 +52,10 @@ class EnergyModel(Protocol):
         ...
 
 
+#: What `predict_each` gives for a NaN or infinite prediction.
+NON_FINITE = "non-finite prediction"
+
+
 def predict_each(model: EnergyModel, structures: Sequence[Structure]) -> list[tuple[float, float] | str]:
     """(energy per atom, uncertainty) per structure, or why there is none: the model's
     reason for a structure it refuses, or "non-finite prediction" for a NaN or inf.
@@ -70,7 +74,7 @@ def predict_each(model: EnergyModel, structures: Sequence[Structure]) -> list[tu
             return [str(error)]
         half = len(structures) // 2
         return predict_each(model, structures[:half]) + predict_each(model, structures[half:])
-    return [(float(m), float(s)) if math.isfinite(m) and math.isfinite(s) else "non-finite prediction"
+    return [(float(m), float(s)) if math.isfinite(m) and math.isfinite(s) else NON_FINITE
             for m, s in zip(mean.tolist(), spread.tolist())]
 
 

@@ -50,22 +50,25 @@ MAX_ELEMENTS, MAX_ATOMS = 4, 20
 
 
 class PeakMemory:
-    """Peak summed RSS (GB) of this process and all its descendants, sampled in a thread."""
+    """Peak summed RSS (GB) of this process and all its descendants, and the peak of
+    this process and of any one descendant, sampled in a thread."""
 
     def __init__(self, period: float = 0.2) -> None:
-        self.period, self.peak, self._stop = period, 0.0, threading.Event()
+        self.period, self.peak, self.main_peak, self.child_peak = period, 0.0, 0.0, 0.0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            sizes = []
             for process in [me, *me.children(recursive=True)]:
                 try:
-                    total += process.memory_info().rss
+                    sizes.append(process.memory_info().rss / 1e9)
                 except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total / 1e9)
+                    sizes.append(0.0)
+            self.peak = max(self.peak, sum(sizes))
+            self.main_peak, self.child_peak = max(self.main_peak, sizes[0]), max([self.child_peak, *sizes[1:]])
             self._stop.wait(self.period)
 
     def __enter__(self) -> "PeakMemory":
@@ -95,6 +98,15 @@ def mp20() -> tuple[list[tuple[str, Structure]], np.ndarray]:
     return structures, np.array(energies)
 
 
+def screen_and_measure(context: ScreenContext, parents: list) -> tuple:
+    """`screen_task` and the worker's peak RSS (GB) while it ran: Linux's VmHWM, reset
+    before the shard (getrusage's maxrss would start from the parent's at spawn)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    result = screen_task(context, parents)
+    status = Path("/proc/self/status").read_text()
+    return result, int(status.split("VmHWM:")[1].split()[0]) / 1e6  # kB
+
+
 def screen_round(context: ScreenContext, shards: list, workers: int, store_dir: Path) -> dict:
     """Screen every shard on a fresh `workers`-process LocalCluster, committing each
     shard to a store as the campaign does; the funnel, seconds and peak memory."""
@@ -102,10 +114,13 @@ def screen_round(context: ScreenContext, shards: list, workers: int, store_dir: 
 
     store = Store(store_dir / "campaign.db", create=True)
     totals: Counter = Counter()
-    summary_rows = 0
+    summary_rows, peaks = 0, []
 
-    def record(index: int, result) -> None:
+    def record(index: int, measured) -> None:
         nonlocal summary_rows
+        result, peak = measured
+        peaks.append({"shard": index, "parents": [key for key, _ in shards[index]],
+                      "generated": result.funnel["generated"], "worker_peak_gb": round(peak, 2)})
         with store.transaction():
             store.add_shard(1, index, dict(result.funnel), result.summary)
         totals.update(result.funnel)
@@ -115,14 +130,16 @@ def screen_round(context: ScreenContext, shards: list, workers: int, store_dir: 
                                               dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         started = time.perf_counter()
-        failed = run_shards(screen_task, context, shards, record, client)
+        failed = run_shards(screen_and_measure, context, shards, record, client)
         seconds = time.perf_counter() - started
     stored = store.query("SELECT COUNT(*) AS n FROM screened")[0]["n"]
     store.close()
     return {"workers": workers, "shards": len(shards), "failed_shards": len(failed), "seconds": round(seconds, 1),
             "candidates": totals["generated"], "candidates_per_s": totals["generated"] / seconds,
             "funnel": {k: totals[k] for k in ("generated", "valid", "scored", "examined", "duplicates", "kept")},
-            "summary_rows_stored": stored, "summary_rows_sent": summary_rows, "peak_rss_gb": round(memory.peak, 2)}
+            "summary_rows_stored": stored, "summary_rows_sent": summary_rows, "peak_rss_gb": round(memory.peak, 2),
+            "peak_rss_gb_main": round(memory.main_peak, 2), "peak_rss_gb_one_worker": round(memory.child_peak, 2),
+            "shards_with_largest_worker_peaks": sorted(peaks, key=lambda r: -r["worker_peak_gb"])[:10]}
 
 
 def main() -> int:

@@ -330,7 +330,7 @@ class Campaign:
                 predictions = {c.id: p for c, p in result.kept}
                 with self.store.transaction():
                     self.store.add_candidates(_candidate_row(c.id, round_, c.generator, c.structure, c.parent_ids,
-                                                             c.info) for c in fresh)
+                                                             c.info, result.labels.get(c.id)) for c in fresh)
                     self.store.set_predictions((c.id, predictions[c.id].energy, predictions[c.id].std,
                                                 predictions[c.id].ehull, None) for c in fresh)
                     self.store.add_shard(round_, index, dict(result.funnel), result.summary)
@@ -893,11 +893,13 @@ def _dedup_order(row) -> tuple:
     return (not scored, row["pred_ehull"] if scored else 0.0, row["id"])
 
 
-def _candidate_row(candidate_id: str, round_: int, generator: str, structure, parent_ids=(), info=None) -> dict:
+def _candidate_row(candidate_id: str, round_: int, generator: str, structure, parent_ids=(), info=None,
+                   label: str | None = None) -> dict:
+    """A candidates-table row; `label` is the structure's symmetry label where known."""
     return {
         "id": candidate_id, "round": round_, "generator": generator, "parent_ids": json.dumps(list(parent_ids)),
         "structure": structure_to_json(structure), "reduced_formula": structure.composition.reduced_formula,
-        "nsites": len(structure), "fingerprint": symmetry_label(structure), "info": json.dumps(info or {}),
+        "nsites": len(structure), "fingerprint": label or symmetry_label(structure), "info": json.dumps(info or {}),
     }
 
 

@@ -98,6 +98,7 @@ class ShardResult:
     kept: list[tuple[Candidate, Prediction]]
     summary: list[tuple[str, str, str | None, float | None]]  # (id, formula, symmetry label or None, E_hull)
     funnel: Counter  # generated, valid, scored, examined, duplicates, kept; rejected:<reason>
+    labels: dict[str, str] = field(default_factory=dict)  # symmetry label of each kept candidate, by id
 
 
 def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSettings, model: EnergyModel,
@@ -143,7 +144,7 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
     funnel["scored"] = len(scored)
     ranked = sorted(scored, key=lambda item: (item[1].ehull, item[0].id))  # the campaign's dedup order too
     index = DuplicateIndex()
-    kept, summary = [], []
+    kept, summary, labels = [], [], {}
     funnel["examined"] = funnel["duplicates"] = 0  # shown as 0, not missing, in `status`
     for candidate, prediction in ranked:
         formula, label = candidate.structure.composition.reduced_formula, None
@@ -152,11 +153,12 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
             funnel["examined"] += 1
             if index.add(candidate.id, label, candidate.structure) is None:
                 kept.append((candidate, prediction))
+                labels[candidate.id] = label
                 continue
             funnel["duplicates"] += 1
         summary.append((candidate.id, formula, label, prediction.ehull))
     funnel["kept"] = len(kept)
-    return ShardResult(kept, summary, funnel)
+    return ShardResult(kept, summary, funnel, labels)
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class ScreenContext:
 
 #: Phase diagrams a worker keeps cached: a round touches tens of thousands of chemical
 #: systems, and a worker's memory must not grow with the round.
-WORKER_DIAGRAMS = 3000
+WORKER_DIAGRAMS = 1000
 
 #: Per worker process: the model and hull of the context being screened.
 _LOADED: dict[str, tuple[EnergyModel, Hull]] = {}

@@ -93,3 +93,38 @@ def test_make_scheduler(tmp_path):
     assert isinstance(local, DaskScheduler) and local.workers == 3 and local.address is None
     manual = make_scheduler(SchedulerConfig(kind="manual"), tmp_path)
     assert isinstance(manual, ManualScheduler) and manual.jobs_dir == tmp_path / "jobs"
+
+
+def _tenfold(shared: int, task: int) -> int:
+    return shared * task
+
+
+def test_shards_run_in_a_bounded_window_each_once():
+    """A round of many shard tasks keeps only a window of them on the cluster at once,
+    and every task's result arrives once, whatever the order of completion."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from gnome_loop.execute.shards import IN_FLIGHT_PER_THREAD, run_shards
+
+    results, in_flight = [], []
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=False, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        submit, submitted = client.submit, []
+
+        def counting_submit(*args, **kwargs):
+            submitted.append(kwargs["key"])
+            return submit(*args, **kwargs)
+
+        client.submit = counting_submit
+
+        def record(index: int, result: int) -> None:
+            in_flight.append(len(submitted) - len(results))  # submitted, not yet recorded
+            results.append((index, result))
+
+        failed = run_shards(_tenfold, 10, list(range(40)), record, client)
+    assert failed == {}
+    assert sorted(results) == [(i, 10 * i) for i in range(40)]
+    assert max(in_flight) == IN_FLIGHT_PER_THREAD * 3  # 3 worker threads
+    assert all(key.startswith("_tenfold-") for key in submitted)  # tasks keep their name on the dashboard

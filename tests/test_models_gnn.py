@@ -3,9 +3,10 @@ inert, bad inputs are refused before the network, checkpoints are safe and check
 
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 from gnome_loop.models.base import load_model
+from gnome_loop.models.composition import composition_input_error
 from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble, median_and_spread
 from gnome_loop.models.gnome import StructureGNN
 from gnome_loop.models.graph import GraphError, batch_graphs, crystal_graph
@@ -194,3 +195,30 @@ def test_predictions_are_packed_into_few_shapes_and_equal_one_by_one_predictions
         order = rng.permutation(len(pool))[:size]
         model.member_predictions([pool[i] for i in order])
     assert model._predict._cache_size() <= 6
+
+
+def test_models_foresee_their_refusals():
+    """Each model says in advance (`input_error`) why `predict` would refuse a structure,
+    which `predict_each` uses to set such structures aside before the batch call."""
+    train = [rocksalt(a) for a in (5.4, 5.6, 5.8)] + [perovskite(a) for a in (3.8, 3.9, 4.0)]
+    energies = np.array([-3.5, -3.6, -3.55, -8.0, -8.1, -8.05])
+    unseen = Structure(Lattice.cubic(3.0), ["Xe"], [[0, 0, 0]])
+    crowded = rocksalt(0.8)  # 0.4 Å apart
+    models = [LinearElementModel(), StructureEnsemble(members=2, width=8, steps=1, epochs=1, cutoff=CUTOFF),
+              CompositionEnsemble(members=2, width=8, epochs=1)]
+    for model in models:
+        assert model.input_error(unseen) is None  # unfitted: predict() itself says why
+        model.fit(train, energies)
+        assert "Xe" in model.input_error(unseen) and model.input_error(train[0]) is None
+        with pytest.raises(ValueError, match="Xe"):
+            model.predict([unseen])
+    assert "apart" in models[1].input_error(crowded)
+    with pytest.raises(GraphError, match="apart"):
+        models[1].predict([crowded])
+    assert "more than 8 elements" in composition_input_error(Composition("LiBeBCNOFNaMg"))
+    squeezed = rocksalt(1.2)  # 0.6 Å apart as given, 0.48 Å in the copy at half the volume
+    augmented = StructureEnsemble(members=2, width=8, steps=1, epochs=1, cutoff=CUTOFF, volume_augmentation=[0.5])
+    augmented.fit(train, energies)
+    assert models[1].input_error(squeezed) is None and "volume" in augmented.input_error(squeezed)
+    with pytest.raises(GraphError):
+        augmented.predict([squeezed])

@@ -57,6 +57,7 @@ def test_a_shard_keeps_its_best_in_full_and_the_rest_as_summary_rows():
     assert all(c.structure.composition.reduced_formula != "AlPt3" for c, _ in result.kept)  # NaN: never scored
     ids = [c.id for c, _ in result.kept] + [row[0] for row in result.summary]
     assert len(ids) == len(set(ids))
+    assert result.labels == {c.id: symmetry_label(c.structure) for c, _ in result.kept}
 
 
 def test_a_shard_keeps_no_two_matching_structures_and_the_better_ranked_of_a_pair():
@@ -143,6 +144,16 @@ def test_a_batch_with_refused_structures_is_split_around_them_not_predicted_one_
     assert [r for i, r in enumerate(results) if i not in bad] == [e for i, e in enumerate(expected) if i not in bad]
     assert results[5] == results[40] == "a refused structure"
     assert Refuses.calls <= 2 * 2 * 6 + 1  # two bisections of depth log2(64), not 64 calls
+
+    class Foresees(Refuses):
+        def input_error(self, structure):
+            return "foreseen" if any(structure is batch[i] for i in bad) else None
+
+    Refuses.calls = 0
+    results = predict_each(Foresees(), batch)
+    assert results[5] == results[40] == "foreseen"
+    assert [r for i, r in enumerate(results) if i not in bad] == [e for i, e in enumerate(expected) if i not in bad]
+    assert Refuses.calls == 1  # the refusals it foresees are set aside: one call for the rest
 
 
 @pytest.mark.slow

@@ -3,18 +3,50 @@
 
 Used by the campaign to screen candidate shards. A task whose worker dies is run
 again by dask on another worker (up to dask's `allowed-failures`); one that still
-fails is reported, not raised, so that the caller can record what did finish.
+fails is reported, not raised, so that the caller can record what did finish. Only
+a few tasks per worker thread are in flight at once: the scheduler and the workers
+hold a window of the round, never all of it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import uuid
 from typing import Callable, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
+
+#: Tasks in flight per worker thread (at least MIN_IN_FLIGHT in all), counted anew as
+#: each task ends: enough to keep every worker busy while results are recorded, few
+#: enough to bound memory.
+IN_FLIGHT_PER_THREAD = 2
+MIN_IN_FLIGHT = 4
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _run_and_trim(work: Callable[[object, Task], Result], shared: object, task: Task) -> Result:
+    """`work(shared, task)`, then the heap's free pages handed back to the OS: a
+    long-lived worker otherwise keeps the high-water mark of its largest task."""
+    try:
+        return work(shared, task)
+    finally:
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
 
 
 def run_shards(work: Callable[[object, Task], Result], shared: object, tasks: Sequence[Task],
@@ -29,14 +61,36 @@ def run_shards(work: Callable[[object, Task], Result], shared: object, tasks: Se
     from distributed import as_completed
 
     [scattered] = client.scatter([shared], broadcast=True, hash=False)
-    futures = {client.submit(work, scattered, task, pure=False): index for index, task in enumerate(tasks)}
-    for future in as_completed(futures):
-        index = futures.pop(future)
-        if future.status == "error":
-            failed[index] = repr(future.exception())
-            log.warning("shard %d failed: %s", index, failed[index])
-        else:
-            on_result(index, future.result())
-        future.release()
-    scattered.release()
+    waiting = iter(enumerate(tasks))
+    futures: dict = {}
+    finished = as_completed(loop=client.loop)
+    name = getattr(work, "__name__", "shard")
+
+    def top_up() -> None:
+        """Submit tasks until the window is full; it follows workers that join or leave."""
+        window = max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * sum(client.nthreads().values()))
+        while len(futures) < window:
+            item = next(waiting, None)
+            if item is None:
+                return
+            future = client.submit(_run_and_trim, work, scattered, item[1], pure=False,
+                                   key=f"{name}-{uuid.uuid4().hex}")  # named after `work`, not the wrapper
+            futures[future] = item[0]
+            finished.add(future)
+
+    try:
+        top_up()
+        for future in finished:
+            index = futures.pop(future)
+            if future.status == "error":
+                failed[index] = repr(future.exception())
+                log.warning("shard %d failed: %s", index, failed[index])
+            else:
+                on_result(index, future.result())
+            future.release()
+            top_up()
+    finally:
+        for future in futures:
+            future.cancel()
+        scattered.release()
     return failed

@@ -31,14 +31,22 @@ class CompositionBatch(NamedTuple):
 MAX_ELEMENTS = 8
 
 
+def composition_input_error(composition: Composition) -> str | None:
+    """Why the composition model cannot take `composition`, or None."""
+    if len(composition.elements) > MAX_ELEMENTS:
+        return f"{composition.reduced_formula} has more than {MAX_ELEMENTS} elements"
+    return None
+
+
 def batch_compositions(compositions: Sequence[Composition], n_graphs: int) -> CompositionBatch:
     """Pad formulas into one batch of `n_graphs` slots plus a padding formula."""
     species = np.zeros((n_graphs + 1, MAX_ELEMENTS), np.int32)
     fractions = np.zeros((n_graphs + 1, MAX_ELEMENTS), np.float32)
     for row, composition in enumerate(compositions):
+        error = composition_input_error(composition)
+        if error:
+            raise ValueError(error)
         items = sorted(composition.fractional_composition.items(), key=lambda item: item[0].Z)
-        if len(items) > MAX_ELEMENTS:
-            raise ValueError(f"{composition.reduced_formula} has more than {MAX_ELEMENTS} elements")
         for column, (element, fraction) in enumerate(items):
             species[row, column] = element.Z
             fractions[row, column] = fraction

@@ -29,7 +29,7 @@ SUPPORTED = ("a .cif file, a folder or .zip of CIFs, a .csv(.gz) with a 'cif' co
              "or a monty-JSON entries file (.json, .json.gz)")
 #: The target computed from the energy itself (entries: corrected energy; extxyz: calculator energy).
 ENERGY_PER_ATOM = "energy_per_atom"
-#: Structures per model call in `predict_rows`; a refused call is retried one structure at a time.
+#: Structures per model call in `predict_rows` (`predict_each` sets refused ones aside).
 CHUNK = 256
 
 #: (id, structure or why it cannot be used, target value or None)

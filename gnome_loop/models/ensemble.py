@@ -24,12 +24,14 @@ from pymatgen.core import Structure
 from scipy.stats import spearmanr
 
 from gnome_loop.models.base import data_hash, read_model_card, write_model_card
-from gnome_loop.models.composition import CompositionModel, batch_compositions
+from gnome_loop.models.composition import CompositionModel, batch_compositions, composition_input_error
 from gnome_loop.models.gnome import StructureGNN
-from gnome_loop.models.graph import average_coordination, batch_graphs, bucket, crystal_graph, pack_graphs
+from gnome_loop.models.graph import (average_coordination, batch_graphs, bucket, crystal_graph,
+                                     graph_input_error, pack_graphs)
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import split_indices
 from gnome_loop.models.train import TrainSettings, init_ensemble, make_predict, train_ensemble
+from gnome_loop.structures import MIN_DISTANCE, minimum_distance
 
 PARAMS_FILE = "params.msgpack"
 SETTINGS_FILE = "ensemble.json"
@@ -62,6 +64,10 @@ class GNNEnsemble:
 
     def _features(self, structures: Sequence[Structure]) -> list:
         raise NotImplementedError
+
+    def _sample_error(self, structure: Structure) -> str | None:
+        """Why `structure` cannot be a sample (none by default)."""
+        return None
 
     def _batch(self, features: list, fixed: bool = False):
         """One padded batch; `fixed` pads to the one training shape (one compile per fit)."""
@@ -142,6 +148,11 @@ class GNNEnsemble:
             chunk = np.arange(start, min(start + size, len(features)))
             yield chunk, self._batch([features[i] for i in chunk])
 
+    def input_error(self, structure: Structure) -> str | None:
+        """Why `structure` cannot be predicted (an element the linear reference never saw,
+        or a structure that cannot be a sample), or None."""
+        return self.reference.input_error(structure) or self._sample_error(structure)
+
     def predict(self, structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
         """Median energy per atom over members and its spread (IQR, or std below 4 members).
 
@@ -216,6 +227,15 @@ class StructureEnsemble(GNNEnsemble):
     def _features(self, structures):
         return [crystal_graph(s, self.settings["cutoff"]) for s in structures]
 
+    def _sample_error(self, structure):
+        """`graph_input_error`, and, with volume augmentation, atoms too close in the most
+        compressed copy (its distances shrink by the cube root of the factor)."""
+        error = graph_input_error(structure)
+        factor = min([1.0, *self.settings["volume_augmentation"]])
+        if error is None and factor < 1.0 and minimum_distance(structure) * factor ** (1 / 3) < MIN_DISTANCE:
+            error = f"atoms closer than {MIN_DISTANCE} Å in the copy at {factor} of the volume"
+        return error
+
     def _batch(self, features, fixed=False):
         nodes, edges = self._train_shape if fixed else (0, 0)
         return batch_graphs(features, self.settings["batch_size"], self.settings["cutoff"], nodes, edges)
@@ -281,6 +301,9 @@ class CompositionEnsemble(GNNEnsemble):
 
     def _features(self, structures):
         return [s.composition for s in structures]
+
+    def _sample_error(self, structure):
+        return composition_input_error(structure.composition)
 
     def _batch(self, features, fixed=False):
         return batch_compositions(features, self.settings["batch_size"])

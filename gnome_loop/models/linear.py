@@ -39,18 +39,27 @@ class LinearElementModel:
         self.data_hash = ""
         self.metrics: dict = {}
 
+    def input_error(self, structure: Structure) -> str | None:
+        """Why the fitted model cannot predict `structure` (an element it never saw), or None."""
+        if not self.elements:  # unfitted: predict() says so
+            return None
+        return self._unknown_elements(structure, set(self.elements))
+
+    def _unknown_elements(self, structure: Structure, known: set[str] | dict[str, int]) -> str | None:
+        unknown = sorted(el.symbol for el in structure.composition.elements if el.symbol not in known)
+        if unknown:
+            return (f"{self.name} cannot predict {structure.composition.reduced_formula}: "
+                    f"element(s) {', '.join(unknown)} were not in its training data")
+        return None
+
     def _fractions(self, structures: list[Structure], elements: list[str]) -> np.ndarray:
         column = {el: i for i, el in enumerate(elements)}
         x = np.zeros((len(structures), len(elements)))
         for row, structure in enumerate(structures):
-            fractions = structure.composition.fractional_composition
-            unknown = sorted(el.symbol for el in fractions.elements if el.symbol not in column)
-            if unknown:
-                raise ValueError(
-                    f"{self.name} cannot predict {structure.composition.reduced_formula}: "
-                    f"element(s) {', '.join(unknown)} were not in its training data"
-                )
-            for el, amount in fractions.items():
+            error = self._unknown_elements(structure, column)
+            if error:
+                raise ValueError(error)
+            for el, amount in structure.composition.fractional_composition.items():
                 x[row, column[el.symbol]] = amount
         return x
 

@@ -197,6 +197,29 @@ def test_predictions_are_packed_into_few_shapes_and_equal_one_by_one_predictions
     assert model._predict._cache_size() <= 6
 
 
+def test_inference_batches_keep_to_the_edge_cap(monkeypatch):
+    """Dense cells get fewer graphs a call, not a larger call: no batch has more edges
+    than the cap (or than its one graph, where that is larger), and the numbers do not
+    change."""
+    import gnome_loop.models.ensemble as ensemble
+
+    model = StructureEnsemble(members=2, width=16, steps=2, cutoff=CUTOFF, epochs=1, batch_size=8)
+    structures = _training_set()
+    model.fit(structures, np.array([-0.01 * s.volume / len(s) for s in structures]))
+    pool = [s * (repeat, 1, 1) for repeat in (1, 2, 3) for s in structures]
+    graphs = model._features(pool)
+    uncapped = model.member_predictions(pool)
+    monkeypatch.setattr(ensemble, "MAX_BATCH_EDGES", 300)
+    largest = max(g.n_edge for g in graphs)
+    assert largest > 300 and sum(g.n_edge for g in graphs[:8]) > 600  # the cap binds
+    chunks = [(chunk, batch) for chunk, batch in model._inference_batches(graphs)]
+    assert sorted(i for chunk, _ in chunks for i in chunk) == list(range(len(pool)))
+    for chunk, batch in chunks:
+        assert len(batch.senders) <= max(512, 1 << int(np.ceil(np.log2(largest))))
+    assert len(chunks) > len(pool) / 8
+    np.testing.assert_allclose(model.member_predictions(pool), uncapped, atol=1e-5)
+
+
 def test_models_foresee_their_refusals():
     """Each model says in advance (`input_error`) why `predict` would refuse a structure,
     which `predict_each` uses to set such structures aside before the batch call."""

@@ -272,6 +272,31 @@ def test_saps_limits_and_determinism(parents, campaign):
     assert small and {c.parent_ids for c in small} == {("nacl",)}
 
 
+def test_saps_holds_a_bounded_pool_per_parent(monkeypatch, rocksalt):
+    """A parent with many sites of one species has many orderings per swap: the pool of a
+    parent is cut back to the best `max_per_parent` whenever it doubles (memory stays
+    bounded), and the outcome is that of ranking every ordering at the end."""
+    import gnome_loop.generate.saps as module
+
+    pools = []
+
+    def spy(pool, n):
+        pools.append(dict(pool))
+        return best(pool, n)
+
+    best = module._best
+    monkeypatch.setattr(module, "_best", spy)
+    parent = rocksalt * (2, 1, 1)  # 8 Na sites: up to 3 orderings on each of 7 levels a swap
+    kept = saps([("big", parent)], SPACE, set(), max_per_parent=3)
+    assert len(pools) > 1 and max(len(pool) for pool in pools) <= 6  # cut back as it ran
+    seen = {}
+    for pool in pools:
+        for key, (probability, _) in pool.items():
+            seen[key] = max(probability, seen.get(key, 0.0))
+    expected = sorted(seen, key=lambda key: (-seen[key], key))[:3]
+    assert [c.id for c in kept] == expected
+
+
 def test_saps_skips_parents_it_cannot_use(rocksalt, layered):
     disordered = rocksalt.copy()
     disordered.replace(0, {"Na": 0.5, "K": 0.5})

@@ -272,6 +272,17 @@ def _rescaled(structure: Structure, chosen: Sequence[int], new: Option, states: 
     return expand_to_bond_ratio(result)
 
 
+def _best(pool: dict[str, tuple[float, Candidate]], n: int) -> dict[str, tuple[float, Candidate]]:
+    """The `n` most likely of (probability, candidate) by id, ties by id.
+
+    A parent's pool is cut back to this whenever it doubles: a 16-site parent with
+    one species has tens of thousands of orderings per swap, and holding them all at
+    once took a gigabyte. Swaps come most likely first, so an id cut from the pool
+    could only come back at a probability no higher, and would be cut again: the
+    outcome is that of ranking everything at the end."""
+    return dict(sorted(pool.items(), key=lambda item: (-item[1][0], item[0]))[:n])
+
+
 def saps(
     parents: Sequence[tuple[str, Structure]],
     elements: Sequence[str],
@@ -347,8 +358,9 @@ def saps(
                 key = candidate.id
                 if key not in mine or probability > mine[key][0]:
                     mine[key] = (probability, candidate)
-        ranked = sorted(mine.items(), key=lambda item: (-item[1][0], item[0]))[:max_per_parent]
-        for key, (probability, candidate) in ranked:
+                    if len(mine) >= 2 * max_per_parent:
+                        mine = _best(mine, max_per_parent)
+        for key, (probability, candidate) in _best(mine, max_per_parent).items():
             if key not in proposals or probability > proposals[key][0]:
                 proposals[key] = (probability, candidate)
 

@@ -37,6 +37,10 @@ PARAMS_FILE = "params.msgpack"
 SETTINGS_FILE = "ensemble.json"
 #: Training batches hold up to this multiple of an average batch's nodes and edges.
 PACKING_SLACK = 1.1
+#: Edges of one inference batch, unless a single graph has more: the activations of a
+#: call grow with its edges (about 4 kB an edge at 4 members of width 64, measured on
+#: CPU), so dense cells get fewer graphs a call rather than a larger call.
+MAX_BATCH_EDGES = 32768
 
 
 class GNNEnsemble:
@@ -257,8 +261,8 @@ class StructureEnsemble(GNNEnsemble):
 
     def _inference_batches(self, features):
         """Graphs packed, in order, into batches of one padded shape per call whose node
-        and edge budgets are powers of two (about PACKING_SLACK average batches, never
-        less than the largest graph). Every new shape is a compiled program of about
+        and edge budgets are powers of two (about PACKING_SLACK average batches, at most
+        MAX_BATCH_EDGES edges, never less than the largest graph). Every new shape is a compiled program of about
         10 MB kept for the life of the process: a worker screening millions of
         candidates of every size compiles a handful this way, not one per bucket pair."""
         if not features:
@@ -267,7 +271,7 @@ class StructureEnsemble(GNNEnsemble):
         nodes = np.array([g.n_node for g in features])
         edges = np.array([g.n_edge for g in features])
         max_nodes = _power_of_two(max(PACKING_SLACK * size * nodes.mean(), nodes.max() + 1))
-        max_edges = _power_of_two(max(PACKING_SLACK * size * edges.mean(), edges.max(), 1))
+        max_edges = _power_of_two(max(min(PACKING_SLACK * size * edges.mean(), MAX_BATCH_EDGES), edges.max(), 1))
         for chunk in pack_graphs(features, np.arange(len(features)), size, max_nodes, max_edges):
             yield chunk, batch_graphs([features[i] for i in chunk], size, cutoff, max_nodes, max_edges)
 

@@ -272,8 +272,8 @@ def _rescaled(structure: Structure, chosen: Sequence[int], new: Option, states: 
     return expand_to_bond_ratio(result)
 
 
-def _best(pool: dict[str, tuple[float, Candidate]], n: int) -> dict[str, tuple[float, Candidate]]:
-    """The `n` most likely of (probability, candidate) by id, ties by id.
+def _best(pool: dict[str, tuple[float, Candidate]], n: int | None) -> dict[str, tuple[float, Candidate]]:
+    """The `n` (None: all) most likely of (probability, candidate) by id, best first, ties by id.
 
     A parent's pool is cut back to this whenever it doubles: a 16-site parent with
     one species has tens of thousands of orderings per swap, and holding them all at
@@ -364,5 +364,4 @@ def saps(
             if key not in proposals or probability > proposals[key][0]:
                 proposals[key] = (probability, candidate)
 
-    ranked = sorted(proposals.items(), key=lambda item: (-item[1][0], item[0]))
-    return [candidate for _, (_, candidate) in ranked[:max_candidates]]
+    return [candidate for _, candidate in _best(proposals, max_candidates).values()]

@@ -262,9 +262,10 @@ class StructureEnsemble(GNNEnsemble):
     def _inference_batches(self, features):
         """Graphs packed, in order, into batches of one padded shape per call whose node
         and edge budgets are powers of two (about PACKING_SLACK average batches, at most
-        MAX_BATCH_EDGES edges, never less than the largest graph). Every new shape is a compiled program of about
-        10 MB kept for the life of the process: a worker screening millions of
-        candidates of every size compiles a handful this way, not one per bucket pair."""
+        MAX_BATCH_EDGES edges, never less than the largest graph). Every new shape is a
+        compiled program of about 10 MB kept for the life of the process: a worker
+        screening millions of candidates of every size compiles a handful this way, not
+        one per bucket pair."""
         if not features:
             return
         size, cutoff = self.settings["batch_size"], self.settings["cutoff"]

@@ -14,8 +14,9 @@ stacked parameters), `ensemble.json` (settings, reference, standardisation) and
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -30,7 +31,8 @@ from gnome_loop.models.graph import (average_coordination, batch_graphs, bucket,
                                      graph_input_error, pack_graphs)
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import split_indices
-from gnome_loop.models.train import TrainSettings, init_ensemble, make_predict, train_ensemble
+from gnome_loop.models.train import (TrainSettings, TrainState, finished, init_ensemble, initial_state,
+                                     load_train_state, make_predict, save_train_state, train_ensemble)
 from gnome_loop.structures import MIN_DISTANCE, minimum_distance
 
 PARAMS_FILE = "params.msgpack"
@@ -94,35 +96,75 @@ class GNNEnsemble:
 
     # --- EnergyModel protocol ------------------------------------------------------------
     def fit(self, structures: list[Structure], energies_per_atom: np.ndarray,
-            formulas: list[str] | None = None) -> dict:
-        """Train on the formula-hash training split with early stopping on the rest."""
+            formulas: list[str] | None = None, init: "GNNEnsemble | None" = None,
+            checkpoint: Path | None = None, checkpoint_seconds: float = 120.0,
+            on_epoch: Callable[[TrainState], None] = lambda state: None, seconds: float | None = None) -> dict:
+        """Train on the formula-hash training split with early stopping on the rest.
+
+        `init`, a trained ensemble of the same architecture, is fine-tuned instead of
+        starting from random members: its network and standardisation are kept, and
+        the per-element reference is refitted on these data against what its network
+        predicts, so another energy scale (formation vs total energies, DFT vs an ML
+        potential) moves the per-element terms, not the network. With `checkpoint`,
+        the training state is saved there every `checkpoint_seconds` and at the end,
+        and a run that finds it resumes where it stopped (same data and settings only).
+        With `seconds`, no epoch starts after that long: the model is then the best so
+        far, and `metrics["finished"]` is False until a later run completes it.
+        """
         if not structures:
             raise ValueError("cannot fit a model on no structures")
         y = np.asarray(energies_per_atom, dtype=float)
         formulas = formulas or [s.composition.reduced_formula for s in structures]
         train, val = split_indices(formulas)
+        features = self._features(structures)
         # The per-element reference is fitted on all data: a handful of numbers, and it
         # makes every element of the data predictable (validation MAE is then very
         # slightly optimistic; the network itself never sees validation targets).
-        self.reference.fit(structures, y, formulas)
-        residual = y - self.reference.predict(structures)[0]
-        self.shift = float(np.mean(residual[train]))
-        self.scale = float(np.std(residual[train])) or 1.0
+        if init is None:
+            self.reference.fit(structures, y, formulas)
+            residual = y - self.reference.predict(structures)[0]
+            self.shift = float(np.mean(residual[train]))
+            self.scale = float(np.std(residual[train])) or 1.0
+        else:
+            self._adopt(init)
+            self.reference.fit(structures, y - np.median(self._network_energies(features), axis=0), formulas)
+            residual = y - self.reference.predict(structures)[0]
         targets = ((residual - self.shift) / self.scale).astype(np.float32)
-        features = self._features(structures)
-        self._prepare(features, train)
-        rng = np.random.default_rng(self.settings["seed"])
+        self._prepare(features, train, constants=init is None)
         module = self._module()
-        val_batches = self._batches(features, targets, val) if len(val) else []
-        self.params, history = train_ensemble(
-            module, lambda epoch: self._batches(features, targets, rng.permutation(train), fixed=True), val_batches,
-            TrainSettings(members=self.settings["members"], epochs=self.settings["epochs"],
-                          learning_rate=self.settings["learning_rate"], patience=self.settings["patience"],
-                          seed=self.settings["seed"]))
-        self._predict = make_predict(module)
+        settings = TrainSettings(members=self.settings["members"], epochs=self.settings["epochs"],
+                                 learning_rate=self.settings["learning_rate"], patience=self.settings["patience"],
+                                 seed=self.settings["seed"])
         self.data_hash = data_hash(structures, y)
-        self.metrics = {"n_train": len(train), "n_val": len(val), "epochs": len(history["train_loss"]),
-                        "val_mae": None, "spread_error_spearman": None}
+        state = initial_state(module, self._sample_batch(), settings, init.params) if init is not None else None
+        meta = {"architecture": self.name, "data_hash": self.data_hash, "settings": self.settings,
+                "init": init.data_hash if init is not None else None}
+        if checkpoint is not None and Path(checkpoint).exists():
+            state, saved = load_train_state(checkpoint, state or initial_state(module, self._sample_batch(), settings))
+            if saved != meta:
+                raise ValueError(f"{checkpoint} is the checkpoint of another training run (other data, settings "
+                                 "or starting model); delete it or give another path")
+        saved_at = [time.monotonic()]
+
+        def after_epoch(state: TrainState) -> None:
+            if checkpoint is not None and time.monotonic() - saved_at[0] >= checkpoint_seconds:
+                save_train_state(checkpoint, state, meta)
+                saved_at[0] = time.monotonic()
+            on_epoch(state)
+
+        def shuffled(epoch: int) -> list:
+            order = np.random.default_rng([self.settings["seed"], epoch]).permutation(train)
+            return self._batches(features, targets, order, fixed=True)
+
+        val_batches = self._batches(features, targets, val) if len(val) else []
+        deadline = time.monotonic() + seconds if seconds is not None else None
+        state = train_ensemble(module, shuffled, val_batches, settings, state, after_epoch, deadline)
+        if checkpoint is not None and state.epoch > 0:
+            save_train_state(checkpoint, state, meta)
+        self.params, self._predict = state.best, make_predict(module)
+        self.metrics = {"n_train": len(train), "n_val": len(val), "epochs": state.epoch,
+                        "finished": finished(state, settings), "val_mae": None, "spread_error_spearman": None,
+                        "fine_tuned_from": init.data_hash if init is not None else None}
         if len(val):  # at the given geometry: volume augmentation would bias the error low
             mean, spread = median_and_spread(GNNEnsemble.member_predictions(self, [structures[i] for i in val]))
             errors = np.abs(mean - y[val])
@@ -131,19 +173,38 @@ class GNNEnsemble:
                 self.metrics["spread_error_spearman"] = float(spearmanr(spread, errors).statistic)
         return self.metrics
 
-    def _prepare(self, features: list, train: np.ndarray) -> None:
-        """Data-set constants of the module (none by default)."""
+    def _adopt(self, init: "GNNEnsemble") -> None:
+        """Take the network, its standardisation and its data-set constants from `init`;
+        ValueError when its architecture differs from this ensemble's settings."""
+        shape = ("members", "width", "steps", "cutoff")
+        if type(init) is not type(self) or any(init.settings[k] != self.settings[k] for k in shape):
+            theirs = ", ".join(f"{k} {init.settings.get(k)}" for k in shape)
+            raise ValueError(f"cannot fine-tune a {init.name} ({theirs}) as a {self.name} with "
+                             + ", ".join(f"{k} {self.settings[k]}" for k in shape))
+        if init.params is None:
+            raise ValueError(f"cannot fine-tune from an untrained {init.name}")
+        self.params, self.shift, self.scale = init.params, init.shift, init.scale
+        self.avg_coordination = init.avg_coordination
+
+    def _prepare(self, features: list, train: np.ndarray, constants: bool = True) -> None:
+        """The training batch shape; with `constants`, data-set constants of the module too
+        (a fine-tuned network keeps those it was trained with)."""
+
+    def _network_energies(self, features: list) -> np.ndarray:
+        """What the network adds to the per-element reference, eV/atom: (members, samples)."""
+        if self.params is None:
+            raise ValueError(f"{self.name} is not trained: call fit() or load() first")
+        raw = np.zeros((self.settings["members"], len(features)))
+        for chunk, batch in self._inference_batches(features):
+            raw[:, chunk] = np.asarray(self._predict(self.params, batch))[:, :len(chunk)]
+        return raw * self.scale + self.shift
 
     def member_predictions(self, structures: Sequence[Structure]) -> np.ndarray:
         """Energy per atom from every member: shape (members, structures)."""
         if self.params is None:
             raise ValueError(f"{self.name} is not trained: call fit() or load() first")
-        features = self._features(structures)
         base = self.reference.predict(list(structures))[0]
-        raw = np.zeros((self.settings["members"], len(features)))
-        for chunk, batch in self._inference_batches(features):
-            raw[:, chunk] = np.asarray(self._predict(self.params, batch))[:, :len(chunk)]
-        return raw * self.scale + self.shift + base[None, :]
+        return self._network_energies(self._features(structures)) + base[None, :]
 
     def _inference_batches(self, features: list) -> Iterator[tuple[np.ndarray, object]]:
         """(indices, padded batch) for prediction: `batch_size` samples at a time by default."""
@@ -281,9 +342,10 @@ class StructureEnsemble(GNNEnsemble):
             return super()._chunks(features, order, fixed)
         return pack_graphs(features, order, self.settings["batch_size"], *self._train_shape)
 
-    def _prepare(self, features, train):
+    def _prepare(self, features, train, constants=True):
         graphs = [features[i] for i in train]
-        self.avg_coordination = average_coordination(graphs)
+        if constants:
+            self.avg_coordination = average_coordination(graphs)
         # Training batches are packed into one shape: PACKING_SLACK times the nodes and
         # edges of an average batch, and never less than the largest single graph.
         size = self.settings["batch_size"]

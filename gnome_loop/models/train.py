@@ -5,6 +5,11 @@ Members differ by their random initialisation; they see the same batches. Adam
 with a cosine-decayed learning rate (GNoME: ≈ 5e-4 with decay); each member keeps
 its parameters of best validation MAE (early stopping).
 
+A run can stop and go on: `train_ensemble` takes a `TrainState` to start from and
+hands one to a callback after every epoch; `save_train_state`/`load_train_state`
+write and read it as one msgpack file (pretraining spans sessions this way). The
+same state with trained parameters at epoch 0 is how a model is fine-tuned.
+
 Compiled programs are reused: the train step takes the learning rate as an argument
 and is cached per network, and XLA's persistent cache (`~/.cache/gnome_loop/jax`,
 unless JAX_COMPILATION_CACHE_DIR is set) keeps them across processes, so each
@@ -14,16 +19,19 @@ campaign round does not compile again.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "gnome_loop" / "jax"))
@@ -88,30 +96,93 @@ def member_mae(predict: Callable, params, batches: Iterable[Batch]) -> np.ndarra
     return total / max(count, 1.0)
 
 
+class TrainState(NamedTuple):
+    """Where a training run stands after `epoch` epochs: enough to go on exactly where
+    it stopped (a checkpoint) or to read off the result."""
+
+    params: Any
+    opt_state: Any
+    best: Any  # each member's parameters at its best validation epoch so far
+    best_mae: np.ndarray  # (members,) standardised validation MAE of `best`
+    epoch: int
+    n_steps: int
+    since_best: int
+    history: dict
+
+
+def save_train_state(path: str | Path, state: TrainState, meta: dict) -> None:
+    """Write `state` and `meta` (JSON-able: what the run is, to refuse resuming another)
+    into one msgpack file, atomically: a kill mid-write leaves the previous checkpoint."""
+    payload = serialization.to_state_dict({"params": state.params, "opt_state": state.opt_state,
+                                           "best": state.best, "best_mae": np.asarray(state.best_mae)})
+    payload["meta"] = json.dumps({**meta, "epoch": state.epoch, "n_steps": state.n_steps,
+                                  "since_best": state.since_best, "history": state.history})
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(serialization.msgpack_serialize(payload))
+    os.replace(partial, path)
+
+
+def load_train_state(path: str | Path, template: TrainState) -> tuple[TrainState, dict]:
+    """The state and meta that `save_train_state` wrote; `template` gives the tree shapes.
+    ValueError naming the file when it is corrupt or from another network."""
+    try:
+        raw = serialization.msgpack_restore(Path(path).read_bytes())
+        meta = json.loads(raw.pop("meta"))
+        arrays = serialization.from_state_dict({"params": template.params, "opt_state": template.opt_state,
+                                                "best": template.best, "best_mae": template.best_mae}, raw)
+        same = jax.tree.map(np.shape, arrays["params"]) == jax.tree.map(np.shape, template.params)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a readable training checkpoint ({error})") from error
+    if not same:
+        raise ValueError(f"{path}: checkpoint parameters do not fit this network (another width or depth?)")
+    state = TrainState(arrays["params"], arrays["opt_state"], arrays["best"], np.asarray(arrays["best_mae"]),
+                       meta.pop("epoch"), meta.pop("n_steps"), meta.pop("since_best"), meta.pop("history"))
+    return state, meta
+
+
+def initial_state(module: nn.Module, sample_batch, settings: TrainSettings, init_params=None) -> TrainState:
+    """Epoch 0: fresh members (or `init_params`, to fine-tune) and Adam's zero moments."""
+    params = init_params if init_params is not None else init_ensemble(module, sample_batch, settings.members,
+                                                                      settings.seed)
+    return TrainState(params, jax.vmap(OPTIMIZER.init)(params), params, np.full(settings.members, np.inf),
+                      0, 0, 0, {"train_loss": [], "val_mae": []})
+
+
 def train_ensemble(
     module: nn.Module,
     train_batches: Callable[[int], list[Batch]],
     val_batches: list[Batch],
     settings: TrainSettings,
-):
-    """Train the ensemble; `train_batches(epoch)` gives that epoch's shuffled batches.
+    state: TrainState | None = None,
+    on_epoch: Callable[[TrainState], None] = lambda state: None,
+    deadline: float | None = None,
+) -> TrainState:
+    """Train the ensemble; `train_batches(epoch)` gives that epoch's shuffled batches
+    (the same for the same epoch, so a resumed run repeats nothing).
 
-    Returns the stacked parameters (each member at its best validation epoch, or the
-    last epoch without validation data) and a history of per-epoch losses and MAEs.
+    `state` is where to start: `initial_state` (the default: fresh members) or a
+    checkpoint. With starting parameters that were trained already (fine-tuning), they
+    are validated first, so a member keeps them unless training improves on them.
+    `on_epoch` sees the state after every epoch (to checkpoint or report); no epoch
+    starts after `deadline` (a `time.monotonic()` value).
+    Returns the last state: `best` holds the stacked parameters (each member at its
+    best validation epoch, or the last epoch without validation data), `history` the
+    per-epoch losses and MAEs; `finished(state, settings)` says whether it is done.
     """
     first = train_batches(0)
     schedule = optax.cosine_decay_schedule(settings.learning_rate, max(settings.epochs * len(first), 1),
                                            alpha=settings.final_lr_fraction)
-    params = init_ensemble(module, first[0][0], settings.members, settings.seed)
-    opt_state = jax.vmap(OPTIMIZER.init)(params)
     step, predict = make_train_step(module), make_predict(module)
-    n_steps = 0
-
-    best = params
-    best_mae = np.full(settings.members, np.inf)
-    history: dict[str, list] = {"train_loss": [], "val_mae": []}
-    since_best = 0
-    for epoch in range(settings.epochs):
+    if state is None:
+        state = initial_state(module, first[0][0], settings)
+    elif state.epoch == 0 and val_batches:  # trained starting parameters (fine-tuning): the bar to beat
+        state = state._replace(best_mae=member_mae(predict, state.params, val_batches))
+    params, opt_state, best, best_mae = state.params, state.opt_state, state.best, state.best_mae
+    n_steps, since_best, history = state.n_steps, state.since_best, state.history
+    for epoch in range(state.epoch, settings.epochs):
+        if since_best >= settings.patience or (deadline is not None and time.monotonic() > deadline):
+            break
         losses = []
         for batch, targets in first if epoch == 0 else train_batches(epoch):
             params, opt_state, loss = step(params, opt_state, batch, targets, schedule(n_steps))
@@ -120,14 +191,19 @@ def train_ensemble(
         history["train_loss"].append(np.mean(losses, axis=0).tolist())
         if not val_batches:
             best = params
-            continue
-        mae = member_mae(predict, params, val_batches)
-        history["val_mae"].append(mae.tolist())
-        improved = mae < best_mae
-        best_mae = np.where(improved, mae, best_mae)
-        best = jax.tree.map(
-            lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), params, best)
-        since_best = 0 if improved.any() else since_best + 1
-        if since_best >= settings.patience:
-            break
-    return best, history
+        else:
+            mae = member_mae(predict, params, val_batches)
+            history["val_mae"].append(mae.tolist())
+            improved = mae < best_mae
+            best_mae = np.where(improved, mae, best_mae)
+            best = jax.tree.map(
+                lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), params, best)
+            since_best = 0 if improved.any() else since_best + 1
+        state = TrainState(params, opt_state, best, best_mae, epoch + 1, n_steps, since_best, history)
+        on_epoch(state)
+    return state
+
+
+def finished(state: TrainState, settings: TrainSettings) -> bool:
+    """True when training has nothing left to do: all epochs, or early stopping."""
+    return state.epoch >= settings.epochs or state.since_best >= settings.patience

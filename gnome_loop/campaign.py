@@ -40,6 +40,7 @@ from gnome_loop.hull import STABLE_TOL, Hull
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
 from gnome_loop.models.base import EnergyModel, load_model, make_model
 from gnome_loop.models.nequip import NequIPConfig
+from gnome_loop.models.pretrained import architecture_mismatch, starting_model
 from gnome_loop.models.nequip_train import (average_neighbors, load_nequip, save_nequip, train_nequip,
                                              training_frames)
 from gnome_loop.oracle.base import read_result, write_job, write_json_atomic
@@ -124,6 +125,15 @@ class Campaign:
         missing = [path for path in imported.paths if not Path(path).exists()]
         if missing:
             raise ConfigError(f"generators.import.paths: {', '.join(missing)} not found")
+        if config.model.init not in ("pretrained", "scratch") and config.model.kind != "linear":
+            init = Path(config.model.init).resolve()
+            if not (init / "model_card.json").is_file():
+                raise ConfigError(f"model.init: {config.model.init} is not a saved model (no model_card.json); "
+                                  "use pretrained, scratch or the folder of a saved model")
+            mismatch = architecture_mismatch(config.model, init)
+            if mismatch:
+                raise ConfigError(f"model.init: {mismatch}; set the model section to match, or model.init: scratch")
+            config.model.init = str(init)
         if config.snapshot.source == "file":
             if not Path(config.snapshot.path).exists():
                 raise ConfigError(f"snapshot.path: {config.snapshot.path} not found")
@@ -558,19 +568,21 @@ class Campaign:
             raise StoreError(f"round {round_}: no entries with structures to train on (every oracle job failed? "
                              "see `gnome-loop status`); a campaign needs at least one evaluated phase")
         model = make_model(self.config.model, seed=self.config.seed + round_)
+        start, how = starting_model(self.config.model, self.config.chemical_space.elements)
         fit = model.fit([structure_from_json(e["structure"]) for e in entries],
                         np.array([e["energy_per_atom"] for e in entries]),
-                        [e["reduced_formula"] for e in entries])
+                        [e["reduced_formula"] for e in entries], **({"init": start} if start is not None else {}))
         relative = Path("models") / f"r{round_:03d}"
         target = self.dir / relative
         if target.exists():
             shutil.rmtree(target)
         model.save(target)
-        metrics = {"model_val_mae": fit.get("val_mae"), "train_size": len(entries)}
+        metrics = {"model_val_mae": fit.get("val_mae"), "train_size": len(entries), "model_init": how}
         if self.config.prerelax.kind == "nequip":
             metrics.update(self._train_potential(round_, entries, target / "nequip"))
         with self.store.transaction():
             self.store.add_model(round_, 0, str(relative), fit.get("val_mae"))
+            self.store.log("train", f"round {round_}: {model.name} trained {how} on {len(entries)} entries")
             self.store.update_round_metrics(round_, metrics)
             self._advance(round_, "train", started)
         return 0

@@ -130,6 +130,10 @@ class Model(_Section):
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-4, gt=0, description="Adam, cosine-decayed (GNoME: about 5e-4)")
     patience: int = Field(60, ge=1, description="epochs without validation improvement before stopping")
+    init: str = Field("pretrained", description="where each round's training starts: `pretrained` (the "
+                      "model shipped with gnome_loop for this kind, fine-tuned on the campaign's entries), "
+                      "`scratch` (random members), or the folder of a saved model of the same kind and shape; "
+                      "the linear baseline always starts from scratch")
     volume_augmentation: list[float] = Field(
         [], description="volume factors also tried at prediction, lowest energy kept (e.g. [0.9, 1.1]); "
         "the structure model only")

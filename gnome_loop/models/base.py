@@ -112,7 +112,7 @@ def make_model(config: ModelConfig, seed: int = 0) -> EnergyModel:
     cls = _architectures()[config.kind]
     if config.kind == "linear":
         return cls()
-    settings = config.model_dump(exclude={"kind"})
+    settings = config.model_dump(exclude={"kind", "init"})
     return cls(**settings, seed=seed)
 
 

@@ -184,7 +184,7 @@ class GNNEnsemble:
         if init.params is None:
             raise ValueError(f"cannot fine-tune from an untrained {init.name}")
         self.params, self.shift, self.scale = init.params, init.shift, init.scale
-        self.avg_coordination = init.avg_coordination
+        self.avg_coordination, self._predict = init.avg_coordination, init._predict
 
     def _prepare(self, features: list, train: np.ndarray, constants: bool = True) -> None:
         """The training batch shape; with `constants`, data-set constants of the module too

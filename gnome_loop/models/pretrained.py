@@ -14,12 +14,15 @@ from pathlib import Path
 
 from pymatgen.core import Composition
 
+from gnome_loop.config import Model as ModelConfig
 from gnome_loop.models.base import EnergyModel, load_model, read_model_card
 
 #: Where the shipped checkpoints live, one folder per kind of model.
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 #: Config `model.kind` → the folder of its pretrained checkpoint.
 KINDS = {"gnome": "structure", "composition": "composition"}
+#: Settings that fix a network's shape: a checkpoint fine-tunes only into the same ones.
+ARCHITECTURE = ("members", "width", "steps", "cutoff")
 #: Chemical systems whose ternary and richer phases pretraining never sees, so that the
 #: discovery benchmark (`experiments/bench_discovery.py`) rediscovers them honestly.
 HELD_OUT_SYSTEMS = (frozenset({"Li", "Co", "Ni", "O"}),)
@@ -47,3 +50,41 @@ def load_pretrained(path_or_kind: str | Path) -> EnergyModel:
         return load_model(path)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"cannot load the pretrained model in {path}: {error}") from error
+
+
+def architecture_mismatch(config: ModelConfig, path: str | Path) -> str | None:
+    """How the saved model in `path` differs in shape from the config's `model` section
+    (None when it fits): fine-tuning keeps the network, so its shape must be the same."""
+    card = read_model_card(path)
+    settings = card.get("metrics", {}).get("settings", {})
+    expected = {"gnome": "gnome-structure-ensemble", "composition": "gnome-composition-ensemble"}[config.kind]
+    if card.get("architecture") != expected:
+        return f"{path} holds a {card.get('architecture')!r} model, not the {expected!r} of model.kind {config.kind}"
+    differ = [f"{key} {settings.get(key)} (config: {getattr(config, key)})" for key in ARCHITECTURE
+              if config.kind == "gnome" or key in ("members", "width")
+              if settings.get(key) != getattr(config, key)]
+    return f"{path} was trained with " + ", ".join(differ) if differ else None
+
+
+def starting_model(config: ModelConfig, elements: list[str]) -> tuple[EnergyModel | None, str]:
+    """The trained model a campaign's training starts from, or None for random members,
+    with the reason in words (logged by the campaign).
+
+    `model.init` names it: `pretrained` (the shipped checkpoint of the kind), a saved
+    model's folder, or `scratch`. A model that never saw one of the campaign's
+    `elements`, or that is missing, gives None and says why: training then starts from
+    scratch rather than not at all.
+    """
+    if config.kind == "linear" or config.init == "scratch":
+        return None, "from scratch (model.init: scratch)" if config.kind != "linear" else "from scratch (linear)"
+    path = pretrained_path(config.kind) if config.init == "pretrained" else Path(config.init)
+    if not (path / "model_card.json").is_file():
+        return None, f"from scratch: no pretrained {config.kind} model at {path}"
+    mismatch = architecture_mismatch(config, path)
+    if mismatch:
+        return None, f"from scratch: {mismatch}"
+    model = load_pretrained(path)
+    unseen = sorted(set(elements) - set(model.reference.elements))
+    if unseen:
+        return None, f"from scratch: the model in {path} never saw {', '.join(unseen)}"
+    return model, f"fine-tuned from {path} (data {model.data_hash})"

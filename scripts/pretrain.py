@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gnome_loop.generate.composition import placeholder_structure  # noqa: E402
+from gnome_loop.models.composition import composition_input_error  # noqa: E402
 from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble  # noqa: E402
 from gnome_loop.models.pretrained import held_out, pretrained_path  # noqa: E402
 from gnome_loop.models.train import TrainState  # noqa: E402
@@ -102,9 +103,12 @@ def composition_data(data: Path, limit: int | None) -> tuple[list, np.ndarray, d
     excluded_formulas = mp20_val_formulas(data)
     structures, energies = [], []
     dropped = {"polymorph above the formula's lowest": len(frame) - len(lowest), "held-out system": 0,
-               "MP-20 val formula": 0, "formation energy outlier": 0}
+               "MP-20 val formula": 0, "formation energy outlier": 0, "too many elements": 0}
     for formula, energy in lowest.items():
-        reason = _excluded(Composition(formula), energy, excluded_formulas)
+        composition = Composition(formula)
+        reason = _excluded(composition, energy, excluded_formulas)
+        if composition_input_error(composition):
+            reason = "too many elements"
         if reason:
             dropped[reason] += 1
             continue

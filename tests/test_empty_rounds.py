@@ -84,7 +84,7 @@ def test_with_fill_off_empty_rounds_warn_and_the_second_in_a_row_stops_the_campa
     assert "rounds 1 and 2 selected nothing for the oracle" in result.output
     assert "selection.fill_budget: true" in result.output and "ehull_threshold (now 0.05)" in result.output
     assert "set 'rounds: 2' in config.yaml" in result.output
-    assert "warning: round 1 selected nothing: none of the" in result.output  # the status printed on the way out
+    assert "warning: round 1 selected nothing: none of the" in result.output  # said as it happened
     campaign = Campaign(directory)
     assert campaign.store.current_round() == (2, "done")  # whole: round 3 never started
     assert [len(campaign.store.jobs(round_=r)) for r in (1, 2)] == [0, 0]
@@ -96,6 +96,8 @@ def test_with_fill_off_empty_rounds_warn_and_the_second_in_a_row_stops_the_campa
                                               "ehull_threshold 0.05 eV/atom")
     warnings = [e["msg"] for e in campaign.store.events(limit=500) if e["kind"] == "warning"]
     assert warnings == [f"round {r['round']} selected nothing: {r['empty_reason']}" for r in table[1:]]
+    status = runner.invoke(app, ["status", str(directory)]).output
+    assert "warning: round 1 selected nothing: none" in status and "warning: round 2 selected nothing: none" in status
 
     again = runner.invoke(app, ["run", str(directory)])  # nothing changed: stopped again, nothing run
     assert again.exit_code == EXIT_BAD_INPUT and campaign.store.current_round() == (2, "done")

@@ -46,7 +46,7 @@ from gnome_loop.models.nequip_train import (average_neighbors, load_nequip, save
 from gnome_loop.oracle.base import read_result, write_job, write_json_atomic
 from gnome_loop.prerelax import prerelax
 from gnome_loop.screen import ScreenContext, ScreenSettings, model_files, score_structures, screen_task
-from gnome_loop.select import Scored, select_candidates
+from gnome_loop.select import EXPLORE, FILL, THRESHOLD, Scored, empty_reason, select_candidates
 from gnome_loop.snapshot import load_snapshot
 from gnome_loop.snapshot.prototypes import prototype_templates
 from gnome_loop.store import Job, Store, StoreError, campaign_lock
@@ -86,6 +86,10 @@ class Outcome:
         if self.status == "waiting":
             return f"waiting for {self.waiting_jobs} jobs"
         return "all rounds done"
+
+
+class CampaignStalled(ConfigError):
+    """Two rounds in a row selected nothing: the settings frozen at init keep the loop from learning."""
 
 
 def stages_of(round_: int) -> tuple[str, ...]:
@@ -163,6 +167,7 @@ class Campaign:
                     if stage == "done":
                         if round_ >= self.config.rounds:
                             return Outcome("done")
+                        self._stop_if_stalled(round_)
                         with self.store.transaction():
                             self.store.start_round(round_ + 1, ROUND_STAGES[0])
                         continue
@@ -175,6 +180,23 @@ class Campaign:
                     if scheduler is not None:
                         scheduler.close()
                 self._scheduler = self._screening = None
+
+    def _stop_if_stalled(self, round_: int) -> None:
+        """Refuse to start a round after two rounds in a row that selected nothing: the
+        next would face the same model and the same kind of candidates."""
+        reasons = [self.store.round_metrics(r).get("empty_reason") for r in (round_ - 1, round_)]
+        if not all(reasons):
+            return
+        selection = self.config.selection
+        changes = ["more generators, or higher max_candidates, where rounds find few new candidates"]
+        if not selection.fill_budget:
+            changes[:0] = [f"selection.fill_budget: true (spends the budget, {selection.budget} jobs, every round)",
+                           f"a higher selection.ehull_threshold (now {selection.ehull_threshold})"]
+        raise CampaignStalled(
+            f"rounds {round_ - 1} and {round_} selected nothing for the oracle (round {round_}: {reasons[-1]}); the "
+            f"campaign stops rather than spend round {round_ + 1} learning nothing. Its settings are frozen (only "
+            "'rounds' and 'scheduler' may change after init), so start a new campaign with `gnome-loop init` and "
+            f"{', or '.join(changes)}; or set 'rounds: {round_}' in config.yaml to close this one as it is")
 
     def _advance(self, round_: int, stage: str, started: float) -> None:
         """Move to the next stage (call inside the stage's transaction)."""
@@ -226,7 +248,7 @@ class Campaign:
             if reevaluate:
                 self.store.set_meta("scale", self.config.oracle.scale())
                 ids = [row["id"] for row in rows]
-                self.store.mark_selected((key, False) for key in ids)
+                self.store.mark_selected((key, "reference") for key in ids)
                 self.store.add_jobs(self._job_row(key, round_) for key in ids)
             else:
                 scales = {p.scale for p in phases}
@@ -447,19 +469,25 @@ class Campaign:
         selection = self.config.selection
         picks = select_candidates(
             scored, selection.budget, selection.ehull_threshold, selection.per_composition,
-            selection.explore_fraction, np.random.default_rng([self.config.seed, round_]), selection.strategy)
+            selection.explore_fraction, np.random.default_rng([self.config.seed, round_]), selection.strategy,
+            selection.kappa, selection.fill_budget)
         metrics = {"prerelaxed": len(records), "prerelax_flagged": sum(1 for r in records.values() if r["flag"])}
+        reason = None if picks else empty_reason(scored, selection.ehull_threshold)
+        if reason:
+            self.say(f"warning: round {round_} selected nothing: {reason}")
         with self.store.transaction():
             self.store.set_predictions(updates)
             self.store.set_prerelaxed((rows[i]["id"], record) for i, record in records.items())
             for index, record in records.items():
                 if record["flag"]:
                     self.store.log("prerelax-flagged", f"{rows[index]['id']}: {record['flag']}")
-            self.store.mark_selected((p.id, p.explore) for p in picks)
+            self.store.mark_selected((p.id, p.tag) for p in picks)
             self.store.add_jobs(self._job_row(p.id, round_) for p in picks)
+            if reason:
+                self.store.log("warning", f"round {round_} selected nothing: {reason}")
             self.store.update_round_metrics(round_, {
                 "selected": len(picks), "unscored": sum(1 for u in updates if u[-1] is not None),
-                **(metrics if potential else {})})
+                **(metrics if potential else {}), **({"empty_reason": reason} if reason else {})})
             self._advance(round_, "select", started)
         return 0
 
@@ -609,8 +637,8 @@ class Campaign:
     def _stage_metrics(self, round_: int) -> int:
         started = time.time()
         rows = self.store.query(
-            "SELECT c.id, c.generator, c.explore, c.pred_energy, c.pred_std, c.pred_ehull, e.energy_per_atom, e.e_hull,"
-            " e.reduced_formula FROM candidates c JOIN jobs j ON j.candidate_id = c.id"
+            "SELECT c.id, c.generator, c.explore, c.pick, c.pred_energy, c.pred_std, c.pred_ehull, e.energy_per_atom,"
+            " e.e_hull, e.reduced_formula FROM candidates c JOIN jobs j ON j.candidate_id = c.id"
             " JOIN entries e ON e.candidate_id = c.id WHERE j.round = ? AND j.state = 'done'", (round_,))
         reference_formulas = {r["reduced_formula"] for r in self.store.query(
             "SELECT reduced_formula FROM entries WHERE is_reference = 1")}
@@ -628,6 +656,9 @@ class Campaign:
             values.update(classification(predicted, stable))
             exploit = [s for r, s in zip(rows, stable) if not r["explore"]]
             values["hit_rate_exploit"] = hit_rate(sum(exploit), len(exploit))
+            for tag in (THRESHOLD, FILL, EXPLORE):  # below the threshold, filling the budget, at random
+                flags = [s for r, s in zip(rows, stable) if r["pick"] == tag]
+                values.update({f"evaluated_{tag}": len(flags), f"hit_rate_{tag}": hit_rate(sum(flags), len(flags))})
             by_generator: dict[str, list[bool]] = {}
             for row, is_stable in zip(rows, stable):
                 by_generator.setdefault(row["generator"], []).append(is_stable)
@@ -808,12 +839,12 @@ class Campaign:
 
     def round_table(self) -> list[dict]:
         """Per-round metrics for `status`: counts from the store, rates from the metrics stage."""
-        selected = {r["round"]: r["n"] for r in self.store.query(
-            "SELECT round, COUNT(*) AS n FROM candidates WHERE selected = 1 GROUP BY round")}
+        picks = self.store.picks_by_round()
         table = []
         for row in self.store.rounds():
             metrics = json.loads(row["metrics"])
             counts = self.store.job_counts(row["round"])
+            picked = picks.get(row["round"], {})
             generated = metrics.get("generated")
             table.append({
                 "round": row["round"], "stage": row["stage"],
@@ -821,7 +852,12 @@ class Campaign:
                 "generated_by": generated or {}, "rejected": metrics.get("rejected", {}),
                 "rejected_by_generator": metrics.get("rejected_by_generator", {}),
                 "by_generator": metrics.get("by_generator", {}),
-                "unique": metrics.get("unique"), "selected": selected.get(row["round"], 0),
+                "unique": metrics.get("unique"), "selected": sum(picked.values()),
+                # round 0 evaluates reference phases: no selection, no threshold
+                "threshold_picks": picked.get(THRESHOLD, 0) if row["round"] else None,
+                "fill_picks": picked.get(FILL, 0) if row["round"] else None,
+                "empty_reason": metrics.get("empty_reason"),
+                "hit_rate_threshold": metrics.get("hit_rate_threshold"), "hit_rate_fill": metrics.get("hit_rate_fill"),
                 "evaluated": counts.get("done", 0), "failed": counts.get("failed", 0),
                 "stable": metrics.get("stable"), "new_stable": metrics.get("new_stable"),
                 "hit_rate": metrics.get("hit_rate"), "filter_mae": metrics.get("filter_mae"),

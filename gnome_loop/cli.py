@@ -120,7 +120,9 @@ def _fmt(value, scale: float = 1.0, digits: int = 0) -> str:
 
 STATUS_COLUMNS = {
     "rnd": "round", "stage": "current stage", "gen": "candidates generated", "uniq": "unique after dedup",
-    "sel": "selected for the oracle", "eval": "evaluated by the oracle", "fail": "failed jobs",
+    "sel": "selected for the oracle", "thr": "selected below selection.ehull_threshold",
+    "fill": "selected above it to fill the budget (selection.fill_budget)", "eval": "evaluated by the oracle",
+    "fail": "failed jobs",
     "stable": "evaluated and on the hull (E_hull <= 5e-5 eV/atom)", "new": "stable with a new composition",
     "hit%": "stable / evaluated", "MAE": "filter MAE on evaluated, meV/atom",
     "valMAE": "model validation MAE, meV/atom",
@@ -135,11 +137,15 @@ def _print_status(campaign) -> None:
     rounds = campaign.round_table()
     for row in rounds:
         table.add_row(str(row["round"]), row["stage"], _fmt(row["generated"]), _fmt(row["unique"]),
-                      _fmt(row["selected"]), _fmt(row["evaluated"]), _fmt(row["failed"]), _fmt(row["stable"]),
+                      _fmt(row["selected"]), _fmt(row["threshold_picks"]), _fmt(row["fill_picks"]),
+                      _fmt(row["evaluated"]), _fmt(row["failed"]), _fmt(row["stable"]),
                       _fmt(row["new_stable"]), _fmt(row["hit_rate"], 100, 1), _fmt(row["filter_mae"], 1000),
                       _fmt(row["model_val_mae"], 1000), _fmt(row["spread_error_spearman"], 1, 2))
     out.print(table)
     out.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in STATUS_COLUMNS.items()) + "[/]")
+    for row in rounds:
+        if row["empty_reason"]:
+            out.print(f"[yellow]warning:[/] round {row['round']} selected nothing: {row['empty_reason']}")
     _print_generators(rounds)
     _print_funnel(rounds)
     _print_prerelax(rounds)

@@ -152,6 +152,10 @@ class Selection(_Section):
     per_composition: int = Field(2, ge=1, description="most selected structures per reduced formula")
     explore_fraction: float = Field(0.0, ge=0, le=1, description="share of the budget picked at random")
     strategy: Literal["model", "random"] = "model"
+    fill_budget: bool = Field(True, description="when fewer candidates than the budget pass ehull_threshold, fill "
+                              "the rest best predicted first, tagged 'fill'; false: GNoME's strict rule")
+    kappa: float = Field(0.0, ge=0, description="rank by predicted E_hull minus kappa x the ensemble spread "
+                         "(lower confidence bound); 0: by predicted E_hull")
 
 
 class Screening(_Section):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCREENING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     status TEXT NOT NULL DEFAULT 'new', duplicate_of TEXT,
     pred_energy REAL, pred_std REAL, pred_ehull REAL, score_error TEXT,
     selected INTEGER NOT NULL DEFAULT 0, explore INTEGER NOT NULL DEFAULT 0,
-    info TEXT NOT NULL DEFAULT '{}', prerelax TEXT);
+    info TEXT NOT NULL DEFAULT '{}', prerelax TEXT, pick TEXT);
 CREATE INDEX IF NOT EXISTS candidates_round ON candidates(round);
 CREATE INDEX IF NOT EXISTS candidates_fingerprint ON candidates(fingerprint);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -75,7 +75,11 @@ MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}
               # screened rows of candidates never examined for duplicates have no symmetry label
               4: ["DROP INDEX IF EXISTS screened_bucket", "ALTER TABLE screened RENAME TO screened_v4",
                   *_statements(SCREENING_SCHEMA),
-                  "INSERT INTO screened SELECT * FROM screened_v4", "DROP TABLE screened_v4"]}
+                  "INSERT INTO screened SELECT * FROM screened_v4", "DROP TABLE screened_v4"],
+              # why a candidate was selected; before version 6 every model pick passed the threshold
+              5: ["ALTER TABLE candidates ADD COLUMN pick TEXT",
+                  "UPDATE candidates SET pick = CASE WHEN round = 0 THEN 'reference' WHEN explore = 1 THEN 'explore'"
+                  " ELSE 'threshold' END WHERE selected = 1"]}
 
 #: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
 JOB_STATES = ("pending", "submitted", "done", "failed")
@@ -292,10 +296,19 @@ class Store:
         self.conn.executemany("UPDATE candidates SET prerelax = ? WHERE id = ?",
                               [(json.dumps(record), key) for key, record in rows])
 
-    def mark_selected(self, picks: Iterable[tuple[str, bool]]) -> None:
-        self.conn.executemany(
-            "UPDATE candidates SET selected = 1, explore = ? WHERE id = ?", [(int(x), key) for key, x in picks]
-        )
+    def mark_selected(self, picks: Iterable[tuple[str, str]]) -> None:
+        """picks: (id, why it was picked: 'threshold', 'fill', 'explore' or 'reference'); the
+        `explore` flag is kept in step for tools that read it."""
+        self.conn.executemany("UPDATE candidates SET selected = 1, pick = ?, explore = ? WHERE id = ?",
+                              [(tag, int(tag == "explore"), key) for key, tag in picks])
+
+    def picks_by_round(self) -> dict[int, dict[str, int]]:
+        """How many candidates each round selected, by why they were picked."""
+        counts: dict[int, dict[str, int]] = {}
+        for row in self.conn.execute(
+                "SELECT round, pick, COUNT(*) AS n FROM candidates WHERE selected = 1 GROUP BY round, pick"):
+            counts.setdefault(row["round"], {})[row["pick"]] = row["n"]
+        return counts
 
     # --- jobs ----------------------------------------------------------------------------
     def add_jobs(self, rows: Iterable[dict]) -> None:

@@ -368,7 +368,8 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
 
     path = tmp_path / "campaign.db"
     old = sqlite3.connect(path)  # the schema as version 1 had it: no entries.data, no candidates.prerelax
-    old.executescript(SCHEMA.replace(",\n    data TEXT NOT NULL DEFAULT '{}')", ")").replace(", prerelax TEXT)", ")")
+    old.executescript(SCHEMA.replace(",\n    data TEXT NOT NULL DEFAULT '{}')", ")")
+                      .replace(", prerelax TEXT, pick TEXT)", ")")
                       .replace(SCREENING_SCHEMA, ""))
     old.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     old.execute("INSERT INTO entries (id, source, round, composition, reduced_formula, nsites, energy_corrected,"
@@ -376,7 +377,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "5"
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "6"
     (entry,) = store.entries(with_structure=False)
     assert entry["energy_corrected"] == -3.5 and json.loads(entry["data"]) == {}
     assert "prerelax" in [row[1] for row in store.query("PRAGMA table_info(candidates)")]
@@ -389,17 +390,42 @@ def test_a_version_4_database_keeps_its_screened_rows_and_takes_rows_without_a_l
     from gnome_loop.store import SCHEMA, SCREENING_SCHEMA, Store
 
     path = tmp_path / "campaign.db"
-    old = sqlite3.connect(path)  # version 4: every screened row had a symmetry label
-    old.executescript(SCHEMA.replace(SCREENING_SCHEMA, SCREENING_SCHEMA.replace("fingerprint TEXT,",
-                                                                             "fingerprint TEXT NOT NULL,")))
+    old = sqlite3.connect(path)  # version 4: every screened row had a symmetry label, no candidates.pick
+    old.executescript(SCHEMA.replace(", pick TEXT)", ")").replace(
+        SCREENING_SCHEMA, SCREENING_SCHEMA.replace("fingerprint TEXT,", "fingerprint TEXT NOT NULL,")))
     old.execute("INSERT INTO meta VALUES ('schema_version', '4')")
     old.execute("INSERT INTO screened VALUES ('c-1', 1, 0, 'Cu3Au', 'Cu3Au:221', -0.01)")
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == "5"
+    assert store.meta("schema_version") == "6"
     with store.transaction():
         store.add_shard(1, 1, {"kept": 0}, [("c-2", "CuAu", None, 0.2)])
     rows = store.query("SELECT id, fingerprint, pred_ehull FROM screened ORDER BY id")
     assert [tuple(r) for r in rows] == [("c-1", "Cu3Au:221", -0.01), ("c-2", None, 0.2)]
     assert [r[1] for r in store.query("PRAGMA index_list(screened)")].count("screened_bucket") == 1
+
+
+def test_a_version_5_database_tags_its_picks(tmp_path):
+    """Before version 6 every model pick passed the threshold: old picks are tagged so."""
+    import sqlite3
+
+    from gnome_loop.store import SCHEMA, Store
+
+    path = tmp_path / "campaign.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA.replace(", pick TEXT)", ")"))
+    old.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+    # id, round, selected, explore
+    rows = [("ref", 0, 1, 0), ("model", 1, 1, 0), ("random", 1, 1, 1), ("left", 1, 0, 0)]
+    for key, round_, selected, explore in rows:
+        old.execute("INSERT INTO candidates (id, round, generator, structure, reduced_formula, nsites, fingerprint,"
+                    " selected, explore) VALUES (?, ?, 'saps', '{}', 'Cu', 1, 'Cu:225', ?, ?)",
+                    (key, round_, selected, explore))
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.meta("schema_version") == "6"
+    assert {r["id"]: r["pick"] for r in store.candidates()} == {
+        "ref": "reference", "model": "threshold", "random": "explore", "left": None}
+    assert store.picks_by_round() == {0: {"reference": 1}, 1: {"threshold": 1, "explore": 1}}

@@ -31,6 +31,7 @@ def test_shipped_configs_are_valid(name):
         (lambda c: c["oracle"].update(calculator="lj"), "oracle.calculator", "emt"),
         (lambda c: c["scheduler"].update(kind="pbs"), "scheduler.kind", "pbs"),
         (lambda c: c["selection"].update(budgett=3), "selection.budgett", "not a known setting"),
+        (lambda c: c["selection"].update(kappa=-1), "selection.kappa", "greater than or equal to 0"),
         (lambda c: c["snapshot"].update(source="file"), "snapshot", "path"),
         (lambda c: c["generators"].update(saps={"supercell": [2, 1]}), "generators.saps.supercell", "three"),
         (lambda c: c["model"].update(volume_augmentation=[3.0]), "model.volume_augmentation", "0.5 and 2.0"),
@@ -76,3 +77,13 @@ def test_digest_tracks_content():
     changed["seed"] = 7
     assert a.digest() == parse_config(_base()).digest()
     assert a.digest() != parse_config(changed).digest()
+
+
+def test_fill_budget_is_on_by_default_and_new_defaults_keep_old_campaigns_resumable():
+    config = parse_config(_base())
+    assert config.selection.fill_budget is True and config.selection.kappa == 0.0
+    spelled_out = _base()
+    spelled_out["selection"].update(fill_budget=True, kappa=0.0)
+    assert parse_config(spelled_out).digest() == config.digest()  # a campaign made before these keys resumes
+    spelled_out["selection"]["fill_budget"] = False
+    assert parse_config(spelled_out).digest() != config.digest()

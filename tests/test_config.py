@@ -76,3 +76,11 @@ def test_digest_tracks_content():
     changed["seed"] = 7
     assert a.digest() == parse_config(_base()).digest()
     assert a.digest() != parse_config(changed).digest()
+
+
+def test_dropping_missing_terminals_may_be_decided_after_init():
+    # a campaign that stopped for want of a terminal is answered by this setting: it is not frozen
+    changed = _base()
+    changed["chemical_space"]["drop_missing_terminals"] = True
+    assert parse_config(changed).digest() == parse_config(_base()).digest()
+    assert parse_config(changed).chemical_space.drop_missing_terminals is True

@@ -13,8 +13,9 @@ from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEn
 from gnome_loop.config import parse_config
 from gnome_loop.snapshot import KnownPhase, load_snapshot
 from gnome_loop.snapshot.files import load_entries_file
-from gnome_loop.snapshot.prototypes import elemental_reference, load_prototypes, prototype_templates
-from gnome_loop.structures import validate_structure
+from gnome_loop.snapshot.prototypes import (ELEMENT_TEMPLATES, element_kind, elemental_phases, elemental_reference,
+                                            load_prototypes, prototype_templates)
+from gnome_loop.structures import minimum_distance, validate_structure
 
 EMT_SPACE = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"]
 IONIC_SPACE = ["Li", "Na", "K", "Mg", "Ca", "Al", "Si", "Ti", "Fe", "O", "S", "Cl"]
@@ -68,6 +69,37 @@ def test_every_element_gets_a_reference():
         structure, state = elemental_reference(symbol)
         assert {el.symbol for el in structure.composition.elements} == {symbol}
         assert validate_structure(structure) is None, (symbol, state)
+
+
+def test_each_element_gets_a_bounded_handful_of_elemental_structures():
+    phases = load_prototypes(IONIC_SPACE, max_elements=3, max_atoms=16)
+    by_element: dict[str, list[str]] = {}
+    for phase in phases:
+        if len(_elements(phase)) == 1:
+            by_element.setdefault(_elements(phase).pop(), []).append(phase.id)
+    for symbol in IONIC_SPACE:
+        assert 2 <= len(by_element[symbol]) <= 8, (symbol, by_element[symbol])
+    # sulfur, lost by the quickstart with its one fcc cell, now has chains, layers and networks too
+    assert {"ref-S", "ref-S-diamond", "ref-S-alpha-As", "ref-S-alpha-Se", "ref-S-sc"} <= set(by_element["S"])
+    # fcc Al is ASE's reference state already: no fcc template; Mg's hcp is its own prototype
+    assert {"ref-Al", "ref-Al-bcc", "ref-Al-hcp"} <= set(by_element["Al"]) and "ref-Al-fcc" not in by_element["Al"]
+    assert "proto-A_hP2_194_c-Mg" in by_element["Mg"] and "ref-Mg-hcp" not in by_element["Mg"]
+    assert set(by_element["O"]) >= {"ref-O", "ref-O-alpha-I2"}
+
+
+@pytest.mark.parametrize("symbol", ["H", "He", "B", "C", "N", "O", "Na", "Si", "P", "S", "Cl", "Fe", "Se", "I", "Pu"])
+def test_elemental_templates_are_valid_and_scaled_to_the_element(symbol):
+    phases = elemental_phases(symbol)
+    assert len(phases) == len({phase.id for phase in phases}) <= 1 + max(map(len, ELEMENT_TEMPLATES.values()))
+    for phase in phases:
+        assert phase.composition.reduced_formula == phase.structure.composition.reduced_formula
+        assert {el.symbol for el in phase.structure.composition.elements} == {symbol}
+        assert validate_structure(phase.structure) is None, phase.id
+    templates = [phase for phase in phases if phase.source == "element-template"]
+    assert templates and all(phase.info["molecule"] is False for phase in templates)
+    if element_kind(symbol) == "covalent":  # crystals are scaled to the element's bond
+        bonds = {round(minimum_distance(phase.structure), 6) for phase in templates}
+        assert len(bonds) == 1
 
 
 def test_prototypes_are_deterministic_and_not_shared():

@@ -87,7 +87,7 @@ def test_status_and_export(emt_campaign):
     result = runner.invoke(app, ["status", str(emt_campaign)])
     assert result.exit_code == 0, result.output
     assert "hit%" in result.output and "unj" in result.output and "jobs: done" in result.output
-    assert "without an E_hull" not in result.output  # every element has its terminal
+    assert "entries without an E_hull:" not in result.output  # every element has its terminal
     result = runner.invoke(app, ["status", str(emt_campaign), "--json"])
     assert json.loads(result.output)["rounds"][3]["stage"] == "done"
 

@@ -34,17 +34,15 @@ from gnome_loop.structures import minimum_distance
 MOLECULE_BOX = 7.0
 #: Most elements of a substitution template (the library has one 5-element prototype).
 TEMPLATE_MAX_ELEMENTS = 4
-#: AFLOW unary prototypes each element is also tried in, by kind of element (`element_kind`):
-#: (name, prototype id). A template named like the element's ASE reference state, or
-#: in the snapshot already as the element's own prototype, adds nothing and is left out,
-#: so an element gets at most 5 structures (2 or 3 for most metals). Close-packed
-#: metals (and noble gases) try the three close packings; the other non-metals and
-#: metalloids the covalent networks, layers and chains (diamond; alpha-As, the layers of
-#: As, Sb, black P; alpha-Se, the helices of Se, Te and fibrous S; simple cubic, alpha-Po);
-#: diatomic elements and halogens a molecular crystal (A14, solid I2, Br2 and Cl2).
+#: AFLOW unary prototypes an element is also tried in, by kind of element (`element_kind`),
+#: in order of preference: (name, prototype id). Metals (and noble gases) try the close
+#: packings; the other non-metals and metalloids covalent networks, layers and chains
+#: (diamond; alpha-As, the layers of As, Sb, black P; alpha-Se, the helices of Se, Te and
+#: fibrous S; simple cubic, alpha-Po); diatomic elements and halogens a molecular crystal
+#: (A14, solid I2, Br2 and Cl2). See `elemental_phases` for which are used.
 ELEMENT_TEMPLATES = {
-    "close-packed": (("fcc", "proto-A_cF4_225_a-Cu"), ("bcc", "proto-A_cI2_229_a-W"),
-                     ("hcp", "proto-A_hP2_194_c-Mg")),
+    "close-packed": (("fcc", "proto-A_cF4_225_a-Cu"), ("hcp", "proto-A_hP2_194_c-Mg"),
+                     ("bcc", "proto-A_cI2_229_a-W")),
     "covalent": (("diamond", "proto-A_cF8_227_a-C"), ("alpha-As", "proto-A_hR2_166_c-As"),
                  ("alpha-Se", "proto-A_hP3_152_a-Se"), ("sc", "proto-A_cP1_221_a-Po")),
     "molecular": (("alpha-I2", "proto-A_oC8_64_f-I"),),
@@ -168,15 +166,21 @@ def element_template(symbol: str, prototype_id: str) -> Structure:
 
 def elemental_phases(symbol: str, present: set[str] = frozenset()) -> list[KnownPhase]:
     """The elemental structures of `symbol` the oracle evaluates in round 0: ASE's
-    reference state (`ref-<El>`) and the element's `ELEMENT_TEMPLATES` (`ref-<El>-<name>`),
-    less a template named like the reference state (an fcc fallback counts as fcc), and less the element's own prototype
-    when it is among the phase ids `present` already."""
+    reference state (`ref-<El>`) and templates of `ELEMENT_TEMPLATES` (`ref-<El>-<name>`).
+
+    Where ASE builds the element's crystal (its known ground state), the first template
+    that differs from it stands in should its relaxation fail; where ASE has only a
+    guess (an fcc cell of touching spheres) or a molecule, every template of the kind is
+    tried, so that the terminal, the lowest energy per atom, is not the guess's. A
+    template named like the reference state (the fcc guess counts as fcc) is left out,
+    and so is the element's own prototype when it is among the phase ids `present`.
+    """
     structure, state = elemental_reference(symbol)
     phases = [KnownPhase(f"ref-{symbol}", structure, energy=None, source="ase-reference", scale=None,
                          info={"reference_state": state, "molecule": state == "diatomic molecule"})]
-    for name, prototype_id in ELEMENT_TEMPLATES[element_kind(symbol)]:
-        if name == state.split()[0] or (prototype_id in present and prototype_id.endswith(f"-{symbol}")):
-            continue
+    templates = [(name, prototype_id) for name, prototype_id in ELEMENT_TEMPLATES[element_kind(symbol)]
+                 if name != state.split()[0] and not (prototype_id in present and prototype_id.endswith(f"-{symbol}"))]
+    for name, prototype_id in templates[:1] if _ase_crystal(symbol) is not None else templates:
         phases.append(KnownPhase(f"ref-{symbol}-{name}", element_template(symbol, prototype_id), energy=None,
                                  source="element-template", scale=None,
                                  info={"reference_state": name, "template": prototype_id, "molecule": False}))

@@ -576,13 +576,14 @@ class Campaign:
         why = "; ".join(f"{el}: " + (f"all {len(failures[el])} of its structures failed ({'; '.join(failures[el])})"
                                      if el in failures else "the snapshot holds no structure or entry of it")
                         for el in missing)
-        raise ValueError(
-            f"round 0 ended without a terminal (an elemental entry) for {', '.join(missing)}, so no compound with "
-            f"{'it' if len(missing) == 1 else 'them'} could get an E_hull. {why}. Give a snapshot file with "
-            f"{'an entry' if len(missing) == 1 else 'entries'} of {', '.join(missing)} on the oracle's energy scale "
-            "(snapshot: {source: file, path: ...}) in a new campaign, or set chemical_space.drop_missing_terminals: "
-            f"true in {self.dir / 'config.yaml'} and run again to go on without "
-            f"{'it' if len(missing) == 1 else 'them'}")
+        them = "it" if len(missing) == 1 else "them"
+        remedy = (f"Give a snapshot file with entries of {', '.join(missing)} on the oracle's energy scale "
+                  "(snapshot: {source: file, path: ...}) in a new campaign")
+        if len(missing) < len(space.elements):
+            remedy += (f", or set chemical_space.drop_missing_terminals: true in {self.dir / 'config.yaml'} and run "
+                       f"again to go on without {them}")
+        raise ValueError(f"round 0 ended without a terminal (an elemental entry) for {', '.join(missing)}, so no "
+                         f"compound with {them} could get an E_hull. {why}. {remedy}")
 
     def _dropped_elements(self) -> list[str]:
         """The elements the campaign went on without, for want of a terminal after round 0."""

@@ -134,3 +134,11 @@ def test_quickstart_like_campaign_keeps_sulfur_and_exports_a_loadable_hull(tmp_p
     assert campaign.round_table()[0]["unjudged"] == 0
     exported = assert_export_loads_into_phase_diagram(tmp_path / "c")
     assert {e.entry_id for e in exported} == set(entries)
+
+
+def test_a_space_without_any_terminal_cannot_be_dropped_to_nothing(tmp_path):
+    config = small_config(["Au"], "tests.fake_calculators:RefusingEMT", {"element": "Au"},
+                          chemical_space={"drop_missing_terminals": True})
+    with pytest.raises(ValueError, match="without a terminal .* for Au") as error:
+        Campaign.create(parse_config(config), tmp_path / "c").run()
+    assert "drop_missing_terminals" not in str(error.value)  # nothing would be left to go on with

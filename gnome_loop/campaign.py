@@ -26,7 +26,7 @@ import numpy as np
 from pymatgen.core import Composition, Structure
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
-from gnome_loop.config import CampaignConfig, ConfigError, dump_config, load_config
+from gnome_loop.config import CampaignConfig, ChemicalSpace, ConfigError, dump_config, load_config
 from gnome_loop.execute import Scheduler, make_scheduler
 from gnome_loop.execute.shards import run_shards
 from gnome_loop.export import (SUMMARY_CSV_COLUMNS, stable_rows, summary_row, write_cif_zip, write_entries_json,
@@ -36,7 +36,7 @@ from gnome_loop.generate.imported import import_structures
 from gnome_loop.generate.random_search import random_search
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
-from gnome_loop.hull import STABLE_TOL, Hull
+from gnome_loop.hull import STABLE_TOL, Hull, chemsys_of
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
 from gnome_loop.models.base import EnergyModel, load_model, make_model
 from gnome_loop.models.nequip import NequIPConfig
@@ -110,7 +110,8 @@ class Campaign:
         if frozen != self.config.digest():
             raise ConfigError(
                 f"{self.dir / 'config.yaml'} was changed after init (settings hash {self.config.digest()}, "
-                f"campaign {frozen}); only 'rounds' and 'scheduler' may change: undo the other edits, "
+                f"campaign {frozen}); only 'rounds', 'scheduler' and 'chemical_space.drop_missing_terminals' "
+                "may change: undo the other edits, "
                 "or start a new campaign with `gnome-loop init`")
         self.progress = progress
         self.say = say
@@ -287,7 +288,7 @@ class Campaign:
     def _stage_generate(self, round_: int) -> int:
         started = time.time()
         funnel = self._screen(round_) if self.config.screening.enabled else None
-        space = self.config.chemical_space
+        space = self._space()
         proposed = self.store.candidate_ids()
         rows, generated, rejected = [], Counter(), Counter()
         by_generator: dict[str, Counter] = {}
@@ -328,7 +329,7 @@ class Campaign:
         """Screen the substitution and SAPS candidates of the round in shards of parents,
         each shard committed on its own (a shard already in the store is not redone);
         returns the funnel's totals. Kept candidates arrive scored, the rest as summary rows."""
-        space, generators, screening = self.config.chemical_space, self.config.generators, self.config.screening
+        space, generators, screening = self._space(), self.config.generators, self.config.screening
         known, structures = self._known_structures()
         choice = "known+prototypes" if "known+prototypes" in (generators.substitution.parents,
                                                               generators.saps.parents) else "known"
@@ -381,7 +382,7 @@ class Campaign:
         """Each enabled generator's name, budget per round, candidates (best first) and
         the rejects it counted itself. An import file's rejects count in the first round
         that reads it; `marks` collects the store flags that say so."""
-        space, generators = self.config.chemical_space, self.config.generators
+        space, generators = self._space(), self.config.generators
         known, structures = self._known_structures()
 
         screening = self.config.screening.enabled  # substitution and SAPS then run in shards (`_screen`)
@@ -583,11 +584,55 @@ class Campaign:
     def _stage_hull(self, round_: int) -> int:
         started = time.time()
         hull = self._hull()
+        dropped = self._missing_terminals(hull) if round_ == 0 else []
         values = [(key, e, e is not None and e <= STABLE_TOL) for key, e in hull.all_e_above_hull().items()]
         with self.store.transaction():
             self.store.set_hull(values)
+            if dropped:
+                self.store.set_meta("dropped_elements", json.dumps(dropped))
+                self.store.log("terminals-dropped", f"no terminal for {', '.join(dropped)} after round 0: "
+                               "the campaign goes on without them (chemical_space.drop_missing_terminals)")
             self._advance(round_, "hull", started)
         return 0
+
+    def _missing_terminals(self, hull: Hull) -> list[str]:
+        """The elements of the space without a terminal in the hull once round 0's jobs are
+        all known: none, or those the config lets the campaign drop. Otherwise ValueError
+        naming each element, why its structures failed, and what to do.
+
+        A terminal is any elemental entry of the hull: an evaluated structure, or an
+        energy-only reference entry of the snapshot."""
+        space = self.config.chemical_space
+        missing = hull.missing_elements(space.elements)
+        if not missing or (space.drop_missing_terminals and len(missing) < len(space.elements)):
+            return missing
+        failures: dict[str, list[str]] = {}
+        for job in self.store.jobs(0, states=["failed"]):
+            elements = chemsys_of(Composition(self.store.candidate(job.candidate_id)["reduced_formula"]))
+            if len(elements) == 1:
+                failures.setdefault(next(iter(elements)), []).append(f"{job.candidate_id}: {job.error}")
+        why = "; ".join(f"{el}: " + (f"all {len(failures[el])} of its structures failed ({'; '.join(failures[el])})"
+                                     if el in failures else "the snapshot holds no structure or entry of it")
+                        for el in missing)
+        them = "it" if len(missing) == 1 else "them"
+        remedy = (f"Give a snapshot file with entries of {', '.join(missing)} on the oracle's energy scale "
+                  "(snapshot: {source: file, path: ...}) in a new campaign")
+        if len(missing) < len(space.elements):
+            remedy += (f", or set chemical_space.drop_missing_terminals: true in {self.dir / 'config.yaml'} and run "
+                       f"again to go on without {them}")
+        raise ValueError(f"round 0 ended without a terminal (an elemental entry) for {', '.join(missing)}, so no "
+                         f"compound with {them} could get an E_hull. {why}. {remedy}")
+
+    def _dropped_elements(self) -> list[str]:
+        """The elements the campaign went on without, for want of a terminal after round 0."""
+        return json.loads(self.store.meta("dropped_elements") or "[]")
+
+    def _space(self) -> ChemicalSpace:
+        """The chemical space the generators work in: the config's, less the elements
+        dropped at the end of round 0 for want of a terminal."""
+        dropped = self._dropped_elements()
+        space = self.config.chemical_space
+        return space.model_copy(update={"elements": [el for el in space.elements if el not in dropped]})
 
     def _stage_train(self, round_: int) -> int:
         started = time.time()
@@ -643,7 +688,10 @@ class Campaign:
         reference_formulas = {r["reduced_formula"] for r in self.store.query(
             "SELECT reduced_formula FROM entries WHERE is_reference = 1")}
         stable = [r["e_hull"] is not None and r["e_hull"] <= STABLE_TOL for r in rows]
-        values: dict = {"stable": sum(stable)}
+        hull = self._hull()
+        unjudged = Counter(hull.unjudged_reason(Composition(r["composition"])) or "not judged yet"
+                           for r in self.store.unjudged_entries(round_))
+        values: dict = {"stable": sum(stable), "unjudged": sum(unjudged.values()), "unjudged_reasons": dict(unjudged)}
         if round_ > 0:
             values["new_stable"] = sum(1 for r, s in zip(rows, stable)
                                        if s and r["reduced_formula"] not in reference_formulas)
@@ -824,17 +872,36 @@ class Campaign:
         return load_model(self.dir / row["path"])
 
     # --- reading -------------------------------------------------------------------------
-    def computed_entries(self) -> list[ComputedStructureEntry]:
-        """All entries of the campaign's hull, loadable into a PhaseDiagram."""
+    def computed_entries(self) -> list[ComputedEntry]:
+        """All entries of the campaign's hull: a `ComputedStructureEntry` for each entry
+        with a structure, a plain `ComputedEntry` for an energy-only reference."""
         out = []
         for e in self.store.entries():
-            if not e["structure"]:
-                continue
-            out.append(ComputedStructureEntry(
-                structure_from_json(e["structure"]), e["energy_corrected"], entry_id=e["id"],
-                data={"source": e["source"], "round": e["round"], "e_above_hull": e["e_hull"],
-                      "scale": e["scale"], "candidate_id": e["candidate_id"]}))
+            data = {"source": e["source"], "round": e["round"], "e_above_hull": e["e_hull"], "scale": e["scale"],
+                    "candidate_id": e["candidate_id"]}
+            if e["structure"]:
+                out.append(ComputedStructureEntry(structure_from_json(e["structure"]), e["energy_corrected"],
+                                                  entry_id=e["id"], data=data))
+            else:
+                out.append(ComputedEntry(Composition(e["composition"]), e["energy_corrected"], entry_id=e["id"],
+                                         data=data))
         return out
+
+    def _exported_entries(self) -> list[ComputedEntry]:
+        """The entries to export, which `PhaseDiagram` accepts: all of them, less those
+        with an element dropped at the end of round 0. ValueError, naming the elements,
+        when an exported entry has an element without a terminal (round 0 is not done,
+        or the campaign was made before round 0 checked its terminals)."""
+        dropped = set(self._dropped_elements())
+        entries = [e for e in self.computed_entries() if not chemsys_of(e.composition) & dropped]
+        elements = set().union(*(chemsys_of(e.composition) for e in entries))
+        missing = self._hull().missing_elements(elements)
+        if missing:
+            raise ValueError(
+                f"cannot export: no terminal (elemental entry) for {', '.join(missing)}, so exports/entries.json.gz "
+                "would not load into pymatgen's PhaseDiagram; finish round 0 (`gnome-loop run`), which stops and "
+                "says what to do when an element has no terminal")
+        return entries
 
 
     def round_table(self) -> list[dict]:
@@ -860,6 +927,7 @@ class Campaign:
                 "hit_rate_threshold": metrics.get("hit_rate_threshold"), "hit_rate_fill": metrics.get("hit_rate_fill"),
                 "evaluated": counts.get("done", 0), "failed": counts.get("failed", 0),
                 "stable": metrics.get("stable"), "new_stable": metrics.get("new_stable"),
+                "unjudged": metrics.get("unjudged"), "unjudged_reasons": metrics.get("unjudged_reasons", {}),
                 "hit_rate": metrics.get("hit_rate"), "filter_mae": metrics.get("filter_mae"),
                 "model_val_mae": metrics.get("model_val_mae"),
                 "spread_error_spearman": metrics.get("spread_error_spearman"),
@@ -879,6 +947,7 @@ class Campaign:
         return {"campaign": self.config.name, "config_hash": self.store.meta("config_hash"),
                 "snapshot": self.config.snapshot.source, "snapshot_version": self.store.meta("snapshot_version"),
                 "oracle": self._oracle_label(), "oracle_kind": oracle.kind, "energy_scale": self._scale(),
+                "dropped_elements": self._dropped_elements(),
                 "gnome_loop": version("gnome_loop"), "pymatgen": version("pymatgen"),
                 "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -886,15 +955,19 @@ class Campaign:
         """Write the updated hull (`exports/`): csv (hull + summary), json (entries), cif-zip, extxyz.
 
         Every format carries the provenance: `provenance.json` beside them, and in
-        each exported entry's data.
+        each exported entry's data. `entries.json.gz` holds every entry the hull used,
+        energy-only references as plain `ComputedEntry`s, so it loads into pymatgen's
+        `PhaseDiagram` (`_exported_entries`).
         """
         unknown = sorted(set(formats) - set(EXPORT_FORMATS))
         if unknown:
             raise ValueError(f"unknown export format(s) {unknown}; use {', '.join(EXPORT_FORMATS)}")
         provenance = self.provenance()
-        entries = {e.entry_id: e for e in self.computed_entries()}
-        for entry in entries.values():
+        exported = self._exported_entries()
+        for entry in exported:
             entry.data.update({key: provenance[key] for key in ("config_hash", "oracle", "energy_scale")})
+        # the CSVs, CIFs and extxyz describe materials: entries with a structure
+        entries = {e.entry_id: e for e in exported if isinstance(e, ComputedStructureEntry)}
         candidates = {r["id"]: r for r in self.store.query("SELECT id, generator, parent_ids FROM candidates")}
         meta = {key: {"round": e.data["round"],
                       "generator": candidates[e.data["candidate_id"]]["generator"]
@@ -919,7 +992,7 @@ class Campaign:
             write_stable_hull_csv(summary, written[-1], SUMMARY_CSV_COLUMNS)
         if "json" in formats:
             written.append(folder / "entries.json.gz")
-            write_entries_json(list(entries.values()), written[-1])
+            write_entries_json(exported, written[-1])
         if "cif-zip" in formats:
             written.append(folder / "by_id.zip")
             write_cif_zip({row["MaterialId"]: entries[row["MaterialId"]].structure for row in rows}, written[-1])

@@ -124,6 +124,7 @@ STATUS_COLUMNS = {
     "fill": "selected above it to fill the budget (selection.fill_budget)", "eval": "evaluated by the oracle",
     "fail": "failed jobs",
     "stable": "evaluated and on the hull (E_hull <= 5e-5 eV/atom)", "new": "stable with a new composition",
+    "unj": "entries without an E_hull (why: below the table)",
     "hit%": "stable / evaluated", "MAE": "filter MAE on evaluated, meV/atom",
     "valMAE": "model validation MAE, meV/atom",
     "ρ": "Spearman rank correlation of the ensemble spread with the filter error",
@@ -139,16 +140,26 @@ def _print_status(campaign) -> None:
         table.add_row(str(row["round"]), row["stage"], _fmt(row["generated"]), _fmt(row["unique"]),
                       _fmt(row["selected"]), _fmt(row["threshold_picks"]), _fmt(row["fill_picks"]),
                       _fmt(row["evaluated"]), _fmt(row["failed"]), _fmt(row["stable"]),
-                      _fmt(row["new_stable"]), _fmt(row["hit_rate"], 100, 1), _fmt(row["filter_mae"], 1000),
-                      _fmt(row["model_val_mae"], 1000), _fmt(row["spread_error_spearman"], 1, 2))
+                      _fmt(row["new_stable"]), _fmt(row["unjudged"]), _fmt(row["hit_rate"], 100, 1),
+                      _fmt(row["filter_mae"], 1000), _fmt(row["model_val_mae"], 1000),
+                      _fmt(row["spread_error_spearman"], 1, 2))
     out.print(table)
     out.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in STATUS_COLUMNS.items()) + "[/]")
     for row in rounds:
         if row["empty_reason"]:
             out.print(f"[yellow]warning:[/] round {row['round']} selected nothing: {row['empty_reason']}")
+    _print_unjudged(rounds)
     _print_generators(rounds)
     _print_funnel(rounds)
     _print_prerelax(rounds)
+
+
+def _print_unjudged(rounds: list[dict]) -> None:
+    """One line per round with entries the hull could not judge, and why."""
+    for row in rounds:
+        if row["unjudged"]:
+            reasons = ", ".join(f"{reason} ({n})" for reason, n in sorted(row["unjudged_reasons"].items()))
+            out.print(f"[yellow]round {row['round']}: {row['unjudged']} entries without an E_hull: {reasons}[/]")
 
 
 def _print_funnel(rounds: list[dict]) -> None:

@@ -29,6 +29,9 @@ class ChemicalSpace(_Section):
     elements: list[str] = Field(min_length=1, description="element symbols of the campaign")
     max_elements: int = Field(3, ge=1, le=8, description="most elements per compound")
     max_atoms: int = Field(20, ge=1, le=500, description="most atoms per cell")
+    drop_missing_terminals: bool = Field(
+        False, description="when round 0 ends without a terminal (an elemental entry) for an element, go on "
+        "without that element instead of stopping; may be set after init, when the campaign stopped for it")
 
     @field_validator("elements")
     @classmethod
@@ -346,13 +349,17 @@ class CampaignConfig(_Section):
     def digest(self) -> str:
         """Hash of the settings frozen at init (provenance of exports).
 
-        `rounds` and `scheduler` are left out: a user may extend a finished campaign
-        or move its jobs to another scheduler; everything else decides what the
+        `rounds`, `scheduler` and `chemical_space.drop_missing_terminals` are left
+        out: a user may extend a finished campaign, move its jobs to another scheduler,
+        or answer a campaign that stopped at the end of round 0 for want of a terminal
+        (the elements it then drops are recorded in the campaign, so the setting does
+        nothing afterwards); everything else decides what the
         campaign's data mean and must not change under it. Settings left at their
         defaults are left out too, so that a newer gnome_loop adding a setting can
         still resume a campaign made before.
         """
-        frozen = self.model_dump(exclude={"rounds", "scheduler"}, exclude_defaults=True)
+        frozen = self.model_dump(exclude={"rounds": True, "scheduler": True,
+                                          "chemical_space": {"drop_missing_terminals"}}, exclude_defaults=True)
         return hashlib.sha1(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:12]
 
 

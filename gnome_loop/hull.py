@@ -146,6 +146,11 @@ class Hull:
         """Elements of `chemsys` that have no elemental entry (so no hull can be built)."""
         return sorted(el for el in chemsys_of(chemsys) if not self._ids_by_chemsys.get(frozenset([el])))
 
+    def unjudged_reason(self, chemsys: str | Composition | Iterable[str]) -> str | None:
+        """Why `chemsys` has no hull ("no elemental reference for S"), None when it has one."""
+        missing = self.missing_elements(chemsys)
+        return "no elemental reference for " + ", ".join(missing) if missing else None
+
     def phase_diagram(self, chemsys: str | Composition | Iterable[str]) -> PhaseDiagram | None:
         """The (cached) diagram of every entry within `chemsys`; None when an elemental
         reference is missing."""
@@ -353,8 +358,7 @@ def e_above_hull_many(
         if system in diagrams:
             by_diagram.setdefault(id(diagrams[system]), (diagrams[system], []))[1].extend(indices)
         else:
-            reason = "no elemental reference for " + ", ".join(hull.missing_elements(system))
-            outcomes.update(dict.fromkeys(indices, (None, None, reason)))
+            outcomes.update(dict.fromkeys(indices, (None, None, hull.unjudged_reason(system))))
     for diagram, indices in by_diagram.values():
         for index, judged in zip(indices, _judge(diagram, [candidates[i] for i in indices])):
             outcomes[index] = (*judged, None) if judged else (None, None, "no hull facet holds the composition")

@@ -184,7 +184,8 @@ def write_report(campaign: Campaign, folder: Path, chemsys: list[str] | None = N
     Phase diagrams are drawn for each of `chemsys` ('Cu-Au', 'Li-Co-O'), or for the up to
     3 binary or ternary systems with the most discoveries (oracle entries now stable).
     A system that cannot be drawn raises ValueError before anything is written."""
-    rows = [r for r in campaign.round_table() if r["round"] > 0 and r["stable"] is not None]
+    table = campaign.round_table()
+    rows = [r for r in table if r["round"] > 0 and r["stable"] is not None]
     rounds = [r["round"] for r in rows]
     evaluated, stable = [r["evaluated"] for r in rows], [r["stable"] for r in rows]
     entries, discoveries = _entries(campaign)
@@ -206,7 +207,7 @@ def write_report(campaign: Campaign, folder: Path, chemsys: list[str] | None = N
         figure.savefig(folder / filename, dpi=DPI)
         written.append(folder / filename)
     page = folder / "report.md"
-    page.write_text(_markdown(campaign.config.name, rows, list(figures)))
+    page.write_text(_markdown(campaign.config.name, rows, list(figures), [r for r in table if r["unjudged"]]))
     return written + [page]
 
 
@@ -228,8 +229,9 @@ def _ehulls_by_generator(campaign: Campaign) -> dict[str, list[float]]:
     return by_generator
 
 
-def _markdown(name: str, rows: list[dict], figures: list[str]) -> str:
-    """The report page: the per-round table, then every figure by relative link."""
+def _markdown(name: str, rows: list[dict], figures: list[str], unjudged: list[dict] = ()) -> str:
+    """The report page: the per-round table, the entries without an E_hull and why (the
+    round table rows in `unjudged`, round 0 included), then every figure by relative link."""
     cumulative = cumulative_hit_rates([r["evaluated"] for r in rows], [r["stable"] for r in rows])
     lines = [f"# Campaign report: {name}", "",
              f"Stable: within {STABLE_TOL * MEV:g} meV/atom of the hull when evaluated. "
@@ -242,6 +244,11 @@ def _markdown(name: str, rows: list[dict], figures: list[str]) -> str:
                      f"{_cell(row['filter_mae'], '.1f', MEV)} |")
     if not rows:
         lines.append("| – | no evaluated rounds yet | | | | | |")
+    if unjudged:
+        lines += ["", "Entries without an E_hull (not counted as stable):", ""]
+        lines += [f"- round {row['round']}: {row['unjudged']} ("
+                  + ", ".join(f"{reason}: {n}" for reason, n in sorted(row["unjudged_reasons"].items())) + ")"
+                  for row in unjudged]
     for filename in figures:
         caption = CAPTIONS.get(filename) or f"{filename[len('phase_diagram_'):-len('.png')]} phase diagram"
         lines += ["", f"## {caption}", "", f"![{caption}]({filename})"]

@@ -380,6 +380,11 @@ class Store:
             args = keys
         return self.conn.execute(query + " ORDER BY id", args).fetchall()
 
+    def unjudged_entries(self, round_: int) -> list[sqlite3.Row]:
+        """(id, composition) of the entries of a round that have no E_hull."""
+        return self.conn.execute("SELECT id, composition FROM entries WHERE round = ? AND e_hull IS NULL ORDER BY id",
+                                 (round_,)).fetchall()
+
     def set_hull(self, values: Iterable[tuple[str, float | None, bool]]) -> None:
         """values: (entry id, e_hull or None, is_stable)."""
         self.conn.executemany(

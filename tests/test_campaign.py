@@ -67,6 +67,7 @@ def test_emt_campaign_completes_all_rounds(emt_campaign):
     # every element of the space has a relaxed reference on the hull
     refs = [e for e in campaign.store.entries(with_structure=False) if e["is_reference"]]
     assert {e["reduced_formula"] for e in refs} >= set(campaign.config.chemical_space.elements)
+    assert all(row["unjudged"] == 0 for row in table)
     # the discoveries of the rounds are on the hull too
     assert sum(row["stable"] for row in table[1:]) > 0
     # exactly one job per selected candidate, every job finished, every success stored once
@@ -85,7 +86,8 @@ def test_emt_campaign_completes_all_rounds(emt_campaign):
 def test_status_and_export(emt_campaign):
     result = runner.invoke(app, ["status", str(emt_campaign)])
     assert result.exit_code == 0, result.output
-    assert "hit%" in result.output and "jobs: done" in result.output
+    assert "hit%" in result.output and "unj" in result.output and "jobs: done" in result.output
+    assert "entries without an E_hull:" not in result.output  # every element has its terminal
     result = runner.invoke(app, ["status", str(emt_campaign), "--json"])
     assert json.loads(result.output)["rounds"][3]["stage"] == "done"
 
@@ -100,11 +102,13 @@ def test_status_and_export(emt_campaign):
     stable = {key for key, e in hull.items() if e is not None and e <= 5e-5}
     assert {row["MaterialId"] for row in rows} == stable
     assert any(row["Generator"] == "substitution" for row in rows)
-    # the entries file loads back into a PhaseDiagram with the same hull
+    # the entries file loads back into a PhaseDiagram with the same hull, every entry with its E_hull
     entries = loadfn(exports / "entries.json.gz")
+    assert {entry.entry_id for entry in entries} == set(hull)
     diagram = PhaseDiagram(entries)
     for entry in entries:
         assert diagram.get_e_above_hull(entry) == pytest.approx(hull[entry.entry_id], abs=1e-9)
+        assert diagram.get_e_above_hull(entry) == pytest.approx(entry.data["e_above_hull"], abs=1e-6)
     # every CIF of the zip parses to the stored structure of its entry
     by_id = {entry.entry_id: entry for entry in entries}
     exact = StructureMatcher(ltol=1e-4, stol=1e-4, angle_tol=1e-3, primitive_cell=False, scale=False)

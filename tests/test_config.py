@@ -87,3 +87,11 @@ def test_fill_budget_is_on_by_default_and_new_defaults_keep_old_campaigns_resuma
     assert parse_config(spelled_out).digest() == config.digest()  # a campaign made before these keys resumes
     spelled_out["selection"]["fill_budget"] = False
     assert parse_config(spelled_out).digest() != config.digest()
+
+
+def test_dropping_missing_terminals_may_be_decided_after_init():
+    # a campaign that stopped for want of a terminal is answered by this setting: it is not frozen
+    changed = _base()
+    changed["chemical_space"]["drop_missing_terminals"] = True
+    assert parse_config(changed).digest() == parse_config(_base()).digest()
+    assert parse_config(changed).chemical_space.drop_missing_terminals is True

@@ -10,6 +10,7 @@ from pymatgen.core import Lattice, Structure
 
 from gnome_loop.config import Oracle as OracleConfig
 from gnome_loop.oracle import AseRelaxOracle, make_oracle, read_result, run_job, write_job
+from gnome_loop.oracle.base import explosion
 
 FCC = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
 
@@ -193,3 +194,41 @@ def test_relaxation_past_its_time_limit_fails_with_the_reason(tmp_path):
     result = run_job(tmp_path)
     assert not result.ok
     assert result.error.startswith("TimeoutError: time limit")
+
+
+def scaled(structure: Structure, factor: float) -> Structure:
+    """A copy with the volume multiplied by `factor`."""
+    copy = structure.copy()
+    copy.scale_lattice(structure.volume * factor)
+    return copy
+
+
+def test_explosion_rule_limits_the_volume_change_of_dense_cells_only():
+    cu = fcc_cu(3.6)
+    assert explosion(cu, scaled(cu, 2.9)) is None
+    assert explosion(cu, scaled(cu, 3.5)) == "volume per atom changed by a factor 3.5"
+    assert explosion(cu, scaled(cu, 0.3)) == "volume per atom changed by a factor 0.3"
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert explosion(nacl, scaled(nacl, 3.5)).startswith("volume per atom changed")  # one element is not vdW
+    # one-atom cells and cells of molecule-forming elements only may swell: the quickstart's S grew 3.31 times
+    sulfur = Structure(Lattice([[0, 1.41, 1.41], [1.41, 0, 1.41], [1.41, 1.41, 0]]), ["S"], [[0, 0, 0]])
+    assert explosion(sulfur, scaled(sulfur, 3.31)) is None
+    copper = Structure(Lattice.cubic(2.3), ["Cu"], [[0, 0, 0]])
+    assert explosion(copper, scaled(copper, 3.5)) is None
+    clo2 = Structure(Lattice.cubic(3.0), ["Cl", "O", "O"], [[0, 0, 0], [0.45, 0, 0], [0, 0.45, 0]])
+    assert explosion(clo2, scaled(clo2, 5.0)) is None
+    # ... but never beyond the absolute limits, nor onto each other
+    runaway = explosion(sulfur, scaled(sulfur, 50.0))
+    assert runaway.startswith("volume:") and "outside [2.0, 200.0]" in runaway
+    collapsed = Structure(Lattice.cubic(6.0), ["S", "S"], [[0, 0, 0], [0.06, 0, 0]])
+    assert explosion(clo2, collapsed).startswith("overlapping-atoms")
+
+
+def test_a_molecule_in_a_box_keeps_its_box(tmp_path):
+    # the campaign turns relax_cell off for molecules: even a potential that swells cells cannot swell it
+    o2 = Structure(Lattice.cubic(7.0), ["O", "O"], [[0.5, 0.5, 0.41], [0.5, 0.5, 0.59]])
+    oracle = OracleConfig(calculator="tests.test_oracle:ExpandingCalculator", max_steps=30, relax_cell=False)
+    write_job(tmp_path, "j-1", "c-1", o2, oracle.model_dump(), attempt=1)
+    result = run_job(tmp_path)
+    assert result.ok, result.error
+    assert result.structure.volume == pytest.approx(o2.volume)

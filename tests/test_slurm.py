@@ -142,10 +142,10 @@ def test_vasp_campaign_on_slurm_resumes_out_of_order_retries_and_records(tmp_pat
     assert result.exit_code == EXIT_WAITING, result.output
     store = Campaign(directory).store
     jobs = {job.id: job for job in store.jobs(round_=0)}
-    assert len(jobs) == 4 and all(job.state == "submitted" and job.scheduler_ref for job in jobs.values())
+    assert len(jobs) == 5 and all(job.state == "submitted" and job.scheduler_ref for job in jobs.values())
     # the cI16 prototype's cell is far denser than the Si the outputs hold: it gets the failing runs
-    b, d, c, a = sorted(jobs)
-    assert "cI16" in b and a == "j-ref-Si"
+    b, d, c, a, *templates = sorted(jobs)  # the template (ref-Si-alpha-As) gets a good run
+    assert "cI16" in b and a == "j-ref-Si" and len(templates) == 1
     plan_file.write_text(json.dumps({a: ["crash", "Si_mprelaxset_atomate"], b: ["truncated", "truncated"],
                                      c: ["Si_double_relax_atomate"], d: ["Si_relax_gga"]}))
     env = task_env(shared_data, plan_file)
@@ -160,10 +160,10 @@ def test_vasp_campaign_on_slurm_resumes_out_of_order_retries_and_records(tmp_pat
         assert outcome.exit_code in (0, EXIT_WAITING), outcome.output
         return Campaign(directory)
 
-    run([c])  # the last job finishes first
+    run([c, *templates])  # the last jobs finish first
     campaign = resume()
     states = {job.id: job.state for job in campaign.store.jobs(round_=0)}
-    assert states == {a: "submitted", b: "submitted", c: "done", d: "submitted"}
+    assert states == {a: "submitted", b: "submitted", c: "done", d: "submitted", **dict.fromkeys(templates, "done")}
 
     run([d, a])  # a crashes: retried as a new array task
     campaign = resume()
@@ -177,7 +177,8 @@ def test_vasp_campaign_on_slurm_resumes_out_of_order_retries_and_records(tmp_pat
     run([b])  # ... and twice: recorded as failed, the round moves on
     campaign = resume()
     final = {job.id: job for job in campaign.store.jobs(round_=0)}
-    assert {key: job.state for key, job in final.items()} == {a: "done", b: "failed", c: "done", d: "done"}
+    assert {key: job.state for key, job in final.items()} == {a: "done", b: "failed", c: "done", d: "done",
+                                                              **dict.fromkeys(templates, "done")}
     assert final[b].attempts == 2 and final[b].error.startswith("truncated vasprun.xml")
     assert final[a].attempts == 2
 
@@ -219,11 +220,11 @@ def test_cancel_stops_slurm_jobs_and_the_round_goes_on(tmp_path, cluster, shared
     assert unknown.exit_code == 2 and "j-nope" in unknown.output
 
     result = runner.invoke(app, ["cancel", str(directory)])
-    assert result.exit_code == 0 and "cancelled 3 jobs" in result.output  # the finished one is kept
+    assert result.exit_code == 0 and "cancelled 4 jobs" in result.output  # the finished one is kept
     states = {f"{array}_{task}": state for array, job in fake_slurm.jobs(cluster).items()
               for task, state in job["tasks"].items()}
     assert states.pop(keep.scheduler_ref) == "COMPLETED"
-    assert sorted(states.values()) == ["CANCELLED"] * 3
+    assert sorted(states.values()) == ["CANCELLED"] * 4
     campaign = Campaign(directory)
     cancelled = [job for job in campaign.store.jobs() if job.id != keep.id]
     assert {(job.state, job.error) for job in cancelled} == {("failed", "cancelled by user")}

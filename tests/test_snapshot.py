@@ -13,8 +13,9 @@ from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEn
 from gnome_loop.config import parse_config
 from gnome_loop.snapshot import KnownPhase, load_snapshot
 from gnome_loop.snapshot.files import load_entries_file
-from gnome_loop.snapshot.prototypes import elemental_reference, load_prototypes, prototype_templates
-from gnome_loop.structures import validate_structure
+from gnome_loop.snapshot.prototypes import (ELEMENT_TEMPLATES, element_kind, elemental_phases, elemental_reference,
+                                            load_prototypes, prototype_templates)
+from gnome_loop.structures import minimum_distance, validate_structure
 
 EMT_SPACE = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"]
 IONIC_SPACE = ["Li", "Na", "K", "Mg", "Ca", "Al", "Si", "Ti", "Fe", "O", "S", "Cl"]
@@ -68,6 +69,40 @@ def test_every_element_gets_a_reference():
         structure, state = elemental_reference(symbol)
         assert {el.symbol for el in structure.composition.elements} == {symbol}
         assert validate_structure(structure) is None, (symbol, state)
+
+
+def test_each_element_gets_a_bounded_handful_of_elemental_structures():
+    phases = load_prototypes(IONIC_SPACE, max_elements=3, max_atoms=16)
+    by_element: dict[str, list[str]] = {}
+    for phase in phases:
+        if len(_elements(phase)) == 1:
+            by_element.setdefault(_elements(phase).pop(), []).append(phase.id)
+    for symbol in IONIC_SPACE:
+        assert 2 <= len(by_element[symbol]) <= 5, (symbol, by_element[symbol])
+    # sulfur, lost by the quickstart with its one guessed fcc cell, now has chains, layers and networks too
+    assert set(by_element["S"]) == {"ref-S", "ref-S-diamond", "ref-S-alpha-As", "ref-S-alpha-Se", "ref-S-sc"}
+    # ASE knows fcc Al: one stand-in, the next close packing; Mg's hcp, its own prototype, gets fcc
+    assert set(by_element["Al"]) == {"ref-Al", "ref-Al-hcp"}
+    assert set(by_element["Mg"]) == {"ref-Mg", "ref-Mg-fcc", "proto-A_hP2_194_c-Mg"}
+    assert set(by_element["Si"]) >= {"ref-Si", "ref-Si-alpha-As"} and "ref-Si-sc" not in by_element["Si"]
+    assert set(by_element["O"]) == {"ref-O", "ref-O-alpha-I2", "proto-A_hR2_166_c-O2", "proto-A_mC4_12_i-O2"}
+
+
+@pytest.mark.parametrize("symbol", ["H", "He", "B", "C", "N", "O", "Na", "Si", "P", "S", "Cl", "Fe", "Se", "I", "Pu"])
+def test_elemental_templates_are_valid_and_scaled_to_the_element(symbol):
+    phases = elemental_phases(symbol)
+    assert len(phases) == len({phase.id for phase in phases}) <= 1 + max(map(len, ELEMENT_TEMPLATES.values()))
+    for phase in phases:
+        assert phase.composition.reduced_formula == phase.structure.composition.reduced_formula
+        assert {el.symbol for el in phase.structure.composition.elements} == {symbol}
+        assert validate_structure(phase.structure) is None, phase.id
+    templates = [phase for phase in phases if phase.source == "element-template"]
+    assert templates and all(phase.info["molecule"] is False for phase in templates)
+    if phases[0].info["reference_state"] not in ("fcc from atomic radius", "diatomic molecule"):
+        assert len(templates) == 1  # ASE knows the crystal: one stand-in is enough
+    if element_kind(symbol) == "covalent":  # crystals are scaled to the element's bond
+        bonds = {round(minimum_distance(phase.structure), 6) for phase in templates}
+        assert len(bonds) == 1
 
 
 def test_prototypes_are_deterministic_and_not_shared():

@@ -363,9 +363,9 @@ def test_manual_vasp_campaign_ingests_folders_where_vasp_ran_by_hand(tmp_path, o
         "oracle": {"kind": "vasp", "vasp": {"command": "vasp_std"}}, "scheduler": {"kind": "manual"}})
     campaign = Campaign.create(config, tmp_path / "campaign")
     outcome = campaign.run()
-    assert outcome.status == "waiting" and outcome.waiting_jobs == 4
+    assert outcome.status == "waiting" and outcome.waiting_jobs == 5  # ref-Si, its alpha-As template, 3 prototypes
     manifest = json.loads((tmp_path / "campaign" / "jobs" / "manifest.json").read_text())
-    assert len(manifest) == 4
+    assert len(manifest) == 5
     for item in manifest:
         folder = Path(item["jobdir"])
         assert shlex.split(item["command"]) == ["bash", str(folder / SCRIPT_FILE)]
@@ -378,7 +378,7 @@ def test_manual_vasp_campaign_ingests_folders_where_vasp_ran_by_hand(tmp_path, o
         (half / "vasprun.xml").write_bytes(source.read()[:20000])  # still running: no marker, cut-off file
 
     outcome = Campaign(tmp_path / "campaign").run()
-    assert outcome.status == "waiting" and outcome.waiting_jobs == 3
+    assert outcome.status == "waiting" and outcome.waiting_jobs == 4
     campaign = Campaign(tmp_path / "campaign")
     (entry,) = campaign.store.entries(with_structure=False)
     assert entry["candidate_id"] == "ref-Si" and entry["energy_corrected"] == pytest.approx(-10.84147246)

@@ -34,8 +34,14 @@ RESULT_FILE = "result.json"
 SCRIPT_FILE = "run.sh"
 STARTED_MARKER = "gnome_loop.started"
 EXIT_MARKER = "gnome_loop.exit"
-#: A relaxation that changes the volume per atom by more than this factor (either way) blew up.
+#: A relaxation of a dense cell that changes the volume per atom by more than this factor
+#: (either way) blew up (`explosion`).
 MAX_VOLUME_FACTOR = 3.0
+#: Elements whose solids are molecules, rings, chains or layers held together by van der
+#: Waals forces: H, N, O, F, P, S, Se, the halogens and the noble gases. A potential
+#: without dispersion (PBE-like DFT, CHGNet) barely binds these units to each other.
+VAN_DER_WAALS_ELEMENTS = frozenset(
+    {"H", "He", "N", "O", "F", "Ne", "P", "S", "Cl", "Ar", "Se", "Br", "Kr", "I", "Xe", "At", "Rn"})
 
 
 @dataclass
@@ -214,17 +220,36 @@ def _save(jobdir: Path, job: dict, result: OracleResult) -> OracleResult:
     return result
 
 
+def explosion(initial: Structure, relaxed: Structure) -> str | None:
+    """Why a relaxation of `initial` into `relaxed` blew up, or None when it did not.
+
+    Every relaxed cell must be finite, keep its atoms apart (0.5 Å and half a covalent
+    bond) and keep a sane volume per atom (2 to 200 Å^3): `validate_structure`. These
+    absolute tests catch a collapse and a runaway expansion whatever the cell.
+
+    The relative test, volume per atom changed more than `MAX_VOLUME_FACTOR` times,
+    applies only to dense cells: more than one atom, and at least one element outside
+    `VAN_DER_WAALS_ELEMENTS`. A one-atom cell has no geometry to break, only a volume,
+    often a guess (an fcc cell of touching spheres); and a cell made only of molecule-
+    forming elements (S, P, I, Cl2, O2, ClO2, ...) legitimately swells far from a
+    guessed start when its molecules drift apart, unbound without dispersion: in the
+    quickstart, CHGNet grew a one-atom S cell 3.3 times and lost S's only reference.
+    A molecule in a box keeps its cell (`relax_cell` is off for it), so only the
+    absolute tests can fail it.
+    """
+    ratio = (relaxed.volume / len(relaxed)) / (initial.volume / len(initial))
+    dense = len(initial) > 1 and not {el.symbol for el in initial.composition.elements} <= VAN_DER_WAALS_ELEMENTS
+    if dense and not 1 / MAX_VOLUME_FACTOR <= ratio <= MAX_VOLUME_FACTOR:
+        return f"volume per atom changed by a factor {ratio:.3g}"
+    return validate_structure(relaxed)
+
+
 def _sanity_check(result: OracleResult, initial: Structure) -> OracleResult:
-    """Fail results whose energy is not finite or whose relaxed cell blew up."""
+    """Fail results whose energy is not finite or whose relaxed cell blew up (`explosion`)."""
     if result.energy is None or not math.isfinite(result.energy):
         # the trajectory is garbage too (and NaN is not valid JSON): keep only the reason
         return OracleResult(ok=False, error=f"non-finite energy: {result.energy}", steps=result.steps)
-    relaxed = result.structure
-    ratio = (relaxed.volume / len(relaxed)) / (initial.volume / len(initial))
-    if not 1 / MAX_VOLUME_FACTOR <= ratio <= MAX_VOLUME_FACTOR:
-        problem = f"volume per atom changed by a factor {ratio:.3g}"
-    else:  # also rejects atoms closer than 0.5 Å
-        problem = validate_structure(relaxed)
+    problem = explosion(initial, result.structure)
     if problem is not None:
         result.ok = False
         result.error = f"exploded cell: {problem}"

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from gnome_loop.models.graph import bucket
+from gnome_loop.models.graph import power_of_two
 from gnome_loop.models.nequip import NequIPBatch, NequIPConfig
 from gnome_loop.models.nequip_train import ensemble_outputs, force_uncertainty, predict_nequip
 from gnome_loop.relax import RelaxBatch, RelaxResult, relax_batch
@@ -85,7 +85,8 @@ def nequip_compute_factory(params: dict, config: NequIPConfig, skin: float = SKI
                 senders.append(atoms[points[order]])
                 shifts.append(np.rint(images[order]).astype(np.int32))
             n_edges = sum(len(r) for r in receivers)
-            size = bucket(max(n_edges, 1))
+            # a power of two, never smaller than the last list's: one compiled shape per batch
+            size = max(power_of_two(n_edges), len(built.get("senders", ())))
             pad = len(species) - 1  # the last atom is padding; its edges go to its own image
             built.update(
                 senders=np.concatenate(senders + [np.full(size - n_edges, pad)]).astype(np.int32),

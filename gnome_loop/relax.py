@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from gnome_loop.models.graph import bucket
+from gnome_loop.models.graph import power_of_two
 from gnome_loop.structures import MIN_DISTANCE
 
 #: A structure whose volume grows or shrinks by more than this factor has exploded.
@@ -157,14 +157,14 @@ def pad_structures(structures: Sequence[Structure], n_graphs: int | None = None,
     """Pad `structures` into `n_graphs` graph slots plus a padding graph.
 
     There is always at least one padding atom (it belongs to the padding graph).
-    Defaults: one slot per structure, and atoms rounded up to a bucket size so that
+    Defaults: one slot per structure, and atoms rounded up to a power of two so that
     repeated batches compile few shapes.
     """
     if any(not structure.is_ordered for structure in structures):
         raise ValueError("relaxation needs ordered structures (no partial occupancies)")
     n_graphs = len(structures) if n_graphs is None else n_graphs
     n_atoms = sum(len(structure) for structure in structures)
-    n_nodes = bucket(n_atoms + 1) if n_nodes is None else n_nodes
+    n_nodes = power_of_two(n_atoms + 1) if n_nodes is None else n_nodes
     if n_graphs < len(structures) or n_nodes <= n_atoms:
         raise ValueError(f"{len(structures)} structures with {n_atoms} atoms do not fit "
                          f"{n_graphs} graphs and {n_nodes} atoms (one of them padding)")
@@ -187,7 +187,7 @@ def pad_structures(structures: Sequence[Structure], n_graphs: int | None = None,
 def fire_init(batch: RelaxBatch, config: FireConfig = FireConfig()) -> FireState:
     """The state before the first step: zero velocities and strain, ASE's starting dt and alpha.
 
-    The atom pairs of the distance check are padded to a bucket size with pairs of
+    The atom pairs of the distance check are padded to a power of two with pairs of
     the last (padding) atom, so that the step compiles for few shapes.
     """
     n_graphs, n_nodes = len(batch.graph_mask), len(batch.node_graph)
@@ -197,7 +197,7 @@ def fire_init(batch: RelaxBatch, config: FireConfig = FireConfig()) -> FireState
         i, j = np.triu_indices(len(atoms))
         pairs.append(np.stack([atoms[i], atoms[j]]))
     pairs = np.concatenate(pairs, axis=1)
-    pairs = np.pad(pairs, ((0, 0), (0, bucket(pairs.shape[1]) - pairs.shape[1])), constant_values=n_nodes - 1)
+    pairs = np.pad(pairs, ((0, 0), (0, power_of_two(pairs.shape[1]) - pairs.shape[1])), constant_values=n_nodes - 1)
     cells = jnp.asarray(batch.cells)
     return FireState(
         positions=jnp.asarray(batch.positions),

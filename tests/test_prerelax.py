@@ -2,23 +2,31 @@
 skin, rebuilt only when stale) gives the same energies, forces and stresses as a
 fresh NequIP batch; flags say why a candidate's relaxation is not trusted; the
 checkpoint drives the ASE oracle through `calculator_args`; training frames keep
-every relaxed geometry.
+every relaxed geometry; padded shapes come from a small fixed set, so that rounds of
+training and relaxing in one process stop compiling programs (issue 24: each holds
+memory maps until the process dies of them).
 
 Small random networks (seeded, two members) keep the compiles short.
 """
 
+import contextlib
+import dataclasses
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from ase.calculators.emt import EMT
 from pymatgen.core import Lattice, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
 
+from gnome_loop.models.graph import power_of_two
 from gnome_loop.models.nequip import NequIPConfig, init_params, nequip_batch
-from gnome_loop.models.nequip_train import ensemble_outputs, save_nequip, training_frames
+from gnome_loop.models.nequip_train import (Frame, average_neighbors, ensemble_outputs, save_nequip, train_nequip,
+                                            training_frames)
 from gnome_loop.oracle import make_oracle
 from gnome_loop.prerelax import nequip_compute_factory, prerelax
-from gnome_loop.relax import RelaxResult, pad_structures
+from gnome_loop.relax import RelaxResult, fire_init, pad_structures
 
 CONFIG = NequIPConfig(cutoff=3.5, irreps="8x0e + 4x1o + 2x2e", blocks=1, radial_hidden=16, avg_neighbors=20.0)
 
@@ -186,3 +194,109 @@ def test_campaign_trains_the_potential_and_oracle_jobs_start_from_prerelaxed_str
             expected = structure_from_json(campaign.store.candidate(job.candidate_id)["structure"])
         assert np.allclose(started.lattice.matrix, expected.lattice.matrix)
         assert np.allclose(started.cart_coords, expected.cart_coords)
+
+
+#: The JAX event recorded once for every XLA program built (compiled, or loaded from the persistent cache).
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def counting_programs():
+    """A one-item list counting the XLA programs built inside the block: each is kept
+    for the life of the process and holds about 230 memory maps on CPU (issue 24)."""
+    count = [0]
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        count[0] += event == COMPILE_EVENT
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def memory_maps() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for _ in maps)
+
+
+def test_padded_shapes_of_any_batch_come_from_a_small_fixed_set():
+    rng = np.random.default_rng(0)
+    cells = {n: Structure(Lattice.cubic(2.6 * n ** (1 / 3)), ["Cu"] * n, rng.uniform(0, 1, (n, 3)))
+             for n in range(1, 33)}
+    shapes = set()
+    for _ in range(100):  # 1 to 16 structures of 1 to 32 atoms in a batch of 16
+        state = fire_init(pad_structures([cells[n] for n in rng.integers(1, 33, rng.integers(1, 17))], n_graphs=16))
+        shapes.add((len(state.positions), len(state.pair_i)))
+    powers = {1 << k for k in range(4, 17)}
+    assert {nodes for nodes, _ in shapes} <= {16, 32, 64, 128, 256, 512}
+    assert {pairs for _, pairs in shapes} <= powers and len(shapes) <= 20
+    assert {power_of_two(n) for n in range(1, 65537)} == powers  # 13 sizes for 1 to 65,536 edges
+    assert all(n <= power_of_two(n) < max(2 * n, 17) for n in range(1, 5000))
+    batch = nequip_batch([cu_au(), nial(), cu_au(3.9)], CONFIG.cutoff, 4)
+    assert {len(batch.species), len(batch.senders)} <= powers
+
+
+def test_a_new_avg_neighbors_reuses_the_compiled_programs(params):
+    batch = nequip_batch([cu_au(), nial()], CONFIG.cutoff, 4)
+    ensemble_outputs(params, CONFIG, batch)
+    energies = []
+    with counting_programs() as programs:
+        for avg_neighbors in (7.0, 13.3, 41.9):  # measured anew on every round's data
+            config = dataclasses.replace(CONFIG, avg_neighbors=avg_neighbors)
+            energies.append(np.asarray(ensemble_outputs(params, config, batch)[0]))
+    assert programs[0] == 0
+    assert not np.allclose(energies[0], energies[1])  # the value is used, not baked in
+
+
+def fcc_cell(atoms: int, seed: int, scale: float = 1.0) -> Structure:
+    """A strained, rattled fcc Cu cell of 1, 2, 4 or 8 atoms, the same for the same `seed`."""
+    rng = np.random.default_rng(seed)
+    a = 3.7 * scale
+    if atoms in (4, 8):
+        cell = Structure(Lattice.cubic(a), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+        cell.make_supercell([1, 1, atoms // 4])
+    else:
+        cell = Structure(Lattice([[a / 2, a / 2, 0], [0, a / 2, a / 2], [a / 2, 0, a / 2]]), ["Cu"], [[0, 0, 0]])
+        cell.make_supercell([1, 1, atoms])
+    cell = Structure(Lattice(cell.lattice.matrix @ (np.eye(3) + rng.uniform(-0.03, 0.03, (3, 3)))),
+                     cell.species, cell.frac_coords)
+    cell.perturb(0.1, min_distance=0.02, seed=seed)
+    return cell
+
+
+def emt_frame(structure: Structure, source: str) -> Frame:
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = EMT()
+    return Frame(structure, float(atoms.get_potential_energy()), atoms.get_forces(), atoms.get_stress(), source)
+
+
+@pytest.mark.slow
+def test_rounds_of_training_and_relaxing_stop_compiling_programs_and_mapping_memory():
+    """A campaign trains and relaxes round after round in one process. Every round brings
+    more frames and a new measured `avg_neighbors`; after a warm-up of two rounds (the
+    training batch shape settles once four of the largest frames exist) no round may
+    build a new XLA program, and the process's memory maps stay where they were."""
+    config = NequIPConfig(cutoff=3.5, irreps="4x0e + 2x1o", blocks=1, n_basis=4, radial_hidden=8)
+    candidates = [fcc_cell(n, 100 + i) for i, n in enumerate((1, 2, 2, 4, 4, 8))]
+    frames, programs, maps, averages = [], [], [], []
+    with counting_programs() as count:
+        for round_ in range(6):
+            rng = np.random.default_rng(round_)
+            cells = [fcc_cell(n, seed) for seed, n in enumerate((8, 8, 4, 4, 2, 1))]
+            cells.append(fcc_cell(2, 50, scale=0.9 + 0.03 * round_))  # another density: another avg_neighbors
+            for index, cell in enumerate(cells):
+                for site in np.flatnonzero(rng.random(len(cell)) < 0.3):
+                    cell.replace(int(site), "Au")
+                frames.append(emt_frame(cell, f"{round_}-{index}"))
+            config = dataclasses.replace(config, avg_neighbors=average_neighbors(frames, config.cutoff))
+            trained, _ = train_nequip(frames, config, members=2, epochs=2, batch_size=4, seed=round_)
+            results = prerelax(candidates, trained, config, max_steps=5, batch_size=4, max_force_std=1e9)
+            assert all(r.relax is not None for r in results)
+            programs.append(count[0])
+            maps.append(memory_maps())
+            averages.append(config.avg_neighbors)
+    assert len(set(averages)) == len(averages)  # every round's config differs
+    assert programs[2:] == [programs[1]] * 4, programs
+    assert max(maps[2:]) <= maps[1] + 100, maps  # one more program would add about 230

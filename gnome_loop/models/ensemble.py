@@ -28,7 +28,7 @@ from gnome_loop.models.base import data_hash, read_model_card, write_model_card
 from gnome_loop.models.composition import CompositionModel, batch_compositions, composition_input_error
 from gnome_loop.models.gnome import StructureGNN
 from gnome_loop.models.graph import (average_coordination, batch_graphs, bucket, crystal_graph,
-                                     graph_input_error, pack_graphs)
+                                     graph_input_error, pack_graphs, power_of_two)
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import split_indices
 from gnome_loop.models.train import (TrainSettings, TrainState, finished, init_ensemble, initial_state,
@@ -265,11 +265,6 @@ class GNNEnsemble:
         raise NotImplementedError
 
 
-def _power_of_two(n: float, minimum: int = 16) -> int:
-    """Smallest power of two that holds n (at least `minimum`, itself a power of two)."""
-    return max(minimum, 1 << int(np.ceil(np.log2(max(n, 1.0)))))
-
-
 def median_and_spread(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median over the member axis and the interquartile range (std below 4 members)."""
     median = np.median(members, axis=0)
@@ -332,8 +327,8 @@ class StructureEnsemble(GNNEnsemble):
         size, cutoff = self.settings["batch_size"], self.settings["cutoff"]
         nodes = np.array([g.n_node for g in features])
         edges = np.array([g.n_edge for g in features])
-        max_nodes = _power_of_two(max(PACKING_SLACK * size * nodes.mean(), nodes.max() + 1))
-        max_edges = _power_of_two(max(min(PACKING_SLACK * size * edges.mean(), MAX_BATCH_EDGES), edges.max(), 1))
+        max_nodes = power_of_two(max(PACKING_SLACK * size * nodes.mean(), nodes.max() + 1))
+        max_edges = power_of_two(max(min(PACKING_SLACK * size * edges.mean(), MAX_BATCH_EDGES), edges.max(), 1))
         for chunk in pack_graphs(features, np.arange(len(features)), size, max_nodes, max_edges):
             yield chunk, batch_graphs([features[i] for i in chunk], size, cutoff, max_nodes, max_edges)
 

@@ -98,6 +98,17 @@ def bucket(n: int, minimum: int = 16) -> int:
     return size
 
 
+def power_of_two(n: float, minimum: int = 16) -> int:
+    """Smallest power of two that holds n (at least `minimum`, itself a power of two).
+
+    The coarser padding of inference and relaxation, whose inputs take every size:
+    each padded shape is a compiled program kept for the life of the process (about
+    230 memory maps each on CPU, of the 65,530 a process may hold), so sizes a factor
+    two apart keep the set of shapes small and fixed.
+    """
+    return max(minimum, 1 << int(np.ceil(np.log2(max(n, 1.0)))))
+
+
 def batch_graphs(graphs: Sequence[CrystalGraph], n_graphs: int, cutoff: float,
                  min_nodes: int = 0, min_edges: int = 0) -> GraphBatch:
     """Pad `graphs` into one batch of `n_graphs` real slots plus a padding graph.

@@ -21,8 +21,7 @@ cutoff, so they carry zero weight, and no edge has zero length (no NaN gradients
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple, Sequence
 
 import e3nn_jax as e3nn
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from pymatgen.core import Structure
 
-from gnome_loop.models.graph import MAX_Z, GraphError, bucket, graph_input_error
+from gnome_loop.models.graph import MAX_Z, GraphError, graph_input_error, power_of_two
 
 #: Voigt order of the stress (ASE): xx, yy, zz, yz, xz, xy.
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -40,13 +39,18 @@ VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 @dataclass(frozen=True)
 class NequIPConfig:
-    """Hyperparameters (hashable: the jitted functions take it as a static argument).
+    """Hyperparameters; a JAX pytree whose one leaf is `avg_neighbors`.
 
     `irreps` are the hidden features of every block (l ≤ `sh_lmax`, parities of
     the spherical harmonics: 0e, 1o, 2e); the defaults are small for CPU (NequIP's
     papers use 32–64 channels per l). `avg_neighbors` is the mean number of edges
     per atom in the training data: summed messages are divided by its square
     root, as in NequIP, so their scale does not grow with the cutoff.
+
+    The jitted functions take the config as an ordinary argument: the architecture
+    (the other fields) is static, but `avg_neighbors`, measured anew on every
+    round's data, is traced, so a new value reuses the compiled programs (as a
+    static field it made every round compile every program again, issue 24).
     """
 
     cutoff: float = 5.0
@@ -58,6 +62,10 @@ class NequIPConfig:
     radial_layers: int = 2
     avg_neighbors: float = 40.0
     envelope_p: int = 6
+
+
+jax.tree_util.register_dataclass(NequIPConfig, data_fields=["avg_neighbors"],
+                                 meta_fields=[f.name for f in fields(NequIPConfig) if f.name != "avg_neighbors"])
 
 
 class NequIPBatch(NamedTuple):
@@ -85,7 +93,7 @@ def nequip_batch(structures: Sequence[Structure], cutoff: float, n_graphs: int |
     """Pad `structures` into one batch of `n_graphs` real slots (default: as many as
     structures) plus a padding graph; raises GraphError naming a bad structure.
 
-    Node and edge counts are rounded up to a bucket (at least `min_nodes`,
+    Node and edge counts are rounded up to a power of two (at least `min_nodes`,
     `min_edges`) so that XLA compiles few shapes. Padding edges join the last
     (padding) node to its image one padding cell away, 2 × cutoff.
     """
@@ -102,8 +110,8 @@ def nequip_batch(structures: Sequence[Structure], cutoff: float, n_graphs: int |
         lists.append((centers[order], points[order], images[order]))
     n_real_nodes = sum(len(s) for s in structures)
     n_real_edges = sum(len(centers) for centers, _, _ in lists)
-    n_nodes = bucket(max(n_real_nodes + 1, min_nodes))
-    n_edges = bucket(max(n_real_edges, 1, min_edges))
+    n_nodes = power_of_two(max(n_real_nodes + 1, min_nodes))
+    n_edges = power_of_two(max(n_real_edges, 1, min_edges))
 
     species = np.zeros(n_nodes, np.int32)
     positions = np.zeros((n_nodes, 3), dtype)
@@ -238,7 +246,7 @@ class NequIP(nn.Module):
         return e3nn.flax.Linear("1x0e")(x).array[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@jax.jit
 def _init_network(config: NequIPConfig, key: jax.Array, batch: NequIPBatch) -> dict:
     """The network's variables, jitted: e3nn-jax run eagerly takes tens of seconds."""
     vectors = edge_vectors(batch, jnp.asarray(batch.positions), jnp.zeros(batch.cells.shape))
@@ -276,7 +284,7 @@ def graph_energies(params: dict, config: NequIPConfig, batch: NequIPBatch, posit
     return energies * batch.graph_mask
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@jax.jit
 def energy_forces_stress(params: dict, config: NequIPConfig,
                          batch: NequIPBatch) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Energies (G,) in eV, forces (N, 3) in eV/Å and stresses (G, 6) in eV/Å³ (Voigt

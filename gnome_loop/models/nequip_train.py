@@ -43,7 +43,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from gnome_loop.models.base import data_hash, read_model_card, write_model_card
-from gnome_loop.models.graph import bucket
+from gnome_loop.models.graph import power_of_two
 from gnome_loop.models.nequip import (NequIPBatch, NequIPConfig, _init_network, energy_forces_stress,
                                       fit_species_shift, init_params, nequip_batch)
 from gnome_loop.models.train import OPTIMIZER
@@ -162,7 +162,15 @@ def _loss(energies: jax.Array, forces: jax.Array, stresses: jax.Array, batch: Ne
     return weights[0] * energy_mse + weights[1] * force_mse + weights[2] * stress_mse
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@jax.jit
+def _member_losses(energies: jax.Array, forces: jax.Array, stresses: jax.Array, batch: NequIPBatch,
+                   targets: Targets, weights: jax.Array) -> jax.Array:
+    """Every member's `_loss` on one batch (M,), jitted: run eagerly, each of its
+    operations would be a compiled program of its own per shape."""
+    return jax.vmap(_loss, in_axes=(0, 0, 0, None, None, None))(energies, forces, stresses, batch, targets, weights)
+
+
+@jax.jit
 def train_step(params: dict, opt_state, config: NequIPConfig, batch: NequIPBatch, targets: Targets,
                learning_rate: jax.Array, weights: jax.Array):
     """One Adam step of every member on its own batch (all arguments but `config`,
@@ -181,7 +189,7 @@ def train_step(params: dict, opt_state, config: NequIPConfig, batch: NequIPBatch
     return jax.vmap(member)(params, opt_state, batch, targets)
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@jax.jit
 def ensemble_outputs(params: dict, config: NequIPConfig, batch: NequIPBatch):
     """Energies (M, G), forces (M, N, 3) and stresses (M, G, 6) of every member on one batch."""
     return jax.vmap(lambda p: energy_forces_stress(p, config, batch))(params)
@@ -201,7 +209,8 @@ def _batch_shape(nodes: np.ndarray, edges: np.ndarray, batch_size: int) -> tuple
     """(graphs, nodes, edges) that hold any `batch_size` of the frames with these node
     and edge counts: one shape for the whole run, one compile."""
     nodes, edges = np.sort(nodes)[::-1], np.sort(edges)[::-1]
-    return batch_size, bucket(int(nodes[:batch_size].sum()) + 1), bucket(max(int(edges[:batch_size].sum()), 1))
+    return (batch_size, power_of_two(int(nodes[:batch_size].sum()) + 1),
+            power_of_two(max(int(edges[:batch_size].sum()), 1)))
 
 
 def _evaluate(params: dict, config: NequIPConfig, frames: Sequence[Frame], shape: tuple[int, int, int],
@@ -213,8 +222,7 @@ def _evaluate(params: dict, config: NequIPConfig, frames: Sequence[Frame], shape
         chunk = frames[start:start + shape[0]]
         batch, targets = _padded(chunk, config, shape)
         energies, forces, stresses = ensemble_outputs(params, config, batch)
-        member_loss = jax.vmap(_loss, in_axes=(0, 0, 0, None, None, None))(energies, forces, stresses, batch,
-                                                                            targets, weights)
+        member_loss = _member_losses(energies, forces, stresses, batch, targets, weights)
         losses.append(np.asarray(member_loss) * len(chunk))
         energies, forces, stresses = np.asarray(energies), np.asarray(forces), np.asarray(stresses)
         n, atoms = len(chunk), np.asarray(batch.n_node[:len(chunk)])
@@ -329,7 +337,7 @@ def train_nequip(frames: Sequence[Frame], config: NequIPConfig, members: int = 1
 def predict_nequip(params: dict, config: NequIPConfig, structures: Sequence[Structure],
                    batch_size: int = 16) -> Prediction:
     """Every member's energies, forces and stresses for `structures` (batches padded to
-    buckets of nodes and edges, so repeated calls reuse few compiled shapes)."""
+    powers of two of nodes and edges, so repeated calls reuse few compiled shapes)."""
     energies, forces, stresses = [], [], []
     for start in range(0, len(structures), batch_size):
         chunk = list(structures[start:start + batch_size])

@@ -61,13 +61,20 @@ def init_ensemble(module: nn.Module, sample_batch, members: int, seed: int):
 OPTIMIZER = optax.scale_by_adam()
 
 
-@functools.lru_cache(maxsize=16)
+#: Networks whose jitted functions are kept. A network's compiled programs live as long as
+#: its functions (a few hundred memory maps each on CPU) and every round's network is new
+#: (its average coordination is measured on the round's data), so a long campaign keeps
+#: only the last few (issue 24).
+CACHED_NETWORKS = 4
+
+
+@functools.lru_cache(maxsize=CACHED_NETWORKS)
 def make_predict(module: nn.Module) -> Callable:
     """(stacked params, batch) -> predictions of shape (members, graphs)."""
     return jax.jit(jax.vmap(module.apply, in_axes=(0, None)))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=CACHED_NETWORKS)
 def make_train_step(module: nn.Module) -> Callable:
     """(params, opt_state, batch, targets, learning_rate) -> one Adam step of every member
     on the same batch (mean squared error on the real graphs)."""

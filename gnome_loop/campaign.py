@@ -207,7 +207,7 @@ class Campaign:
         started = time.time()
         snapshot = load_snapshot(self.config, cache_dir=self.dir / "snapshot")
         phases = snapshot.phases
-        mp_hull = self.config.snapshot.reference_hull == "mp"
+        mp_hull = self.config.resolved_reference_hull() == "mp"
         reevaluate = not mp_hull and self._reevaluate(phases)
         energy_only = [p.id for p in phases if p.structure is None]
         if reevaluate and energy_only:
@@ -231,6 +231,7 @@ class Campaign:
         with self.store.transaction():
             self.store.add_candidates(rows)
             self.store.set_meta("scale", scale)
+            self.store.set_meta("reference_hull", "mp" if mp_hull else "none")
             self.store.set_meta("hull", note)
             ids = [p.id for p in evaluated]
             self.store.mark_selected((key, False) for key in ids)
@@ -246,7 +247,6 @@ class Campaign:
                     composition=phase.composition, energy=phase.energy, scale=scale, is_reference=True))
             self.store.set_meta("snapshot_version", snapshot.version)
             self.store.update_round_metrics(round_, {"references": len(phases), "reevaluated": reevaluate,
-                                                     "reference_hull": "mp" if mp_hull else "none",
                                                      "snapshot_skipped": dict(snapshot.skipped)})
             skipped = f", {sum(snapshot.skipped.values())} rows skipped {dict(snapshot.skipped)}" \
                 if snapshot.skipped else ""
@@ -562,7 +562,8 @@ class Campaign:
         started = time.time()
         hull = self._hull()
         e_hulls = hull.all_e_above_hull()
-        e_hulls.update((r.entry_id, r.e_above_hull) for r in e_above_hull_many(self._hull_entries(parents=True), hull))
+        parents = e_above_hull_many(self._hull_entries(parents=True), hull)  # judged alone, not hull phases
+        e_hulls.update((r.entry_id, r.e_above_hull) for r in parents)
         values = [(key, e, e is not None and e <= STABLE_TOL) for key, e in e_hulls.items()]
         with self.store.transaction():
             self.store.set_hull(values)
@@ -855,8 +856,10 @@ class Campaign:
         oracle = self.config.oracle
         return {"campaign": self.config.name, "config_hash": self.store.meta("config_hash"),
                 "snapshot": self.config.snapshot.source, "snapshot_version": self.store.meta("snapshot_version"),
-                "reference_hull": self.config.snapshot.reference_hull, "hull": self.store.meta("hull"),
+                # a campaign made before gnome_loop recorded its hull used the snapshot's own
+                "reference_hull": self.store.meta("reference_hull") or "none", "hull": self.store.meta("hull"),
                 "oracle": self._oracle_label(), "oracle_kind": oracle.kind, "energy_scale": self._scale(),
+                "oracle_scale": oracle.scale(),  # CHGNet's 'chgnet-mp2020' on MP's hull ('mp2020')
                 "gnome_loop": version("gnome_loop"), "pymatgen": version("pymatgen"),
                 "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
 

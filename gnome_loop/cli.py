@@ -292,7 +292,7 @@ def hull(
 
     with _reported_errors():
         items, skipped = read_entries(entries)
-        against = read_entries(MP_TABLE if reference == "mp" else Path(reference))[0] if reference is not None else None
+        against = None if reference is None else read_entries(MP_TABLE if reference == "mp" else Path(reference))[0]
         results = hull_table(items, against)
         write_hull_csv(results, output)
     unknown = sum(r.e_above_hull is None for r in results)

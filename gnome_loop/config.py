@@ -61,7 +61,7 @@ class Snapshot(_Section):
         "and training data (matbench-discovery's protocol; needs source 'prototypes' and an oracle on the MP2020 "
         "scale). 'none': the snapshot's own phases (re-evaluated by an ML-potential oracle: a self-consistent "
         "hull). 'auto' is decided at init and written into the campaign's config.yaml: 'mp' for an MP2020-scale "
-        "oracle with source 'prototypes', else 'none'",
+        "oracle with source 'prototypes' (unless reevaluate is 'always'), else 'none'",
     )
 
     @model_validator(mode="after")
@@ -361,6 +361,10 @@ class CampaignConfig(_Section):
         if self.snapshot.source != "prototypes":
             raise ValueError(f"snapshot.reference_hull 'mp' adds MP's stable phases to the prototype snapshot; "
                              f"source {self.snapshot.source!r} brings its own references (use reference_hull: none)")
+        if self.snapshot.reevaluate == "always":
+            raise ValueError("snapshot.reference_hull 'mp' uses MP's energies as they are (MP's table has no "
+                             "structures to re-evaluate); for a hull of the oracle's own energies use "
+                             "reference_hull: none")
         if not self.oracle.mp2020_compatible():
             raise ValueError(f"snapshot.reference_hull 'mp' needs an oracle on MP's MP2020 scale (vasp, chgnet, or "
                              f"oracle.energy_scale: mp2020); this oracle's energies are on {self.oracle.scale()!r}")
@@ -369,12 +373,15 @@ class CampaignConfig(_Section):
     def resolved_reference_hull(self) -> str:
         """`snapshot.reference_hull` with 'auto' decided: 'mp' when the oracle's energies are on MP's
         scale and the snapshot is the prototype library (the hull is then made of real known
-        materials), else 'none'. `Campaign.create` freezes the answer into config.yaml; a campaign
-        made before this setting existed holds 'auto' and keeps the hull it was started with."""
+        materials), else 'none' (also when the references must be re-evaluated: `reevaluate:
+        always`). `Campaign.create` writes the answer into config.yaml, so it is explicit."""
         setting = self.snapshot.reference_hull
-        if setting != "auto":
-            return setting
-        return "mp" if self.snapshot.source == "prototypes" and self.oracle.mp2020_compatible() else "none"
+        return self._auto_reference_hull() if setting == "auto" else setting
+
+    def _auto_reference_hull(self) -> str:
+        snapshot = self.snapshot
+        comparable = snapshot.source == "prototypes" and snapshot.reevaluate != "always"
+        return "mp" if comparable and self.oracle.mp2020_compatible() else "none"
 
     def digest(self) -> str:
         """Hash of the settings frozen at init (provenance of exports).
@@ -383,9 +390,13 @@ class CampaignConfig(_Section):
         or move its jobs to another scheduler; everything else decides what the
         campaign's data mean and must not change under it. Settings left at their
         defaults are left out too, so that a newer gnome_loop adding a setting can
-        still resume a campaign made before.
+        still resume a campaign made before; `snapshot.reference_hull` counts as left at
+        its default ('auto') when it holds what 'auto' resolves to.
         """
-        frozen = self.model_dump(exclude={"rounds", "scheduler"}, exclude_defaults=True)
+        config = self
+        if self.snapshot.reference_hull == self._auto_reference_hull():  # init writes auto's answer: the same
+            config = self.model_copy(update={"snapshot": self.snapshot.model_copy(update={"reference_hull": "auto"})})
+        frozen = config.model_dump(exclude={"rounds", "scheduler"}, exclude_defaults=True)
         return hashlib.sha1(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -57,15 +57,15 @@ def test_elements_without_an_mp_corner_are_named():
     assert {p.composition.reduced_formula for p in phases} == {"F2"}  # no Xe-F or Yb-F binary either
 
 
-@pytest.mark.parametrize("oracle, source, expected", [
-    ({"calculator": "chgnet"}, "prototypes", "mp"),
-    ({"kind": "vasp"}, "prototypes", "mp"),
-    ({"calculator": "tests.fake_calculators:MPHullCalculator", "energy_scale": "mp2020"}, "prototypes", "mp"),
-    ({"calculator": "emt"}, "prototypes", "none"),
-    ({"calculator": "chgnet"}, "file", "none"),
+@pytest.mark.parametrize("oracle, snapshot, expected", [
+    ({"calculator": "chgnet"}, {}, "mp"),
+    ({"kind": "vasp"}, {}, "mp"),
+    ({"calculator": "tests.fake_calculators:MPHullCalculator", "energy_scale": "mp2020"}, {}, "mp"),
+    ({"calculator": "emt"}, {}, "none"),
+    ({"calculator": "chgnet"}, {"source": "file", "path": "x.csv"}, "none"),
+    ({"calculator": "chgnet"}, {"reevaluate": "always"}, "none"),  # a self-consistent hull asked for
 ])
-def test_auto_reference_hull_is_decided_by_the_oracles_scale(oracle, source, expected):
-    snapshot = {"source": source, "path": "x.csv"} if source == "file" else {}
+def test_auto_reference_hull_is_decided_by_the_oracles_scale(oracle, snapshot, expected):
     config = parse_config({"chemical_space": {"elements": ["Li", "O"]}, "oracle": oracle, "snapshot": snapshot})
     assert config.snapshot.reference_hull == "auto"
     assert config.resolved_reference_hull() == expected
@@ -75,6 +75,8 @@ def test_auto_reference_hull_is_decided_by_the_oracles_scale(oracle, source, exp
     ({"oracle": {"calculator": "emt"}}, "needs an oracle on MP's MP2020 scale"),
     ({"oracle": {"calculator": "chgnet"}, "snapshot": {"source": "file", "path": "x.csv", "reference_hull": "mp"}},
      "brings its own references"),
+    ({"oracle": {"kind": "vasp"}, "snapshot": {"reference_hull": "mp", "reevaluate": "always"}},
+     "no structures to re-evaluate"),
 ])
 def test_mp_hull_with_incomparable_energies_is_refused(settings, message):
     data = {"chemical_space": {"elements": ["Cu"]}, "snapshot": {"reference_hull": "mp"}, **settings}
@@ -146,6 +148,7 @@ def test_mp2020_campaign_hull_holds_every_mp_vertex_at_mps_energy(mp_campaign):
     assert any("matbench-discovery protocol" in msg and "no re-evaluation" in msg for msg in events)
     provenance = campaign.provenance()
     assert provenance["reference_hull"] == "mp" and "Materials Project's hull" in provenance["hull"]
+    assert provenance["energy_scale"] == provenance["oracle_scale"] == "mp2020"
 
 
 def test_candidates_below_mps_hull_are_stable_and_above_are_not(mp_campaign):
@@ -200,3 +203,21 @@ def test_emt_campaign_keeps_its_self_consistent_hull_and_says_so(tmp_path):
     assert any("self-consistent hull" in msg and "emt" in msg for msg in events)
     assert campaign.provenance()["reference_hull"] == "none"
     assert campaign.provenance()["hull"].startswith("self-consistent hull")
+
+
+@pytest.mark.slow
+def test_chgnet_campaign_is_judged_against_mp_by_default(tmp_path):
+    pytest.importorskip("chgnet")
+    config = parse_config({"rounds": 0, "chemical_space": {"elements": ["Li", "O"], "max_elements": 2,
+                                                           "max_atoms": 8},
+                           "model": {"kind": "linear"}, "oracle": {"calculator": "chgnet", "max_steps": 100}})
+    campaign = Campaign.create(config, tmp_path / "campaign")
+    assert campaign.config.snapshot.reference_hull == "mp"
+    assert campaign.run().status == "done"
+    entries = campaign.store.entries(with_structure=False)
+    mp = [e for e in entries if e["source"] == "snapshot"]
+    assert {(e["reduced_formula"], e["id"][len("e-"):], e["energy_corrected"]) for e in mp} == LI_O
+    assert all(e["is_stable"] for e in mp)  # no discovery yet: MP's hull as it is
+    parents = [e for e in entries if e["source"] == PARENT]
+    assert {"e-ref-Li", "e-ref-O"} <= {e["id"] for e in parents}
+    assert all(e["e_hull"] is not None for e in parents)  # CHGNet's energies judged against MP's hull

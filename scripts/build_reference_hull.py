@@ -79,6 +79,10 @@ def card(source: Path, table: bytes, rows: int) -> dict:
             "kept": "Composition, MaterialId and Corrected Energy only; the release's other columns "
                     "(GNoME's decomposition energies) are left out",
         },
+        "caveat": "every row was a vertex of MP's hull when GNoME snapshotted it, but with these energies "
+                  "1,422 of the 31,840 rows lie above the hull of the table itself by more than 1e-6 eV/atom "
+                  "(up to 0.44 eV/atom; tests/test_hull.py::test_mp_table_on_its_own_hull), e.g. LiO8 "
+                  "(mp-1235059) by 31 meV/atom: a hull built from the table is judged by these energies",
         "licence": "CC BY 4.0 (Materials Project data). The GNoME repository licenses its own database "
                    "(GNoME's materials) under CC BY-NC 4.0; none of it is kept here.",
         "attribution": "Data from the Materials Project. Cite: A. Jain, S. P. Ong, G. Hautier, W. Chen, "

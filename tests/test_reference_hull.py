@@ -97,6 +97,15 @@ def test_mp_snapshot_keeps_prototypes_as_parents_and_mp_phases_as_the_hull():
     assert snapshot.missing_from_mp == []
 
 
+def test_structures_of_an_element_mp_lacks_stay_hull_references():
+    config = parse_config({"chemical_space": {"elements": ["Xe", "F"], "max_elements": 2},
+                           "oracle": {"kind": "vasp"}, "snapshot": {"reference_hull": "mp"}})
+    snapshot = load_snapshot(config)
+    assert snapshot.missing_from_mp == ["Xe"]
+    by_id = {p.id: p for p in snapshot.phases}
+    assert by_id["ref-Xe"].hull_reference and not by_id["ref-F"].hull_reference  # Xe's corner: the oracle's
+
+
 def _import_file(path: Path) -> Path:
     """Two candidates for the campaign to import: LiO2 (the fake oracle puts it 30 meV/atom
     below MP's hull) and Li3O (40 meV/atom above)."""
@@ -132,14 +141,15 @@ def test_mp2020_campaign_hull_holds_every_mp_vertex_at_mps_energy(mp_campaign):
     assert references == LI_O  # Li2O among them, at MP's corrected energy
     hull = campaign._hull()
     assert all(f"e-{key}" in hull and hull[f"e-{key}"].energy == energy for _, key, energy in LI_O)
-    # the hull is MP's phases plus the candidates, exactly as pymatgen builds it: the LiO2
-    # discovery lifts MP's LiO8 off the hull, the other MP phases stay vertices
+    # the hull is MP's phases plus the candidates, exactly as pymatgen builds it. MP's LiO8 lies
+    # 31 meV/atom above the hull of the table's own energies, 41 once LiO2 is found
     diagram = PhaseDiagram([PDEntry(Composition(e["composition"]), e["energy_corrected"], name=e["id"])
                             for e in entries if e["source"] in ("snapshot", "oracle")])
     for entry in diagram.all_entries:
         assert hull.e_above_hull(entry.name) == pytest.approx(diagram.get_e_above_hull(entry), abs=1e-9)
     stable = {e["reduced_formula"] for e in entries if e["source"] == "snapshot" and e["is_stable"]}
     assert stable == {"Li", "Li2O", "Li2O2", "O2"}
+    assert hull.e_above_hull("e-mp-1235059") == pytest.approx(0.0410799, abs=1e-6)
     parents = [e for e in entries if e["source"] == PARENT]  # prototypes and elemental structures, evaluated
     assert {"e-ref-Li", "e-ref-O"} <= {e["id"] for e in parents}
     assert not any(e["id"] in hull for e in parents) and not any(e["is_reference"] for e in parents)
@@ -217,7 +227,11 @@ def test_chgnet_campaign_is_judged_against_mp_by_default(tmp_path):
     entries = campaign.store.entries(with_structure=False)
     mp = [e for e in entries if e["source"] == "snapshot"]
     assert {(e["reduced_formula"], e["id"][len("e-"):], e["energy_corrected"]) for e in mp} == LI_O
-    assert all(e["is_stable"] for e in mp)  # no discovery yet: MP's hull as it is
+    pd_entries = [PDEntry(Composition(e["composition"]), e["energy_corrected"]) for e in mp]
+    diagram = PhaseDiagram(pd_entries)
+    for entry, row in zip(pd_entries, mp):  # no discovery yet: the hull of MP's energies as they are
+        assert row["e_hull"] == pytest.approx(diagram.get_e_above_hull(entry), abs=1e-9)
+    assert {e["reduced_formula"] for e in mp if e["is_stable"]} == {"Li", "Li2O", "Li2O2", "O2"}  # LiO8: +31 meV
     parents = [e for e in entries if e["source"] == PARENT]
     assert {"e-ref-Li", "e-ref-O"} <= {e["id"] for e in parents}
     assert all(e["e_hull"] is not None for e in parents)  # CHGNet's energies judged against MP's hull

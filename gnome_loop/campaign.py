@@ -36,7 +36,7 @@ from gnome_loop.generate.imported import import_structures
 from gnome_loop.generate.random_search import random_search
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
-from gnome_loop.hull import STABLE_TOL, Hull, chemsys_of
+from gnome_loop.hull import STABLE_TOL, Hull, chemsys_of, e_above_hull_many
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
 from gnome_loop.models.base import EnergyModel, load_model, make_model
 from gnome_loop.models.nequip import NequIPConfig
@@ -62,6 +62,9 @@ from gnome_loop.structures import (
 EXPORT_FORMATS = ("csv", "json", "cif-zip", "extxyz")
 #: Round metrics of the NequIP pre-relaxer (`prerelax: nequip`) shown by `status`.
 PRERELAX_METRICS = ("nequip_frames", "nequip_energy_mae", "nequip_force_mae", "prerelaxed", "prerelax_flagged")
+#: Source of a round-0 entry kept only as a substitution parent, dedup reference and training
+#: structure: judged against the hull (MP's stable phases) but not part of it.
+PARENT = "parent"
 BOOTSTRAP_STAGES = ("snapshot", "submit", "wait", "hull", "train", "metrics")
 ROUND_STAGES = ("generate", "dedup", "select", "submit", "wait", "hull", "train", "metrics")
 
@@ -143,6 +146,7 @@ class Campaign:
             if not Path(config.snapshot.path).exists():
                 raise ConfigError(f"snapshot.path: {config.snapshot.path} not found")
             config.snapshot.path = str(Path(config.snapshot.path).resolve())
+        config.snapshot.reference_hull = config.resolved_reference_hull()  # frozen: the hull is explicit
         directory.mkdir(parents=True, exist_ok=True)
         for sub in ("jobs", "models", "exports"):
             (directory / sub).mkdir(exist_ok=True)
@@ -230,49 +234,61 @@ class Campaign:
 
     # --- stages --------------------------------------------------------------------------
     def _stage_snapshot(self, round_: int) -> int:
+        """Take the known phases: those with usable energies enter the hull as they are, those
+        without (or all, when re-evaluated) become round-0 oracle jobs. Judged against MP's
+        stable phases, the snapshot's structures are evaluated as parents, not hull phases."""
         started = time.time()
         snapshot = load_snapshot(self.config, cache_dir=self.dir / "snapshot")
         phases = snapshot.phases
-        reevaluate = self._reevaluate(phases)
+        mp_hull = self.config.resolved_reference_hull() == "mp"
+        reevaluate = not mp_hull and self._reevaluate(phases)
         energy_only = [p.id for p in phases if p.structure is None]
         if reevaluate and energy_only:
             raise ValueError(f"{len(energy_only)} snapshot phases have energies but no structures (e.g. "
                              f"{energy_only[0]}): the oracle cannot re-evaluate them; use a snapshot on the oracle's "
                              "energy scale with snapshot.reevaluate: never, or a file with structures")
+        evaluated = [p for p in phases if p.structure is not None and (reevaluate or p.energy is None)]
+        given = [p for p in phases if p.energy is not None and not reevaluate]
+        scales = {p.scale for p in given}
+        if given and (len(scales) != 1 or None in scales):
+            raise ValueError(f"snapshot energies must share one known scale to be used as they are; "
+                             f"found {sorted(map(str, scales))}")
+        scale = scales.pop() if given else self.config.oracle.scale()
         rows = [
-            _candidate_row(p.id, round_, "snapshot", p.structure, info={"source": p.source, "energy": p.energy,
-                                                                         "scale": p.scale, **p.info})
+            _candidate_row(p.id, round_, "snapshot", p.structure, info={
+                "source": p.source, "energy": p.energy, "scale": p.scale, "hull_reference": p.hull_reference,
+                **p.info})
             for p in phases if p.structure is not None
         ]
+        note = _hull_note(mp_hull, reevaluate, len(given), len(evaluated), self._oracle_label(), scale)
         with self.store.transaction():
             self.store.add_candidates(rows)
-            if reevaluate:
-                self.store.set_meta("scale", self.config.oracle.scale())
-                ids = [row["id"] for row in rows]
-                self.store.mark_selected((key, "reference") for key in ids)
-                self.store.add_jobs(self._job_row(key, round_) for key in ids)
-            else:
-                scales = {p.scale for p in phases}
-                if len(scales) != 1 or None in scales:
-                    raise ValueError(f"snapshot energies must share one known scale to be used as they are; "
-                                     f"found {sorted(map(str, scales))}")
-                self.store.set_meta("scale", scales.pop())
-                if self.store.meta("scale") != self.config.oracle.scale():
-                    self.store.log("scale-mismatch", f"snapshot energies are on the {self.store.meta('scale')} "
-                                   f"scale, the oracle's on {self.config.oracle.scale()}; they share one hull "
-                                   "because snapshot.reevaluate is 'never'")
-                for phase in phases:
-                    self.store.add_entry(_entry_row(
-                        entry_id=f"e-{phase.id}", source="snapshot", round_=round_,
-                        candidate_id=phase.id if phase.structure is not None else None, structure=phase.structure,
-                        composition=phase.composition, energy=phase.energy, scale=self.store.meta("scale"),
-                        is_reference=True))
+            self.store.set_meta("scale", scale)
+            self.store.set_meta("reference_hull", "mp" if mp_hull else "none")
+            self.store.set_meta("hull", note)
+            ids = [p.id for p in evaluated]
+            self.store.mark_selected((key, "reference") for key in ids)
+            self.store.add_jobs(self._job_row(key, round_) for key in ids)
+            if given and not mp_hull and scale != self.config.oracle.scale():
+                self.store.log("scale-mismatch", f"snapshot energies are on the {scale} scale, the oracle's on "
+                               f"{self.config.oracle.scale()}; they share one hull because snapshot.reevaluate "
+                               "is 'never'")
+            for phase in given:
+                self.store.add_entry(_entry_row(
+                    entry_id=f"e-{phase.id}", source="snapshot", round_=round_,
+                    candidate_id=phase.id if phase.structure is not None else None, structure=phase.structure,
+                    composition=phase.composition, energy=phase.energy, scale=scale, is_reference=True))
             self.store.set_meta("snapshot_version", snapshot.version)
             self.store.update_round_metrics(round_, {"references": len(phases), "reevaluated": reevaluate,
                                                      "snapshot_skipped": dict(snapshot.skipped)})
             skipped = f", {sum(snapshot.skipped.values())} rows skipped {dict(snapshot.skipped)}" \
                 if snapshot.skipped else ""
             self.store.log("snapshot", f"{len(phases)} reference phases from {snapshot.version}{skipped}")
+            self.store.log("hull", note)
+            if snapshot.missing_from_mp:
+                self.store.log("hull", f"MP's table has no elemental phase of {', '.join(snapshot.missing_from_mp)}: "
+                               f"the {self._oracle_label()} energies of the snapshot's structures with "
+                               f"{'it' if len(snapshot.missing_from_mp) == 1 else 'them'} join the hull instead")
             self._advance(round_, "snapshot", started)
         return 0
 
@@ -585,7 +601,10 @@ class Campaign:
         started = time.time()
         hull = self._hull()
         dropped = self._missing_terminals(hull) if round_ == 0 else []
-        values = [(key, e, e is not None and e <= STABLE_TOL) for key, e in hull.all_e_above_hull().items()]
+        e_hulls = hull.all_e_above_hull()
+        parents = e_above_hull_many(self._hull_entries(parents=True), hull)  # judged alone, not hull phases
+        e_hulls.update((r.entry_id, r.e_above_hull) for r in parents)
+        values = [(key, e, e is not None and e <= STABLE_TOL) for key, e in e_hulls.items()]
         with self.store.transaction():
             self.store.set_hull(values)
             if dropped:
@@ -685,6 +704,7 @@ class Campaign:
             "SELECT c.id, c.generator, c.explore, c.pick, c.pred_energy, c.pred_std, c.pred_ehull, e.energy_per_atom,"
             " e.e_hull, e.reduced_formula FROM candidates c JOIN jobs j ON j.candidate_id = c.id"
             " JOIN entries e ON e.candidate_id = c.id WHERE j.round = ? AND j.state = 'done'", (round_,))
+        # hull references: MP's formulas when judged against MP's hull (parents are not references)
         reference_formulas = {r["reduced_formula"] for r in self.store.query(
             "SELECT reduced_formula FROM entries WHERE is_reference = 1")}
         stable = [r["e_hull"] is not None and r["e_hull"] <= STABLE_TOL for r in rows]
@@ -782,13 +802,16 @@ class Campaign:
                 error = f"composition changed: {result.structure.composition.reduced_formula} != {expected}"
             elif result.energy is None or not math.isfinite(result.energy):
                 error = f"non-finite energy: {result.energy}"
+        # a round-0 phase is a hull reference, or (judged against MP's hull) only a parent
+        reference = job.round == 0 and json.loads(candidate["info"]).get("hull_reference", True)
+        source = "oracle" if job.round > 0 else "reference" if reference else PARENT
         with self.store.transaction():
             if error is None:
                 self.store.add_entry(_entry_row(
-                    entry_id=f"e-{job.candidate_id}", source="reference" if job.round == 0 else "oracle",
-                    round_=job.round, candidate_id=job.candidate_id, structure=result.structure,
+                    entry_id=f"e-{job.candidate_id}", source=source, round_=job.round,
+                    candidate_id=job.candidate_id, structure=result.structure,
                     composition=result.structure.composition, energy=result.energy, scale=self._scale(),
-                    is_reference=job.round == 0, trajectory=result.trajectory, data=result.info))
+                    is_reference=reference, trajectory=result.trajectory, data=result.info))
                 self.store.finish_job(job.id, "done", result.attempt, None)
             else:
                 final = result.attempt >= self.config.oracle.max_attempts
@@ -851,10 +874,13 @@ class Campaign:
         return [(e["id"], e["fingerprint"], structure_from_json(e["structure"]))
                 for e in self.store.entries(fingerprints=labels) if e["structure"]]
 
-    def _hull_entries(self) -> list[ComputedEntry]:
-        """Every entry of the campaign as the hull sees it: composition and corrected energy."""
+    def _hull_entries(self, parents: bool = False) -> list[ComputedEntry]:
+        """The entries of the campaign's hull as the hull sees it (composition and corrected
+        energy); with `parents`, instead the round-0 structures kept only as parents, which
+        are judged against the hull but are not part of it."""
         return [ComputedEntry(Composition(e["composition"]), e["energy_corrected"], entry_id=e["id"],
-                              data={"scale": e["scale"]}) for e in self.store.entries(with_structure=False)]
+                              data={"scale": e["scale"]})
+                for e in self.store.entries(with_structure=False) if (e["source"] == PARENT) == parents]
 
     def _potential(self) -> tuple[dict, NequIPConfig, set[int]] | None:
         """The latest trained NequIP pre-relaxer (parameters, config, the atomic numbers it
@@ -874,9 +900,12 @@ class Campaign:
     # --- reading -------------------------------------------------------------------------
     def computed_entries(self) -> list[ComputedEntry]:
         """All entries of the campaign's hull: a `ComputedStructureEntry` for each entry
-        with a structure, a plain `ComputedEntry` for an energy-only reference."""
+        with a structure, a plain `ComputedEntry` for an energy-only reference. Round-0
+        parents judged against MP's hull are not hull entries and are left out."""
         out = []
         for e in self.store.entries():
+            if e["source"] == PARENT:
+                continue
             data = {"source": e["source"], "round": e["round"], "e_above_hull": e["e_hull"], "scale": e["scale"],
                     "candidate_id": e["candidate_id"]}
             if e["structure"]:
@@ -946,8 +975,11 @@ class Campaign:
         oracle = self.config.oracle
         return {"campaign": self.config.name, "config_hash": self.store.meta("config_hash"),
                 "snapshot": self.config.snapshot.source, "snapshot_version": self.store.meta("snapshot_version"),
+                # a campaign made before gnome_loop recorded its hull used the snapshot's own
+                "reference_hull": self.store.meta("reference_hull") or "none", "hull": self.store.meta("hull"),
                 "oracle": self._oracle_label(), "oracle_kind": oracle.kind, "energy_scale": self._scale(),
                 "dropped_elements": self._dropped_elements(),
+                "oracle_scale": oracle.scale(),  # CHGNet's 'chgnet-mp2020' on MP's hull ('mp2020')
                 "gnome_loop": version("gnome_loop"), "pymatgen": version("pymatgen"),
                 "exported": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -1006,6 +1038,22 @@ def _parents(structures: list, choice: str) -> list:
     """Parent structures of a substitution generator: the known ones, plus AFLOW's prototypes
     for `known+prototypes`."""
     return structures + prototype_templates() if choice == "known+prototypes" else structures
+
+
+def _hull_note(mp_hull: bool, reevaluate: bool, given: int, evaluated: int, oracle: str, scale: str) -> str:
+    """One sentence for the round-0 log, the provenance and the report: which hull the
+    campaign's candidates are judged against."""
+    if mp_hull:
+        return (f"judged against the Materials Project's hull: {given} MP stable phases of the space "
+                f"(MP2020-corrected DFT energies shipped with gnome_loop) used as they are, with no "
+                f"re-evaluation; the {evaluated} prototype and elemental structures are evaluated by {oracle} "
+                f"as substitution parents, dedup references and training data only; candidates' {oracle} "
+                "energies are judged against MP's DFT hull (the matbench-discovery protocol)")
+    if reevaluate:
+        return (f"self-consistent hull: all {evaluated} reference phases evaluated by {oracle} ({scale} scale); "
+                f"candidates are judged against {oracle}'s own hull, not against DFT")
+    return (f"the snapshot's own hull: {given} reference energies used as they are ({scale} scale)"
+            + (f", {evaluated} structures without energies evaluated by {oracle}" if evaluated else ""))
 
 
 def _dedup_order(row) -> tuple:

@@ -145,6 +145,9 @@ def _print_status(campaign) -> None:
                       _fmt(row["spread_error_spearman"], 1, 2))
     out.print(table)
     out.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in STATUS_COLUMNS.items()) + "[/]")
+    hull_note = campaign.store.meta("hull")
+    if hull_note:
+        out.print(f"hull: {hull_note}", markup=False)
     for row in rounds:
         if row["empty_reason"]:
             out.print(f"[yellow]warning:[/] round {row['round']} selected nothing: {row['empty_reason']}")
@@ -293,18 +296,20 @@ def snapshot(
 @app.command()
 def hull(
     entries: Path = typer.Argument(..., help="entries JSON (or MP snapshot), energy CSV(.gz) or extxyz with energies"),
-    reference: Optional[Path] = typer.Option(None, help="judge each entry alone against this hull (same formats); "
-                                             "without it the entries are their own hull"),
+    reference: Optional[str] = typer.Option(None, help="judge each entry alone against this hull (same formats), "
+                                            "or 'mp': the Materials Project's 31,840 stable phases shipped with "
+                                            "gnome_loop (MP2020-corrected); without it the entries are their own hull"),
     output: Path = typer.Option(..., "-o", "--output", help="CSV: entry_id, formula, e_above_hull (eV/atom), "
                                 "decomposition, reason"),
 ) -> None:
     """Distance of every entry to the convex hull, with its decomposition products."""
     from gnome_loop.hull import hull_table, write_hull_csv
     from gnome_loop.snapshot.files import read_entries
+    from gnome_loop.snapshot.reference import MP_TABLE
 
     with _reported_errors():
         items, skipped = read_entries(entries)
-        against = read_entries(reference)[0] if reference is not None else None
+        against = None if reference is None else read_entries(MP_TABLE if reference == "mp" else Path(reference))[0]
         results = hull_table(items, against)
         write_hull_csv(results, output)
     unknown = sum(r.e_above_hull is None for r in results)

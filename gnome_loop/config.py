@@ -56,6 +56,16 @@ class Snapshot(_Section):
         description="re-evaluate reference phases with the oracle; 'auto' does so "
         "unless the snapshot energies come from the same scale as the oracle",
     )
+    reference_hull: Literal["auto", "mp", "none"] = Field(
+        "auto",
+        description="what candidates are judged against. 'mp': the Materials Project's stable phases of the "
+        "space, shipped with gnome_loop (MP2020-corrected DFT energies, used as they are), while the prototypes "
+        "and elemental structures are evaluated by the oracle only as substitution parents, dedup references "
+        "and training data (matbench-discovery's protocol; needs source 'prototypes' and an oracle on the MP2020 "
+        "scale). 'none': the snapshot's own phases (re-evaluated by an ML-potential oracle: a self-consistent "
+        "hull). 'auto' is decided at init and written into the campaign's config.yaml: 'mp' for an MP2020-scale "
+        "oracle with source 'prototypes' (unless reevaluate is 'always'), else 'none'",
+    )
 
     @model_validator(mode="after")
     def _path_for_files(self) -> "Snapshot":
@@ -242,7 +252,9 @@ class Oracle(_Section):
     relax_cell: bool = True
     max_seconds: Optional[float] = Field(900.0, gt=0, description="wall-clock limit of one relaxation, s")
     max_attempts: int = Field(2, ge=1, description="tries per job before it is failed")
-    energy_scale: str = Field("", description="name of the energy scale; default from the calculator")
+    energy_scale: str = Field("", description="name of the energy scale; default from the calculator. 'mp2020' "
+                              "(or a name ending in '-mp2020') declares the energies comparable to MP's "
+                              "MP2020-corrected DFT hull")
     vasp: Vasp = Vasp()
 
     @model_validator(mode="after")
@@ -273,6 +285,13 @@ class Oracle(_Section):
         if self.kind == "vasp":
             return "mp2020"  # VASP with MP's settings, MP2020-corrected: the Materials Project's own scale
         return {"chgnet": "chgnet-mp2020", "emt": "emt"}.get(self.calculator, self.calculator)
+
+    def mp2020_compatible(self) -> bool:
+        """Whether the oracle's energies may be judged against MP's MP2020-corrected DFT hull: VASP with
+        MP's settings ('mp2020'), or a potential trained to reproduce it ('chgnet-mp2020', or any scale a
+        user names '...-mp2020'), as matbench-discovery judges such potentials."""
+        scale = self.scale()
+        return scale == "mp2020" or scale.endswith("-mp2020")
 
 
 #: sbatch options the SLURM scheduler sets itself: jobs are found again by their name and array index.
@@ -346,6 +365,35 @@ class CampaignConfig(_Section):
                              f"model.kind {self.model.kind!r} reads only compositions (use model.kind: gnome)")
         return self
 
+    @model_validator(mode="after")
+    def _mp_hull_needs_mp_energies(self) -> "CampaignConfig":
+        if self.snapshot.reference_hull != "mp":
+            return self
+        if self.snapshot.source != "prototypes":
+            raise ValueError(f"snapshot.reference_hull 'mp' adds MP's stable phases to the prototype snapshot; "
+                             f"source {self.snapshot.source!r} brings its own references (use reference_hull: none)")
+        if self.snapshot.reevaluate == "always":
+            raise ValueError("snapshot.reference_hull 'mp' uses MP's energies as they are (MP's table has no "
+                             "structures to re-evaluate); for a hull of the oracle's own energies use "
+                             "reference_hull: none")
+        if not self.oracle.mp2020_compatible():
+            raise ValueError(f"snapshot.reference_hull 'mp' needs an oracle on MP's MP2020 scale (vasp, chgnet, or "
+                             f"oracle.energy_scale: mp2020); this oracle's energies are on {self.oracle.scale()!r}")
+        return self
+
+    def resolved_reference_hull(self) -> str:
+        """`snapshot.reference_hull` with 'auto' decided: 'mp' when the oracle's energies are on MP's
+        scale and the snapshot is the prototype library (the hull is then made of real known
+        materials), else 'none' (also when the references must be re-evaluated: `reevaluate:
+        always`). `Campaign.create` writes the answer into config.yaml, so it is explicit."""
+        setting = self.snapshot.reference_hull
+        return self._auto_reference_hull() if setting == "auto" else setting
+
+    def _auto_reference_hull(self) -> str:
+        snapshot = self.snapshot
+        comparable = snapshot.source == "prototypes" and snapshot.reevaluate != "always"
+        return "mp" if comparable and self.oracle.mp2020_compatible() else "none"
+
     def digest(self) -> str:
         """Hash of the settings frozen at init (provenance of exports).
 
@@ -356,10 +404,14 @@ class CampaignConfig(_Section):
         nothing afterwards); everything else decides what the
         campaign's data mean and must not change under it. Settings left at their
         defaults are left out too, so that a newer gnome_loop adding a setting can
-        still resume a campaign made before.
+        still resume a campaign made before; `snapshot.reference_hull` counts as left at
+        its default ('auto') when it holds what 'auto' resolves to.
         """
-        frozen = self.model_dump(exclude={"rounds": True, "scheduler": True,
-                                          "chemical_space": {"drop_missing_terminals"}}, exclude_defaults=True)
+        config = self
+        if self.snapshot.reference_hull == self._auto_reference_hull():  # init writes auto's answer: the same
+            config = self.model_copy(update={"snapshot": self.snapshot.model_copy(update={"reference_hull": "auto"})})
+        frozen = config.model_dump(exclude={"rounds": True, "scheduler": True,
+                                            "chemical_space": {"drop_missing_terminals"}}, exclude_defaults=True)
         return hashlib.sha1(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -22,7 +22,7 @@ from pymatgen.core import Element
 from pymatgen.entries.computed_entries import ComputedEntry
 from pymatgen.util.string import latexify
 
-from gnome_loop.campaign import Campaign
+from gnome_loop.campaign import PARENT, Campaign
 from gnome_loop.hull import STABLE_TOL, chemsys_of
 from gnome_loop.metrics import hit_rate
 
@@ -124,9 +124,11 @@ def system_entries(entries: Sequence[ComputedEntry], chemsys: str) -> tuple[list
 
 
 def phase_diagram_figure(entries: Sequence[ComputedEntry], elements: Sequence[Element],
-                         discoveries: set[str], max_unstable_mev: float = 100.0) -> Figure:
+                         discoveries: set[str], max_unstable_mev: float = 100.0,
+                         known_label: str = "stable phase") -> Figure:
     """The hull of `entries` (a binary or ternary system, all elemental references
-    present), with the entries whose `entry_id` is in `discoveries` drawn as red stars.
+    present), with the entries whose `entry_id` is in `discoveries` drawn as red stars
+    and the other hull phases as blue dots labelled `known_label`.
 
     Coordinates come from pymatgen's `PDPlotter.pd_plot_data`; its `get_plot` draws on
     pyplot's global figure and marks new phases only by marker shape, so the plot is
@@ -143,7 +145,7 @@ def phase_diagram_figure(entries: Sequence[ComputedEntry], elements: Sequence[El
     known = [c for c, e in vertices.items() if e.entry_id not in discoveries]
     found = [c for e, c in points if e.entry_id in discoveries]
     _scatter(ax, near, "s", 30, "0.65", f"unstable, < {max_unstable_mev:g} meV/atom above the hull")
-    _scatter(ax, known, "o", 70, "tab:blue", "stable phase")
+    _scatter(ax, known, "o", 70, "tab:blue", known_label)
     _scatter(ax, found, "*", 320, "tab:red", "stable, discovered by the campaign")
     ternary = len(elements) == 3
     for coords, entry in vertices.items():
@@ -189,11 +191,14 @@ def write_report(campaign: Campaign, folder: Path, chemsys: list[str] | None = N
     rounds = [r["round"] for r in rows]
     evaluated, stable = [r["evaluated"] for r in rows], [r["stable"] for r in rows]
     entries, discoveries = _entries(campaign)
+    provenance = campaign.provenance()
+    known = "known stable phase (Materials Project, DFT)" if provenance["reference_hull"] == "mp" \
+        else "stable reference phase"
     systems = chemsys if chemsys is not None else top_systems(entries, discoveries)
     diagrams = {}
     for name in systems:
         elements, inside = system_entries(entries, name)
-        diagrams[f"phase_diagram_{name}.png"] = phase_diagram_figure(inside, elements, discoveries)
+        diagrams[f"phase_diagram_{name}.png"] = phase_diagram_figure(inside, elements, discoveries, known_label=known)
     figures = {
         "hit_rate.png": hit_rate_figure(rounds, evaluated, stable, [r["filter_mae"] for r in rows]),
         "ehull_histogram.png": ehull_histogram_figure(_ehulls_by_generator(campaign)),
@@ -207,13 +212,16 @@ def write_report(campaign: Campaign, folder: Path, chemsys: list[str] | None = N
         figure.savefig(folder / filename, dpi=DPI)
         written.append(folder / filename)
     page = folder / "report.md"
-    page.write_text(_markdown(campaign.config.name, rows, list(figures), [r for r in table if r["unjudged"]]))
+    page.write_text(_markdown(campaign.config.name, rows, list(figures), provenance["hull"],
+                              [r for r in table if r["unjudged"]]))
     return written + [page]
 
 
 def _entries(campaign: Campaign) -> tuple[list[ComputedEntry], set[str]]:
-    """Every entry of the campaign's hull, and the ids of its discoveries."""
-    rows = campaign.store.query("SELECT id, composition, energy_corrected, source, is_stable FROM entries")
+    """Every entry of the campaign's hull (MP's phases and the candidates, when judged
+    against MP's hull), and the ids of its discoveries."""
+    rows = campaign.store.query("SELECT id, composition, energy_corrected, source, is_stable FROM entries"
+                                " WHERE source != ?", (PARENT,))
     entries = [ComputedEntry(r["composition"], r["energy_corrected"], entry_id=r["id"]) for r in rows]
     return entries, {r["id"] for r in rows if r["source"] == "oracle" and r["is_stable"]}
 
@@ -229,11 +237,14 @@ def _ehulls_by_generator(campaign: Campaign) -> dict[str, list[float]]:
     return by_generator
 
 
-def _markdown(name: str, rows: list[dict], figures: list[str], unjudged: list[dict] = ()) -> str:
-    """The report page: the per-round table, the entries without an E_hull and why (the
-    round table rows in `unjudged`, round 0 included), then every figure by relative link."""
+def _markdown(name: str, rows: list[dict], figures: list[str], hull_note: str | None,
+              unjudged: list[dict] = ()) -> str:
+    """The report page: which hull, the per-round table, the entries without an E_hull
+    and why (the round table rows in `unjudged`, round 0 included), then every figure
+    by relative link."""
     cumulative = cumulative_hit_rates([r["evaluated"] for r in rows], [r["stable"] for r in rows])
     lines = [f"# Campaign report: {name}", "",
+             f"Hull: {hull_note or 'not recorded (a campaign made before gnome_loop recorded it)'}.", "",
              f"Stable: within {STABLE_TOL * MEV:g} meV/atom of the hull when evaluated. "
              "Filter MAE: the model's error on the evaluated candidates.", "",
              "| Round | Evaluated | Stable | New stable | Hit rate | Cumulative hit rate | Filter MAE (meV/atom) |",

@@ -1,10 +1,11 @@
-"""ASE calculators that fail on purpose, for tests of the campaign's failure handling.
+"""Fake ASE calculators for tests: failures on purpose, and a cheap oracle on MP's scale.
 
 `FlakyEMT` is EMT on elemental cells; on a compound it fails in one of three ways,
 chosen by a hash of the reduced formula, so the same candidate always fails the
 same way: an exception, a NaN energy, or a cell that blows up. `RefusingEMT` and
 `PairPotential` (any elements, a cheap stand-in for CHGNet) fail on the small cells
-of one element: an elemental reference structure that fails.
+of one element: an elemental reference structure that fails. `MPHullCalculator`
+puts every structure at a chosen distance from MP's hull.
 """
 
 import functools
@@ -15,6 +16,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from ase.data import chemical_symbols, covalent_radii
 from ase.neighborlist import neighbor_list
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element
 
 MODES = ("raise", "nan", "explode", None)
@@ -102,3 +104,34 @@ class PairPotential(Calculator):
         virial = 0.5 * np.einsum("p,pa,pb->ab", slope / d, vectors, vectors) / atoms.get_volume()
         self.results = {"energy": energy, "free_energy": energy, "forces": forces,
                         "stress": virial.ravel()[[0, 4, 8, 5, 2, 1]]}
+
+
+class MPHullCalculator(Calculator):
+    """A cheap oracle on MP's scale: a structure's energy is MP's hull energy at its
+    composition (the shipped table) plus `SHIFTS[reduced formula]` eV/atom (0.05 for
+    any other formula), with no forces or stress, so a relaxation stops at once.
+    Declare it with `oracle.energy_scale: mp2020`."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    SHIFTS = {"LiO2": -0.03, "Li3O": 0.04}
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        composition = Composition(self.atoms.get_chemical_formula())
+        per_atom = mp_hull_energy(composition) + self.SHIFTS.get(composition.reduced_formula, 0.05)
+        energy = per_atom * len(self.atoms)
+        self.results = {"energy": energy, "free_energy": energy, "forces": np.zeros((len(self.atoms), 3)),
+                        "stress": np.zeros(6)}
+
+
+def mp_hull_energy(composition: Composition) -> float:
+    """MP's hull energy per atom at `composition` (eV/atom), from the shipped table."""
+    return _mp_diagram(frozenset(el.symbol for el in composition.elements)).get_hull_energy_per_atom(composition)
+
+
+@functools.lru_cache(maxsize=16)
+def _mp_diagram(elements: frozenset) -> PhaseDiagram:
+    from gnome_loop.snapshot.reference import mp_reference_phases
+
+    phases, _ = mp_reference_phases(sorted(elements))
+    return PhaseDiagram([PDEntry(p.composition, p.energy) for p in phases])

@@ -26,7 +26,10 @@ class KnownPhase:
     `energy` is the total (corrected) energy in eV of the cell, None when unknown;
     `scale` names its energy scale (e.g. "mp2020") so that hulls never mix scales.
     `composition` defaults to the structure's; it is required when there is no
-    structure (a plain `ComputedEntry`).
+    structure (a plain `ComputedEntry`). `hull_reference` is False for a phase kept
+    only as a substitution parent, dedup reference and training structure, whose
+    energy (the oracle's) does not join the hull: the prototypes of a campaign judged
+    against MP's stable phases (`gnome_loop.snapshot.reference`).
     """
 
     id: str
@@ -36,6 +39,7 @@ class KnownPhase:
     scale: str | None
     info: dict = field(default_factory=dict)
     composition: Composition | None = None
+    hull_reference: bool = True
 
     def __post_init__(self) -> None:
         if self.composition is None:
@@ -46,11 +50,13 @@ class KnownPhase:
 
 @dataclass
 class Snapshot:
-    """The known phases of a campaign, the rows skipped by reason, and what they came from."""
+    """The known phases of a campaign, the rows skipped by reason, what they came from, and
+    (with MP's reference hull) the elements of the space MP's table has no elemental phase of."""
 
     phases: list[KnownPhase]
     skipped: Counter = field(default_factory=Counter)
     version: str = ""
+    missing_from_mp: list[str] = field(default_factory=list)
 
 
 def load_snapshot(config: CampaignConfig, cache_dir: Path | None = None) -> Snapshot:
@@ -58,17 +64,24 @@ def load_snapshot(config: CampaignConfig, cache_dir: Path | None = None) -> Snap
 
     A file is read by its kind: entries JSON (`.json`, `.json.gz`), an energy table
     (`.csv`, `.csv.gz`), extxyz (`.extxyz`, `.xyz`), or a folder/zip of CIFs. MP
-    entries are fetched once and cached in `cache_dir` (the campaign's folder).
+    entries are fetched once and cached in `cache_dir` (the campaign's folder). With
+    `snapshot.reference_hull: mp`, MP's stable phases of the space are the hull and the
+    prototypes only parents (`gnome_loop.snapshot.reference.with_mp_reference`).
     """
     # Imported here because these modules import KnownPhase from this package.
     from gnome_loop.snapshot import files
     from gnome_loop.snapshot.prototypes import load_prototypes
+    from gnome_loop.snapshot.reference import with_mp_reference
 
     space, settings = config.chemical_space, config.snapshot
     correct = config.oracle.scale() == "mp2020"
     if settings.source == "prototypes":
-        return Snapshot(load_prototypes(space.elements, space.max_elements, space.max_atoms),
-                        version=f"AFLOW prototypes of pymatgen {version('pymatgen')} + ASE {version('ase')} references")
+        snapshot = Snapshot(load_prototypes(space.elements, space.max_elements, space.max_atoms),
+                            version=f"AFLOW prototypes of pymatgen {version('pymatgen')} + ASE {version('ase')} "
+                            "references")
+        if settings.reference_hull == "mp":
+            return with_mp_reference(snapshot, space.elements, space.max_elements)
+        return snapshot
     if settings.source == "mp":
         from gnome_loop.snapshot.mp import cached_mp_snapshot
 

@@ -51,7 +51,7 @@ def check_path(path: str | Path) -> str | None:
     """Why `path` cannot give parent structures, or None: it must exist and its first
     entry must parse."""
     try:
-        for source_id, fmt, text in iter_sources(path):
+        for _, fmt, text in iter_sources(path):
             parse_entry(text, fmt)
             return None
     except (FileNotFoundError, RejectedEntry) as error:

@@ -2,18 +2,22 @@
 of any elements that give candidates inside the space only; bad paths fail at init."""
 
 import zipfile
+from pathlib import Path
 
 import pytest
+import yaml
 from pymatgen.core import Lattice, Structure
 
 from gnome_loop.campaign import Campaign, _parents
 from gnome_loop.config import ConfigError, SubstitutionGenerator, parse_config
 from gnome_loop.generate.parents import gather, read_parents, sources
+from gnome_loop.generate.plausible import NOT_BALANCED, charge_problem
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
-from gnome_loop.structures import validate_structure
+from gnome_loop.structures import structure_from_json, validate_structure
 
 SPACE = ["Li", "Co", "Ni", "O"]
+CI_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "ci_emt" / "config.yaml"
 
 
 def _rocksalt(cation: str, anion: str, a: float) -> Structure:
@@ -122,3 +126,17 @@ def test_a_bad_parents_path_is_a_clear_config_error_at_init(tmp_path, outside_zi
                            "generators": {"substitution": {"parents": ["known", str(outside_zip)]}}})
     campaign = Campaign.create(config, tmp_path / "ok")
     assert campaign.config.generators.substitution.parents == ["known", str(outside_zip.resolve())]
+
+
+def test_a_round_in_an_oxide_space_counts_the_implausible_candidates_per_generator(tmp_path):
+    """Cu2O-type templates give Al2O (no charge-balanced guess): refused, counted, shown in `status`."""
+    data = yaml.safe_load(CI_CONFIG.read_text())
+    data.update(rounds=1, selection={**data["selection"], "budget": 2})
+    data["chemical_space"]["elements"] = ["Al", "Au", "Cu", "O"]
+    data["generators"] = {"substitution": {"max_candidates": 20}, "saps": {"max_candidates": 20}}
+    campaign = Campaign.create(parse_config(data), tmp_path / "c")
+    campaign.run()
+    first = campaign.round_table()[1]
+    assert first["rejected_by_generator"]["substitution"][NOT_BALANCED] > 0
+    for row in campaign.store.candidates(round_=1):
+        assert charge_problem(structure_from_json(row["structure"])) is None

@@ -33,6 +33,7 @@ from gnome_loop.export import (SUMMARY_CSV_COLUMNS, stable_rows, summary_row, wr
                                write_extxyz, write_stable_hull_csv)
 from gnome_loop.generate.composition import enumerate_candidates, placeholder_structure
 from gnome_loop.generate.imported import import_structures
+from gnome_loop.generate.parents import KNOWN, PROTOTYPES, check_path, gather, sources
 from gnome_loop.generate.random_search import random_search
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
@@ -48,7 +49,6 @@ from gnome_loop.prerelax import prerelax
 from gnome_loop.screen import ScreenContext, ScreenSettings, model_files, score_structures, screen_task
 from gnome_loop.select import EXPLORE, FILL, THRESHOLD, Scored, empty_reason, select_candidates
 from gnome_loop.snapshot import load_snapshot
-from gnome_loop.snapshot.prototypes import prototype_templates
 from gnome_loop.store import Job, Store, StoreError, campaign_lock
 from gnome_loop.structures import (
     Candidate,
@@ -142,6 +142,15 @@ class Campaign:
             if mismatch:
                 raise ConfigError(f"model.init: {mismatch}; set the model section to match, or model.init: scratch")
             config.model.init = str(init)
+        for name in ("substitution", "saps"):
+            settings = getattr(config.generators, name)
+            if isinstance(settings.parents, list):  # paths are checked and kept absolute, like import paths
+                paths = [path for path in settings.parents if path not in (KNOWN, PROTOTYPES)]
+                problems = [f"{path}: {why}" for path, why in zip(paths, map(check_path, paths)) if why]
+                if problems:
+                    raise ConfigError(f"generators.{name}.parents: " + "; ".join(problems))
+                settings.parents = [path if path in (KNOWN, PROTOTYPES) else str(Path(path).resolve())
+                                    for path in settings.parents]
         if config.snapshot.source == "file":
             if not Path(config.snapshot.path).exists():
                 raise ConfigError(f"snapshot.path: {config.snapshot.path} not found")
@@ -347,9 +356,8 @@ class Campaign:
         returns the funnel's totals. Kept candidates arrive scored, the rest as summary rows."""
         space, generators, screening = self._space(), self.config.generators, self.config.screening
         known, structures = self._known_structures()
-        choice = "known+prototypes" if "known+prototypes" in (generators.substitution.parents,
-                                                              generators.saps.parents) else "known"
-        parents = sorted(_parents(structures, choice), key=lambda item: item[0])
+        chosen = [g for g in (generators.substitution, generators.saps) if g.enabled]
+        parents = sorted(_parents(structures, space, chosen, generators.saps.enabled), key=lambda item: item[0])
         size = screening.parents_per_shard
         shards = [[(key, s.as_dict()) for key, s in parents[i:i + size]] for i in range(0, len(parents), size)]
         sub, sap = generators.substitution, generators.saps
@@ -359,7 +367,7 @@ class Campaign:
             substitution={"threshold": sub.threshold, "alpha": sub.alpha, "charge_balanced": sub.charge_balanced}
             if sub.enabled else None,
             saps={"threshold": sap.threshold, "alpha": sap.alpha, "max_per_parent": sap.max_per_parent,
-                  "supercell": sap.supercell} if sap.enabled else None)
+                  "supercell": sap.supercell, "charge_balanced": sap.charge_balanced} if sap.enabled else None)
         model_row = self.store.latest_model()
         context = ScreenContext(f"{self.dir.resolve()}:{round_}:{model_row['path']}",
                                 model_files(self.dir / model_row["path"]),
@@ -402,18 +410,19 @@ class Campaign:
         known, structures = self._known_structures()
 
         screening = self.config.screening.enabled  # substitution and SAPS then run in shards (`_screen`)
-        settings = generators.substitution
+        settings, rejects = generators.substitution, Counter()
         if settings.enabled and not screening:
             yield "substitution", settings.max_candidates, substitute(
-                _parents(structures, settings.parents), space.elements, known, threshold=settings.threshold,
-                alpha=settings.alpha, max_elements=space.max_elements, max_atoms=space.max_atoms,
-                charge_balanced=settings.charge_balanced), Counter()
-        settings = generators.saps
+                _parents(structures, space, [settings], images=False), space.elements, known,
+                threshold=settings.threshold, alpha=settings.alpha, max_elements=space.max_elements,
+                max_atoms=space.max_atoms, charge_balanced=settings.charge_balanced, rejected=rejects), rejects
+        settings, rejects = generators.saps, Counter()
         if settings.enabled and not screening:
             yield "saps", settings.max_candidates, saps(
-                _parents(structures, settings.parents), space.elements, known, threshold=settings.threshold,
-                alpha=settings.alpha, max_elements=space.max_elements, max_atoms=space.max_atoms,
-                max_per_parent=settings.max_per_parent, supercell=settings.supercell), Counter()
+                _parents(structures, space, [settings], images=True), space.elements, known,
+                threshold=settings.threshold, alpha=settings.alpha, max_elements=space.max_elements,
+                max_atoms=space.max_atoms, max_per_parent=settings.max_per_parent, supercell=settings.supercell,
+                charge_balanced=settings.charge_balanced, rejected=rejects), rejects
         seed = self.config.seed * 1000 + round_  # a new draw every round, the same on a re-run
         settings = generators.random
         if settings.enabled and settings.compositions:
@@ -862,12 +871,12 @@ class Campaign:
         self._hull_cache.add(e for e in self._hull_entries() if e.entry_id not in self._hull_cache)
         return self._hull_cache
 
-    def _known_structures(self) -> tuple[set[str], list[tuple[str, Structure]]]:
-        """The reduced formulas of every entry, and (id, structure) of those with a structure:
-        what the substitution generators start from."""
+    def _known_structures(self) -> tuple[set[str], list[tuple[str, Structure, float | None]]]:
+        """The reduced formulas of every entry, and (id, structure, E_hull) of those with a
+        structure: what the substitution generators start from."""
         entries = self.store.entries()
         return ({e["reduced_formula"] for e in entries},
-                [(e["id"], structure_from_json(e["structure"])) for e in entries if e["structure"]])
+                [(e["id"], structure_from_json(e["structure"]), e["e_hull"]) for e in entries if e["structure"]])
 
     def _known_phases(self, labels: set[str]) -> list[tuple[str, str, Structure]]:
         """(id, symmetry label, structure) of the entries in the dedup buckets `labels`."""
@@ -1034,10 +1043,15 @@ class Campaign:
         return written
 
 
-def _parents(structures: list, choice: str) -> list:
-    """Parent structures of a substitution generator: the known ones, plus AFLOW's prototypes
-    for `known+prototypes`."""
-    return structures + prototype_templates() if choice == "known+prototypes" else structures
+def _parents(known: list, space, generators: list, images: bool) -> list:
+    """Parent structures of the substitution generators `generators`, their sources pooled
+    (a screening shard runs both on one list), with in-space images of file parents for SAPS."""
+    if not generators:
+        return []
+    pooled = list(dict.fromkeys(source for g in generators for source in sources(g.parents)))
+    return gather(pooled, known, max(g.parents_max_ehull for g in generators), space.elements, space.max_elements,
+                  space.max_atoms, min(g.threshold for g in generators), generators[0].alpha,
+                  max(g.max_outside_parents for g in generators), images)
 
 
 def _hull_note(mp_hull: bool, reevaluate: bool, given: int, evaluated: int, oracle: str, scale: str) -> str:

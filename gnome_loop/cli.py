@@ -476,12 +476,15 @@ def _parents(path: Path, elements: str | None = None) -> tuple[list, dict, list[
 
 
 def _finish_generate(output: Path, name: str, candidates: list, started: float, elements, max_atoms: int,
-                     max_elements: int, **summary) -> None:
+                     max_elements: int, refused: Counter | None = None, **summary) -> None:
+    """Write the valid candidates and the summary; `refused` counts what the generator itself turned down."""
     from gnome_loop.generate.output import checked, write_candidates
 
     kept, rejected = checked(candidates, elements, max_atoms, max_elements)
+    rejected.update(refused or Counter())
     summary_path = write_candidates(output, kept, {
-        "generator": name, "generated": len(candidates), "rejected": dict(rejected),
+        "generator": name, "generated": len(candidates) + sum((refused or Counter()).values()),
+        "rejected": dict(rejected),
         "seconds": round(time.time() - started, 2), **summary})
     out.print(f"{name}: {len(kept)} candidates written to {output}"
               + (f"; rejected {sum(rejected.values())}: {_counts(rejected)}" if rejected else "")
@@ -496,7 +499,7 @@ def generate_substitution(
     threshold: float = typer.Option(1e-3, help="substitution probability cut-off (GNoME: 0.001)"),
     max_elements: int = typer.Option(3), max_atoms: int = typer.Option(20),
     max_candidates: Optional[int] = typer.Option(None),
-    charge_balanced: bool = typer.Option(True, help="keep only charge-balanced swaps of ionic parents"),
+    charge_balanced: bool = typer.Option(True, help="candidates holding an anion must be charge balanced"),
 ) -> None:
     """Whole-species ionic substitution (Hautier et al. with GNoME's λ ≥ 0): new compositions only."""
     from gnome_loop.generate.substitution import substitute
@@ -504,9 +507,12 @@ def generate_substitution(
     started = time.time()
     with _reported_errors():
         items, read, space, known = _parents(parents, elements)
+        refused: Counter = Counter()
         candidates = substitute(items, space, known, threshold=threshold, max_elements=max_elements,
-                                max_atoms=max_atoms, charge_balanced=charge_balanced, max_candidates=max_candidates)
-        _finish_generate(output, "substitution", candidates, started, space, max_atoms, max_elements, parents=read)
+                                max_atoms=max_atoms, charge_balanced=charge_balanced, max_candidates=max_candidates,
+                                rejected=refused)
+        _finish_generate(output, "substitution", candidates, started, space, max_atoms, max_elements, refused,
+                         parents=read)
 
 
 @generate_app.command("saps")
@@ -518,6 +524,7 @@ def generate_saps(
     max_elements: int = typer.Option(4), max_atoms: int = typer.Option(20),
     max_per_parent: int = typer.Option(50), max_candidates: Optional[int] = typer.Option(None),
     supercell: Optional[str] = typer.Option(None, help="repeat parents first, e.g. 2,1,1"),
+    charge_balanced: bool = typer.Option(True, help="candidates holding an anion must be charge balanced"),
 ) -> None:
     """Symmetry-aware partial substitution: one structure per symmetry-distinct choice of swapped sites."""
     from gnome_loop.generate.saps import saps
@@ -528,9 +535,11 @@ def generate_saps(
         if repeat is not None and (len(repeat) != 3 or min(repeat) < 1):
             raise ValueError("--supercell takes three positive integers, e.g. 2,1,1")
         items, read, space, known = _parents(parents, elements)
+        refused: Counter = Counter()
         candidates = saps(items, space, known, threshold=threshold, max_elements=max_elements, max_atoms=max_atoms,
-                          max_per_parent=max_per_parent, max_candidates=max_candidates, supercell=repeat)
-        _finish_generate(output, "saps", candidates, started, space, max_atoms, max_elements, parents=read)
+                          max_per_parent=max_per_parent, max_candidates=max_candidates, supercell=repeat,
+                          charge_balanced=charge_balanced, rejected=refused)
+        _finish_generate(output, "saps", candidates, started, space, max_atoms, max_elements, refused, parents=read)
 
 
 @generate_app.command("random")

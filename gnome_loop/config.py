@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,22 +74,49 @@ class Snapshot(_Section):
         return self
 
 
-class SubstitutionGenerator(_Section):
+class _Substituting(_Section):
+    """What substitution and SAPS share: where their parents come from, and the plausibility rules."""
+
+    parents: Union[Literal["known", "known+prototypes"], list[str]] = Field(
+        "known+prototypes", description="parent sources: a list of `known` (the campaign's phases within "
+        "parents_max_ehull of the hull), `prototypes` (AFLOW templates) and paths of structure files of any "
+        "elements (CIF folder or zip, CSV(.gz) with a 'cif' column, extxyz, ...); `known` and "
+        "`known+prototypes` are short for the first two")
+    parents_max_ehull: float = Field(0.1, ge=0, description="known phases above the hull by more than this "
+                                     "(eV/atom) are no parents (GNoME substituted from stable materials)")
+    max_outside_parents: int = Field(200, ge=0, description="most parents taken from each file, those most "
+                                     "likely to substitute into the space first")
+    charge_balanced: bool = Field(True, description="candidates holding an anion (H N O F P S Cl Se Br Te I) "
+                                  "need a charge-balanced oxidation-state guess (peroxides allowed)")
+
+    @field_validator("parents", mode="before")
+    @classmethod
+    def _known_sources(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("known", "known+prototypes"):
+            raise ValueError(f"{value!r} is not a source list; use e.g. [known, prototypes, path/to/cifs.zip]")
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("parents needs at least one source: known, prototypes or a path")
+            if len(set(value)) != len(value):
+                raise ValueError("parents lists a source twice")
+            if any(not isinstance(item, str) or not item.strip() for item in value):
+                raise ValueError("parents are `known`, `prototypes` or paths of structure files")
+        return value
+
+
+class SubstitutionGenerator(_Substituting):
     enabled: bool = True
     threshold: float = Field(0.001, gt=0, le=1, description="Hautier probability cut-off (GNoME: 0.001)")
     alpha: float = Field(-5.0, description="lambda of never-observed substitutions")
     max_candidates: int = Field(500, ge=0, description="most candidates per round")
-    parents: Literal["known", "known+prototypes"] = "known+prototypes"
-    charge_balanced: bool = True
 
 
-class SapsGenerator(_Section):
+class SapsGenerator(_Substituting):
     enabled: bool = True
     threshold: float = Field(0.001, gt=0, le=1, description="Hautier probability cut-off of the ion swap")
     alpha: float = Field(-5.0, description="lambda of never-observed substitutions")
     max_candidates: int = Field(300, ge=0, description="most candidates per round")
     max_per_parent: int = Field(20, ge=1, description="most candidates from one parent structure")
-    parents: Literal["known", "known+prototypes"] = "known+prototypes"
     supercell: Optional[list[int]] = Field(None, description="repeat parents by [a, b, c] first (within max_atoms)")
 
     @field_validator("supercell")

@@ -97,7 +97,7 @@ class ShardResult:
 
     kept: list[tuple[Candidate, Prediction]]
     summary: list[tuple[str, str, str | None, float | None]]  # (id, formula, symmetry label or None, E_hull)
-    funnel: Counter  # generated, valid, scored, examined, duplicates, kept; rejected:<reason>
+    funnel: Counter  # generated, valid, scored, examined, duplicates, kept; rejected:<reason> (generators' too)
     labels: dict[str, str] = field(default_factory=dict)  # symmetry label of each kept candidate, by id
 
 
@@ -121,13 +121,15 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
     space = dict(elements=list(settings.elements), known_formulas=set(settings.known_formulas),
                  max_elements=settings.max_elements, max_atoms=settings.max_atoms)
     proposals: dict[str, Candidate] = {}
+    implausible: Counter = Counter()  # refused by the generators (gnome_loop.generate.plausible)
     if settings.substitution is not None:
-        for candidate in substitute(parents, **space, **settings.substitution):
+        for candidate in substitute(parents, **space, **settings.substitution, rejected=implausible):
             proposals.setdefault(candidate.id, candidate)
     if settings.saps is not None:
-        for candidate in saps(parents, **space, **settings.saps):
+        for candidate in saps(parents, **space, **settings.saps, rejected=implausible):
             proposals.setdefault(candidate.id, candidate)
-    funnel["generated"] = len(proposals)
+    funnel["generated"] = len(proposals) + sum(implausible.values())
+    funnel.update({f"rejected:{reason}": n for reason, n in implausible.items()})
 
     valid = []
     for key in sorted(proposals):

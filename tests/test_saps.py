@@ -217,10 +217,11 @@ def test_saps_respects_the_campaign_rules(parents, campaign):
     ranks = [(-c.info["probability"], c.id) for c in candidates]
     assert ranks == sorted(ranks)
     swaps = {tuple(c.info["swap"]) for c in candidates}
-    assert {("Na", "K"), ("Cl", "Br"), ("Li", "Co"), ("Al", "Mg")} <= swaps
-    # spinel and LiCoO2 have three elements already: only swaps among them fit max_elements 3
-    for parent, own in ((("spinel",), {"Mg", "Al", "O"}), (("licoo2",), {"Li", "Co", "O"})):
-        assert all(set(c.info["swap"]) <= own for c in candidates if c.parent_ids == parent)
+    assert {("Na", "K"), ("Cl", "Br"), ("Li", "Co")} <= swaps
+    # spinel and LiCoO2 have three elements already: only swaps among them fit max_elements 3;
+    # in the spinel those (Mg2+ <-> Al3+ on some sites) are never charge balanced
+    assert all(set(c.info["swap"]) <= {"Li", "Co", "O"} for c in candidates if c.parent_ids == ("licoo2",))
+    assert not [c for c in candidates if c.parent_ids == ("spinel",)]
     formulas = {c.structure.composition.reduced_formula for c in candidates}
     assert "KNa3Cl4" not in formulas and "KNaCl2" in formulas
     wider = saps(parents, SPACE, known, max_elements=4, max_per_parent=1000)
@@ -252,7 +253,7 @@ def test_saps_limits_and_determinism(parents, campaign):
 
     capped = saps(parents, SPACE, known, max_per_parent=4)
     per_parent = Counter(c.parent_ids for c in capped)
-    assert max(per_parent.values()) <= 4 and len(per_parent) == 3
+    assert max(per_parent.values()) <= 4 and len(per_parent) == 2  # the spinel gives none (see above)
     for parent in per_parent:  # the most likely ones of each parent are kept
         full = sorted((c.info["probability"] for c in candidates if c.parent_ids == parent), reverse=True)
         kept = sorted((c.info["probability"] for c in capped if c.parent_ids == parent), reverse=True)
@@ -263,10 +264,9 @@ def test_saps_limits_and_determinism(parents, campaign):
     assert 0 < len(strict) < len(candidates) and {c.id for c in strict} <= {c.id for c in candidates}
     assert all(c.info["probability"] >= 0.05 for c in strict)
 
-    two = saps(parents, SPACE, known, max_elements=2, max_per_parent=1000)
-    assert two and all(len(c.structure.composition.elements) <= 2 for c in two)
-    # the two-element NaCl parent may only swap Na and Cl for each other
-    assert all(set(c.info["swap"]) == {"Na", "Cl"} for c in two)
+    # within two elements the NaCl parent could only swap Na and Cl for each other: an anion
+    # on a cation's site and the reverse, never proposed
+    assert saps(parents, SPACE, known, max_elements=2, max_per_parent=1000) == []
 
     small = saps(parents, SPACE, known, max_atoms=10, max_per_parent=1000)  # 12- and 14-atom parents skipped
     assert small and {c.parent_ids for c in small} == {("nacl",)}

@@ -23,12 +23,14 @@ not with C(n_A, k).
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from typing import Iterator, Sequence
 
 import numpy as np
 from pymatgen.core import Composition, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from gnome_loop.generate.plausible import NOT_BALANCED, charge_problem
 from gnome_loop.generate.substitution import Option, _options, _parent_species, _radii, _table_species
 from gnome_loop.structures import Candidate, expand_to_bond_ratio
 
@@ -234,12 +236,12 @@ def _swaps(
     """Ion swaps A→B of a parent with P(B | A) ≥ threshold, as (P, A, target), most
     likely first. An element B counts with its most likely species (the first of its
     options, which come sorted by probability); ionic parents weigh species, others
-    elements (see `_options`)."""
-    species, kind = _parent_species(alpha, Composition(counts).reduced_formula)
+    elements, and B keeps the role of A's sites (see `_options`)."""
+    read = _parent_species(alpha, Composition(counts).reduced_formula)
     swaps = []
     for element in sorted(counts):
         best: dict[str, Option] = {}
-        for option in _options(alpha, species[element], space, kind == "ionic"):
+        for option in _options(alpha, read.species[element], space, read.kind == "ionic", read.roles[element]):
             best.setdefault(option.element, option)
         swaps.extend(
             (option.probability, element, option)
@@ -295,6 +297,8 @@ def saps(
     max_candidates: int | None = None,
     supercell: Sequence[int] | int | None = None,
     symprec: float = 0.01,
+    charge_balanced: bool = True,
+    rejected: Counter | None = None,
 ) -> list[Candidate]:
     """Candidates made by replacing some, not all, sites of one parent species.
 
@@ -302,12 +306,15 @@ def saps(
     where that stays within `max_atoms`, all elements in `elements` and in the λ
     table), every ion swap A→B with B in `elements`, B ≠ A and substitution
     probability P(B | A) ≥ `threshold` (Hautier et al.'s model with GNoME's λ ≥ 0
-    clamp, as in :mod:`gnome_loop.generate.substitution`) gives one candidate per
-    symmetry-distinct choice of k of the A sites, 1 ≤ k < n_A. A keeps some sites, so
-    the composition gains B: it must stay within `max_elements` and its reduced
-    formula must not be in `known_formulas`. Partial swaps mix valences (Co3+ next
-    to Ni2+ in a Co site), so unlike whole swaps no charge balance is required; the
-    oracle judges stability.
+    clamp, as in :mod:`gnome_loop.generate.substitution`) and B of the role of A's
+    sites (anion or cation) gives one candidate per symmetry-distinct choice of k of
+    the A sites, 1 ≤ k < n_A. A keeps some sites, so the composition gains B: it must
+    stay within `max_elements` and its reduced formula must not be in
+    `known_formulas`. Partial swaps mix valences (Co3+ next to Ni2+ in a Co site), so
+    the species need not balance, but with `charge_balanced` a candidate holding an
+    anion needs a charge-balanced oxidation-state guess of its composition
+    (:func:`gnome_loop.generate.plausible.charge_problem`); the refused ones are
+    counted in `rejected` by reason.
 
     Info holds the swap [A, B], k and the probability P(B | A). Candidates are sorted
     by probability (highest first), then id; a structure reached twice keeps its most
@@ -325,8 +332,8 @@ def saps(
             continue
         cell = _supercell(parent, supercell, max_atoms)
         cell_counts = {el.symbol: amount for el, amount in cell.composition.element_composition.items()}
-        species, kind = _parent_species(alpha, Composition(counts).reduced_formula)
-        states = {el: species[el][0].oxi_state if kind == "ionic" else None for el in counts}
+        read = _parent_species(alpha, Composition(counts).reduced_formula)
+        states = {el: read.species[el][0].oxi_state if read.kind == "ionic" else None for el in counts}
         permutations: np.ndarray | None = None
 
         mine: dict[str, tuple[float, Candidate]] = {}
@@ -349,8 +356,13 @@ def saps(
             if permutations is None:
                 permutations = site_permutations(cell, symprec)
             for k, chosen in _configurations(cell, old, permutations, ks, max_per_parent):
+                structure = _rescaled(cell, chosen, target, states)
+                if charge_balanced and charge_problem(structure):
+                    if rejected is not None:
+                        rejected[NOT_BALANCED] += 1
+                    continue
                 candidate = Candidate(
-                    _rescaled(cell, chosen, target, states),
+                    structure,
                     generator="saps",
                     parent_ids=(parent_id,),
                     info={"swap": [old, new], "k": k, "probability": probability},

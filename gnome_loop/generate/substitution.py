@@ -10,8 +10,10 @@ probability above 0.001; both are the defaults here.
 
 Each species of a parent is replaced on all its sites (the partial version is SAPS).
 Parent species come from the most likely oxidation-state guess of the composition;
-parents without one (intermetallics) are weighted at element level, taking the most
-likely pair of ions of the two elements.
+parents without one are weighted at element level, taking the most likely pair of
+ions of the two elements. Every swap keeps the site's role (anion ↔ anion, cation ↔
+cation) and every candidate holding an anion must be charge balanced
+(:mod:`gnome_loop.generate.plausible`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import functools
 import inspect
 import math
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from monty.serialization import loadfn
 from pymatgen.core import Composition, Element, Species, Structure
 
+from gnome_loop.generate.plausible import NOT_BALANCED, charge_problem, holds_anion, role
 from gnome_loop.structures import Candidate, expand_to_bond_ratio
 
 try:  # recent pymatgen keeps it in core, older releases in analysis
@@ -74,13 +78,16 @@ def _table_species(alpha: float) -> dict[str, tuple[Species, ...]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _options(alpha: float, parents: tuple[Species, ...], space: tuple[str, ...], charged: bool) -> tuple[Option, ...]:
+def _options(
+    alpha: float, parents: tuple[Species, ...], space: tuple[str, ...], charged: bool, site_role: str
+) -> tuple[Option, ...]:
     """The targets in `space` for the sites of one parent element, most likely first.
 
     With `charged` the sites are the single species `parents[0]` and every target
     species is an option of its own. Otherwise targets are whole elements, weighted
     by the largest P(b | a) over the parent species a and the table species b of the
-    target element.
+    target element. Only targets of the sites' role (`site_role`: anion or cation,
+    see :func:`gnome_loop.generate.plausible.role`) are options.
     """
     model = substitution_model(alpha)
     best: dict[tuple[str, float | None], float] = {}
@@ -88,20 +95,34 @@ def _options(alpha: float, parents: tuple[Species, ...], space: tuple[str, ...],
         for symbol in space:
             for target in _table_species(alpha)[symbol]:
                 key = (symbol, target.oxi_state if charged else None)
+                if role(*key) != site_role:
+                    continue
                 best[key] = max(best.get(key, 0.0), model.cond_prob(target, parent))
     options = [Option(symbol, oxidation, probability) for (symbol, oxidation), probability in best.items()]
     return tuple(sorted(options, key=lambda option: (-option.probability, option.element, option.oxidation or 0.0)))
 
 
+class ParentSpecies(NamedTuple):
+    """How a parent composition is read: the table species each element stands for,
+    the role of each element's sites (anion or cation) and the kind of parent."""
+
+    species: dict[str, tuple[Species, ...]]
+    roles: dict[str, str]
+    kind: str
+
+
 @functools.lru_cache(maxsize=4096)
-def _parent_species(alpha: float, formula: str) -> tuple[dict[str, tuple[Species, ...]], str]:
-    """The table species each element of a parent composition stands for, and the
-    kind of parent: "ionic", "mixed-valence" or "intermetallic".
+def _parent_species(alpha: float, formula: str) -> ParentSpecies:
+    """The table species and site roles of a parent composition, and its kind:
+    "ionic", "mixed-valence", "intermetallic" or "unbalanced".
 
     From pymatgen's most likely oxidation-state guess: an integer state gives one
     species (ionic); a mixed-valence element gets both neighbouring states (Fe 8/3 in
-    Fe3O4: Fe2+ and Fe3+). Without a guess, or when the table lacks such a species,
-    an element stands for all its table species (intermetallic: element level).
+    Fe3O4: Fe2+ and Fe3+); roles follow the signs of the states. Without a guess, or
+    when the table lacks such a species, an element stands for all its table species
+    (element level) and its role is the element's: "intermetallic" when no element
+    is an anion, else "unbalanced" (say Na2O2 or Fe4N, or an oxide far above the hull):
+    a phase holding an anion is never treated as an intermetallic.
     """
     table = _table_species(alpha)
     guesses = Composition(formula).oxi_state_guesses()
@@ -113,14 +134,11 @@ def _parent_species(alpha: float, formula: str) -> tuple[dict[str, tuple[Species
         }
         if all(species.values()):
             exact = all(state == round(state) for state in states.values())
-            return species, "ionic" if exact else "mixed-valence"
-    return {symbol: table[symbol] for symbol in Composition(formula).chemical_system_set}, "intermetallic"
-
-
-@functools.lru_cache(maxsize=4096)
-def _has_balanced_guess(formula: str) -> bool:
-    """Whether pymatgen finds charge-balanced oxidation states for a composition."""
-    return bool(Composition(formula).oxi_state_guesses())
+            roles = {symbol: role(symbol, state) for symbol, state in states.items()}
+            return ParentSpecies(species, roles, "ionic" if exact else "mixed-valence")
+    symbols = Composition(formula).chemical_system_set
+    return ParentSpecies({symbol: table[symbol] for symbol in symbols}, {symbol: role(symbol) for symbol in symbols},
+                         "unbalanced" if holds_anion(symbols) else "intermetallic")
 
 
 def _assignments(options: Sequence[Sequence[Option]], threshold: float) -> Iterator[tuple[tuple[Option, ...], float]]:
@@ -194,17 +212,19 @@ def substitute(
     max_atoms: int = 20,
     charge_balanced: bool = True,
     max_candidates: int | None = None,
+    rejected: Counter | None = None,
 ) -> list[Candidate]:
     """Candidates made by swapping whole species of `parents` for elements of the space.
 
-    Each parent element goes to a distinct element of `elements` (an element may
-    stay), with the product of substitution probabilities above `threshold`; the
-    identity is skipped. A proposal is kept only when its composition is new: its
-    reduced formula (pymatgen's `reduced_formula`) is not in `known_formulas`.
-    With `charge_balanced`, the target ions of an ionic parent must sum to zero
-    charge, and the composition made from a mixed-valence parent must have a
-    charge-balanced oxidation-state guess; intermetallic parents are not checked.
-    Parents beyond `max_atoms` sites or `max_elements` elements are skipped.
+    Each parent element goes to a distinct element of `elements` of the same role
+    (anion or cation; an element may stay), with the product of substitution
+    probabilities above `threshold`; the identity is skipped. A proposal is kept only
+    when its composition is new: its reduced formula (pymatgen's `reduced_formula`)
+    is not in `known_formulas`. With `charge_balanced`, the target ions of an ionic
+    parent must sum to zero charge, and any candidate holding an anion must pass
+    :func:`gnome_loop.generate.plausible.charge_problem`; the proposals refused are
+    counted in `rejected` by reason (NOT_BALANCED). Intermetallic candidates are not
+    checked. Parents beyond `max_atoms` sites or `max_elements` elements are skipped.
 
     Candidates are sorted by probability (highest first), then id; a structure
     reached twice keeps its most likely origin. At most `max_candidates` are returned.
@@ -219,12 +239,13 @@ def substitute(
         if not set(counts) <= set(table):  # an element the λ table never saw
             continue
         order = sorted(counts)
-        species, kind = _parent_species(alpha, Composition(counts).reduced_formula)
-        ionic = kind == "ionic"
-        options = [_options(alpha, species[el], space, ionic) for el in order]
-        states = {el: species[el][0].oxi_state if ionic else None for el in order}
+        read = _parent_species(alpha, Composition(counts).reduced_formula)
+        ionic = read.kind == "ionic"
+        options = [_options(alpha, read.species[el], space, ionic, read.roles[el]) for el in order]
+        states = {el: read.species[el][0].oxi_state if ionic else None for el in order}
 
         best_per_mapping: dict[tuple[str, ...], tuple[float, tuple[Option, ...]]] = {}
+        unbalanced: set[tuple[str, ...]] = set()
         for chosen, probability in _assignments(options, threshold):
             targets = tuple(option.element for option in chosen)
             if list(targets) == order:
@@ -234,16 +255,22 @@ def substitute(
                 continue
             if charge_balanced and ionic:
                 if abs(sum(counts[el] * option.oxidation for el, option in zip(order, chosen))) > CHARGE_TOLERANCE:
+                    unbalanced.add(targets)
                     continue
-            if charge_balanced and kind == "mixed-valence" and not _has_balanced_guess(formula):
-                continue
             if targets not in best_per_mapping or probability > best_per_mapping[targets][0]:
                 best_per_mapping[targets] = (probability, chosen)
+        if rejected is not None:
+            rejected[NOT_BALANCED] += len(unbalanced - set(best_per_mapping))
 
         for probability, chosen in best_per_mapping.values():
             mapping = dict(zip(order, chosen))
+            structure = _substituted(parent, counts, states, mapping)
+            if charge_balanced and charge_problem(structure):
+                if rejected is not None:
+                    rejected[NOT_BALANCED] += 1
+                continue
             candidate = Candidate(
-                _substituted(parent, counts, states, mapping),
+                structure,
                 generator="substitution",
                 parent_ids=(parent_id,),
                 info={

@@ -2,8 +2,9 @@
 (the shared value is sent to every worker once, not with every task) or here.
 
 Used by the campaign to screen candidate shards. A task whose worker dies is run
-again by dask on another worker (up to dask's `allowed-failures`); one that still
-fails is reported, not raised, so that the caller can record what did finish. Only
+again by dask on another worker (up to dask's `allowed-failures`), and one that the
+scheduler cancels in the commotion is submitted again here; one that still fails is
+reported, not raised, so that the caller can record what did finish. Only
 a few tasks per worker thread are in flight at once: the scheduler and the workers
 hold a window of the round, never all of it.
 """
@@ -26,6 +27,9 @@ Result = TypeVar("Result")
 #: enough to bound memory.
 IN_FLIGHT_PER_THREAD = 2
 MIN_IN_FLIGHT = 4
+#: Times a task the scheduler cancelled on its own (seen when a worker dies while the
+#: task is handed over) is submitted again before it counts as failed.
+RESUBMITS = 2
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -62,6 +66,8 @@ def run_shards(work: Callable[[object, Task], Result], shared: object, tasks: Se
 
     [scattered] = client.scatter([shared], broadcast=True, hash=False)
     waiting = iter(enumerate(tasks))
+    again: list[tuple[int, Task]] = []  # tasks the scheduler cancelled, to submit once more
+    resubmitted: dict[int, int] = {}
     futures: dict = {}
     finished = as_completed(loop=client.loop)
     name = getattr(work, "__name__", "shard")
@@ -70,7 +76,7 @@ def run_shards(work: Callable[[object, Task], Result], shared: object, tasks: Se
         """Submit tasks until the window is full; it follows workers that join or leave."""
         window = max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * sum(client.nthreads().values()))
         while len(futures) < window:
-            item = next(waiting, None)
+            item = again.pop() if again else next(waiting, None)
             if item is None:
                 return
             future = client.submit(_run_and_trim, work, scattered, item[1], pure=False,
@@ -82,8 +88,13 @@ def run_shards(work: Callable[[object, Task], Result], shared: object, tasks: Se
         top_up()
         for future in finished:
             index = futures.pop(future)
-            if future.status == "error":
-                failed[index] = repr(future.exception())
+            if future.status == "cancelled" and resubmitted.get(index, 0) < RESUBMITS:
+                resubmitted[index] = resubmitted.get(index, 0) + 1
+                again.append((index, tasks[index]))
+                log.warning("shard %d was cancelled by the dask scheduler; submitted again", index)
+            elif future.status in ("error", "cancelled"):
+                failed[index] = repr(future.exception()) if future.status == "error" else \
+                    f"cancelled by the dask scheduler {RESUBMITS + 1} times"
                 log.warning("shard %d failed: %s", index, failed[index])
             else:
                 on_result(index, future.result())

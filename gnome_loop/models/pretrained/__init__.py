@@ -17,8 +17,8 @@ from pymatgen.core import Composition
 from gnome_loop.config import Model as ModelConfig
 from gnome_loop.models.base import EnergyModel, load_model, read_model_card
 
-#: Where the shipped checkpoints live, one folder per kind of model.
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+#: Where the shipped checkpoints live (beside this module), one folder per kind of model.
+PRETRAINED_DIR = Path(__file__).parent
 #: Config `model.kind` → the folder of its pretrained checkpoint.
 KINDS = {"gnome": "structure", "composition": "composition"}
 #: Settings that fix a network's shape: a checkpoint fine-tunes only into the same ones.

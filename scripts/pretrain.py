@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from gnome_loop.generate.composition import placeholder_structure  # noqa: E402
 from gnome_loop.models.composition import composition_input_error  # noqa: E402
 from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble  # noqa: E402
-from gnome_loop.models.pretrained import held_out, pretrained_path  # noqa: E402
+from gnome_loop.models.pretrained import PRETRAINED_DIR, held_out  # noqa: E402
 from gnome_loop.models.train import TrainState  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (fit["finished"] or args.export):
         print(f"stopped with training left to do: run the same command again to resume from {checkpoint}")
         return 0
-    out = args.out or pretrained_path({"structure": "gnome", "composition": "composition"}[args.kind])
+    out = args.out or PRETRAINED_DIR / args.kind
     mp20 = mp20_val_mae(model, args.data)
     model.metrics["pretraining"] = {
         "data": source, "samples": len(structures), "left_out": dropped,

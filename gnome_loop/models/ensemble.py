@@ -43,6 +43,8 @@ PACKING_SLACK = 1.1
 #: call grow with its edges (about 4 kB an edge at 4 members of width 64, measured on
 #: CPU), so dense cells get fewer graphs a call rather than a larger call.
 MAX_BATCH_EDGES = 32768
+#: Settings that fix a network's shape: a trained ensemble fine-tunes only into the same ones.
+ARCHITECTURE = ("members", "width", "steps", "cutoff")
 
 
 class GNNEnsemble:
@@ -176,11 +178,10 @@ class GNNEnsemble:
     def _adopt(self, init: "GNNEnsemble") -> None:
         """Take the network, its standardisation and its data-set constants from `init`;
         ValueError when its architecture differs from this ensemble's settings."""
-        shape = ("members", "width", "steps", "cutoff")
-        if type(init) is not type(self) or any(init.settings[k] != self.settings[k] for k in shape):
-            theirs = ", ".join(f"{k} {init.settings.get(k)}" for k in shape)
+        if type(init) is not type(self) or any(init.settings[k] != self.settings[k] for k in ARCHITECTURE):
+            theirs = ", ".join(f"{k} {init.settings.get(k)}" for k in ARCHITECTURE)
             raise ValueError(f"cannot fine-tune a {init.name} ({theirs}) as a {self.name} with "
-                             + ", ".join(f"{k} {self.settings[k]}" for k in shape))
+                             + ", ".join(f"{k} {self.settings[k]}" for k in ARCHITECTURE))
         if init.params is None:
             raise ValueError(f"cannot fine-tune from an untrained {init.name}")
         self.params, self.shift, self.scale = init.params, init.shift, init.scale

@@ -16,13 +16,12 @@ from pymatgen.core import Composition
 
 from gnome_loop.config import Model as ModelConfig
 from gnome_loop.models.base import EnergyModel, load_model, read_model_card
+from gnome_loop.models.ensemble import ARCHITECTURE
 
 #: Where the shipped checkpoints live (beside this module), one folder per kind of model.
 PRETRAINED_DIR = Path(__file__).parent
 #: Config `model.kind` → the folder of its pretrained checkpoint.
 KINDS = {"gnome": "structure", "composition": "composition"}
-#: Settings that fix a network's shape: a checkpoint fine-tunes only into the same ones.
-ARCHITECTURE = ("members", "width", "steps", "cutoff")
 #: Chemical systems whose ternary and richer phases pretraining never sees, so that the
 #: discovery benchmark (`experiments/bench_discovery.py`) rediscovers them honestly.
 HELD_OUT_SYSTEMS = (frozenset({"Li", "Co", "Ni", "O"}),)

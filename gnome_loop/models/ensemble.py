@@ -45,6 +45,9 @@ PACKING_SLACK = 1.1
 MAX_BATCH_EDGES = 32768
 #: Settings that fix a network's shape: a trained ensemble fine-tunes only into the same ones.
 ARCHITECTURE = ("members", "width", "steps", "cutoff")
+#: How strongly fine-tuning keeps each per-element reference at its prior, in pure-element
+#: samples' worth of evidence: an element met only in a few compounds stays near it.
+REFERENCE_PRIOR_WEIGHT = 1.0
 
 
 class GNNEnsemble:
@@ -129,7 +132,9 @@ class GNNEnsemble:
             self.scale = float(np.std(residual[train])) or 1.0
         else:
             self._adopt(init)
-            self.reference.fit(structures, y - np.median(self._network_energies(features), axis=0), formulas)
+            without_network = y - np.median(self._network_energies(features), axis=0)
+            self.reference.fit(structures, without_network, formulas, prior=reference_prior(
+                init.reference, structures, without_network), prior_weight=REFERENCE_PRIOR_WEIGHT)
             residual = y - self.reference.predict(structures)[0]
         targets = ((residual - self.shift) / self.scale).astype(np.float32)
         self._prepare(features, train, constants=init is None)
@@ -264,6 +269,19 @@ class GNNEnsemble:
 
     def _sample_batch(self):
         raise NotImplementedError
+
+
+def reference_prior(pretrained: LinearElementModel, structures: Sequence[Structure],
+                    without_network: np.ndarray) -> dict[str, float]:
+    """Each element's per-element reference before fine-tuning sees the compounds: from
+    its lowest pure-element sample where the data hold one (this pins a new energy scale:
+    a total energy per atom, an ML potential's offsets), else the pretrained one."""
+    terminals: dict[str, float] = {}
+    for structure, energy in zip(structures, without_network):
+        if len(structure.composition.elements) == 1:
+            element = structure.composition.elements[0].symbol
+            terminals[element] = min(float(energy), terminals.get(element, np.inf))
+    return {**dict(zip(pretrained.elements, pretrained.mu.tolist())), **terminals}
 
 
 def median_and_spread(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

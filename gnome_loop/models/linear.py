@@ -63,16 +63,24 @@ class LinearElementModel:
                 x[row, column[el.symbol]] = amount
         return x
 
-    def _solve(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        gram = x.T @ x + self.ridge * len(y) * np.eye(x.shape[1])
-        return np.linalg.solve(gram, x.T @ y)
+    def _solve(self, x: np.ndarray, y: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
+        """Least squares, shrunk towards `prior` with `prior_weight` plus the small ridge."""
+        weight = self.ridge * len(y) + prior_weight
+        gram = x.T @ x + weight * np.eye(x.shape[1])
+        return np.linalg.solve(gram, x.T @ y + weight * prior)
 
     def fit(
-        self, structures: list[Structure], energies_per_atom: np.ndarray, formulas: list[str] | None = None
+        self, structures: list[Structure], energies_per_atom: np.ndarray, formulas: list[str] | None = None,
+        prior: dict[str, float] | None = None, prior_weight: float = 0.0,
     ) -> dict:
         """Fit on the formula-hash training split to measure `val_mae`, then refit on all
         data. Returns `val_mae` (None without validation data), `n_train`, `n_val` and
-        `residual_std` (eV/atom)."""
+        `residual_std` (eV/atom).
+
+        With `prior` (per-element energies; missing elements count as 0), each μ is
+        shrunk towards it with `prior_weight`, in units of one pure-element sample's
+        evidence: an element seen only in a few compounds then stays near its prior
+        instead of absorbing those compounds' noise (fine-tuning on little data)."""
         if not structures:
             raise ValueError("cannot fit a model on no structures")
         y = np.asarray(energies_per_atom, dtype=float)
@@ -81,10 +89,12 @@ class LinearElementModel:
         self.elements = sorted({el.symbol for structure in structures for el in structure.composition.elements})
         x = self._fractions(structures, self.elements)
         train, val = split_indices(formulas)
+        mu0 = np.array([(prior or {}).get(el, 0.0) for el in self.elements])
         val_mae = None
         if len(train) and len(val):
-            val_mae = float(np.mean(np.abs(x[val] @ self._solve(x[train], y[train]) - y[val])))
-        self.mu = self._solve(x, y)
+            mu = self._solve(x[train], y[train], mu0, prior_weight)
+            val_mae = float(np.mean(np.abs(x[val] @ mu - y[val])))
+        self.mu = self._solve(x, y, mu0, prior_weight)
         self.residual_std = float(np.sqrt(np.mean((x @ self.mu - y) ** 2)))
         self.data_hash = data_hash(structures, y)
         self.metrics = {"val_mae": val_mae, "n_train": len(train), "n_val": len(val), "residual_std": self.residual_std}

@@ -17,7 +17,10 @@ how many MP ternaries/quaternaries on MP's hull or within 50 meV/atom of it were
 rediscovered (StructureMatcher, pymatgen defaults). The pretrained models' MAE on
 MP-20 val is reported beside the from-scratch numbers of `bench_model.py`.
 
-    python experiments/bench_discovery.py [--quick] [--json PATH]
+    python experiments/bench_discovery.py [--quick] [--arms random,scratch,pretrained] [--json PATH]
+
+`--arms` runs some arms and keeps the others from the earlier results in `--json`
+(for example the pretrained arm again after a new checkpoint).
 """
 
 from __future__ import annotations
@@ -109,57 +112,86 @@ def pretrained_mp20(results: Path) -> dict:
     return out
 
 
+def run_arm(arm: str, snapshot: Path, targets: list, workdir: Path, quick: bool) -> dict:
+    """One arm's campaign, run to the end: its per-round table, rediscoveries and time."""
+    started = time.perf_counter()
+    campaign = Campaign.create(parse_config(campaign_config(arm, snapshot, quick)), workdir / arm)
+    campaign.run()
+    return {"rounds": [row for row in campaign.round_table() if row["round"] > 0],
+            "rediscovered": rediscovered(campaign, targets), "seconds": round(time.perf_counter() - started)}
+
+
+def earlier_arms(path: Path, quick: bool) -> dict:
+    """Arms a previous run of the same mode wrote to `path` (kept when `--arms` reruns others)."""
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    return previous.get("arms", {}) if previous.get("quick") == quick else {}
+
+
+def summary(arms: dict, quick: bool) -> dict:
+    """The issue's keys from the arms' tables (None where an arm has not run)."""
+    hit = {arm: [row["hit_rate"] for row in arms[arm]["rounds"]] if arm in arms else None for arm in ARMS}
+    total = {arm: cumulative(arms[arm]["rounds"]) if arm in arms else None for arm in ARMS}
+    daf = {arm: total[arm] / total["random"] if total[arm] is not None and total["random"] else None
+           for arm in ("scratch", "pretrained")}
+    return {
+        "quick": quick,
+        **{f"hit_rate_{arm}": hit[arm] for arm in ARMS},
+        **{f"hit_rate_cumulative_{arm}": total[arm] for arm in ARMS},
+        "daf_pretrained": daf["pretrained"], "daf_scratch": daf["scratch"],
+        **{f"filter_mae_{arm}": [row["filter_mae"] for row in arms[arm]["rounds"]] if arm in arms else None
+           for arm in ("scratch", "pretrained")},
+        **{f"evaluated_{arm}": [row["evaluated"] for row in arms[arm]["rounds"]] if arm in arms else None
+           for arm in ARMS},
+        **{f"rediscovered_{arm}": arms[arm]["rediscovered"] if arm in arms else None for arm in ARMS},
+        # the train stage's wall time per round: fine-tuning vs training from scratch
+        **{f"train_seconds_{arm}": [row["seconds"].get("train") for row in arms[arm]["rounds"]] if arm in arms
+           else None for arm in ("scratch", "pretrained")},
+        "seconds": {arm: arms[arm]["seconds"] for arm in arms},
+    }
+
+
+def print_table(result: dict, targets: int) -> None:
+    fmt = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
+    column = lambda key, index: fmt(result[key][index] if result[key] and index < len(result[key]) else None)  # noqa: E731
+    print(f"{'round':>5}" + "".join(f"{'hit ' + arm:>16}" for arm in ARMS)
+          + f"{'MAE scratch':>13}{'MAE pretrained':>16}")
+    for index in range(max(len(result[f"hit_rate_{arm}"] or []) for arm in ARMS)):
+        print(f"{index + 1:>5}" + "".join(f"{column(f'hit_rate_{arm}', index):>16}" for arm in ARMS)
+              + f"{column('filter_mae_scratch', index):>13}{column('filter_mae_pretrained', index):>16}")
+    print("cumulative hit rate: " + ", ".join(f"{arm} {fmt(result[f'hit_rate_cumulative_{arm}'])}" for arm in ARMS)
+          + f"; DAF pretrained {fmt(result['daf_pretrained'])}, scratch {fmt(result['daf_scratch'])}")
+    print("rediscovered: " + ", ".join(f"{arm} {len(result[f'rediscovered_{arm}'] or [])}" for arm in ARMS)
+          + f" of {targets}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 8 jobs, fewer epochs")
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help="arms to run, comma-separated; the others are kept from an earlier run in --json")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_discovery.json")
     args = parser.parse_args()
     if not SYSTEM.is_file():
         print(f"skipped: {SYSTEM} not found (the reference data lie beside the dev checkout)")
         return 0
+    chosen = [arm for arm in ARMS if arm in args.arms.split(",")]
     started = time.perf_counter()
     known, targets = split_system(loadfn(SYSTEM))
     print(f"snapshot: {len(known)} unary and binary MP entries; {len(targets)} ternary/quaternary MP phases "
           f"within {TARGET_EHULL * 1000:.0f} meV/atom of MP's hull to rediscover")
-    rows, found, seconds = {}, {}, {}
+    arms = earlier_arms(args.json, args.quick)
     with tempfile.TemporaryDirectory(prefix="bench_discovery_") as tmp:
         snapshot = Path(tmp) / "li-co-ni-o_binaries.json.gz"
         dumpfn(known, snapshot)
-        for arm in ARMS:
-            arm_started = time.perf_counter()
-            campaign = Campaign.create(parse_config(campaign_config(arm, snapshot, args.quick)), Path(tmp) / arm)
-            campaign.run()
-            rows[arm] = [row for row in campaign.round_table() if row["round"] > 0]
-            found[arm] = rediscovered(campaign, targets)
-            seconds[arm] = round(time.perf_counter() - arm_started)
-            print(f"{arm}: {seconds[arm]} s, hit rates {[row['hit_rate'] for row in rows[arm]]}, "
-                  f"rediscovered {found[arm]}", flush=True)
-    hit = {arm: [row["hit_rate"] for row in rows[arm]] for arm in ARMS}
-    total = {arm: cumulative(rows[arm]) for arm in ARMS}
-    daf = {arm: total[arm] / total["random"] if total[arm] is not None and total["random"] else None
-           for arm in ("scratch", "pretrained")}
-    result = {
-        "quick": args.quick, "targets": len(targets), "snapshot_entries": len(known),
-        **{f"hit_rate_{arm}": hit[arm] for arm in ARMS},
-        **{f"hit_rate_cumulative_{arm}": total[arm] for arm in ARMS},
-        "daf_pretrained": daf["pretrained"], "daf_scratch": daf["scratch"],
-        "filter_mae_pretrained": [row["filter_mae"] for row in rows["pretrained"]],
-        "filter_mae_scratch": [row["filter_mae"] for row in rows["scratch"]],
-        "evaluated": {arm: [row["evaluated"] for row in rows[arm]] for arm in ARMS},
-        **{f"rediscovered_{arm}": found[arm] for arm in ARMS},
-        "seconds": seconds, **pretrained_mp20(RESULTS),
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    fmt = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
-    print(f"{'round':>5}" + "".join(f"{'hit ' + arm:>16}" for arm in ARMS)
-          + f"{'MAE scratch':>13}{'MAE pretrained':>16}")
-    for index in range(len(rows["random"])):
-        print(f"{index + 1:>5}" + "".join(f"{fmt(hit[arm][index] if index < len(hit[arm]) else None):>16}"
-                                         for arm in ARMS)
-              + f"{fmt(result['filter_mae_scratch'][index]):>13}{fmt(result['filter_mae_pretrained'][index]):>16}")
-    print("cumulative hit rate: " + ", ".join(f"{arm} {fmt(total[arm])}" for arm in ARMS)
-          + f"; DAF pretrained {fmt(daf['pretrained'])}, scratch {fmt(daf['scratch'])}")
-    print("rediscovered: " + ", ".join(f"{arm} {len(found[arm])}" for arm in ARMS) + f" of {len(targets)}")
+        for arm in chosen:
+            arms[arm] = run_arm(arm, snapshot, targets, Path(tmp), args.quick)
+            print(f"{arm}: {arms[arm]['seconds']} s, hit rates {[row['hit_rate'] for row in arms[arm]['rounds']]}, "
+                  f"rediscovered {arms[arm]['rediscovered']}", flush=True)
+    result = {**summary(arms, args.quick), "targets": len(targets), "snapshot_entries": len(known),
+              **pretrained_mp20(RESULTS), "arms": arms, "wall_s_this_run": round(time.perf_counter() - started, 1)}
+    print_table(result, len(targets))
     write_results(args.json, result)
     return 0
 

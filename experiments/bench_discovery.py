@@ -172,6 +172,7 @@ def main() -> int:
     parser.add_argument("--arms", default=",".join(ARMS),
                         help="arms to run, comma-separated; the others are kept from an earlier run in --json")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_discovery.json")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the arms' campaigns in this folder (to study them)")
     args = parser.parse_args()
     if not SYSTEM.is_file():
         print(f"skipped: {SYSTEM} not found (the reference data lie beside the dev checkout)")
@@ -183,10 +184,12 @@ def main() -> int:
           f"within {TARGET_EHULL * 1000:.0f} meV/atom of MP's hull to rediscover")
     arms = earlier_arms(args.json, args.quick)
     with tempfile.TemporaryDirectory(prefix="bench_discovery_") as tmp:
-        snapshot = Path(tmp) / "li-co-ni-o_binaries.json.gz"
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        snapshot = workdir / "li-co-ni-o_binaries.json.gz"
         dumpfn(known, snapshot)
         for arm in chosen:
-            arms[arm] = run_arm(arm, snapshot, targets, Path(tmp), args.quick)
+            arms[arm] = run_arm(arm, snapshot, targets, workdir, args.quick)
             print(f"{arm}: {arms[arm]['seconds']} s, hit rates {[row['hit_rate'] for row in arms[arm]['rounds']]}, "
                   f"rediscovered {arms[arm]['rediscovered']}", flush=True)
     result = {**summary(arms, args.quick), "targets": len(targets), "snapshot_entries": len(known),

@@ -39,12 +39,14 @@ from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import STABLE_TOL, Hull, chemsys_of, e_above_hull_many
 from gnome_loop.metrics import classification, hit_rate, mean_absolute_error, spread_error_correlation
-from gnome_loop.models.base import EnergyModel, load_model, make_model
+from gnome_loop.models.base import EnergyModel
 from gnome_loop.models.nequip import NequIPConfig
 from gnome_loop.models.pretrained import architecture_mismatch, starting_model
 from gnome_loop.models.nequip_train import (average_neighbors, load_nequip, save_nequip, train_nequip,
                                              training_frames)
-from gnome_loop.oracle.base import read_result, write_job, write_json_atomic
+from gnome_loop.models.registry import load_model, make_model
+from gnome_loop.oracle.base import write_json_atomic
+from gnome_loop.oracle.jobfolder import read_result, write_job
 from gnome_loop.prerelax import prerelax
 from gnome_loop.screen import ScreenContext, ScreenSettings, model_files, score_structures, screen_task
 from gnome_loop.select import EXPLORE, FILL, THRESHOLD, Scored, empty_reason, select_candidates

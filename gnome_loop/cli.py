@@ -252,7 +252,7 @@ def export(
 @app.command("run-job")
 def run_job(jobdir: Path = typer.Argument(..., help="a job folder written by the campaign")) -> None:
     """Run one oracle job folder here (for the manual scheduler); writes JOBDIR/result.json."""
-    from gnome_loop.oracle.base import run_job as execute
+    from gnome_loop.oracle.jobfolder import run_job as execute
 
     with _reported_errors():
         if not (jobdir / "job.json").exists():
@@ -377,7 +377,7 @@ def train(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Train an energy model on DATA and save it to OUTPUT, without a campaign."""
-    from gnome_loop.models.base import make_model
+    from gnome_loop.models.registry import make_model
     from gnome_loop.models.data import read_labelled
 
     with _reported_errors():
@@ -419,7 +419,7 @@ def predict(
 
     Structures the model refuses get empty values and the reason in the `error` column.
     """
-    from gnome_loop.models.base import load_model
+    from gnome_loop.models.registry import load_model
     from gnome_loop.models.data import predict_rows, read_structures
 
     with _reported_errors():
@@ -581,7 +581,7 @@ def generate_composition(
 ) -> None:
     """Charge-balanced formulas (SMACT, GNoME's relaxed rules), best first, then random structures for them."""
     from gnome_loop.generate.composition import enumerate_candidates
-    from gnome_loop.models.base import load_model
+    from gnome_loop.models.registry import load_model
 
     started = time.time()
     with _reported_errors():

@@ -25,7 +25,7 @@ from gnome_loop.campaign import Campaign, stages_of
 from gnome_loop.cli import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_WAITING, app
 from gnome_loop.config import load_config, parse_config
 from gnome_loop.export import HULL_CSV_COLUMNS
-from gnome_loop.oracle.base import run_job
+from gnome_loop.oracle.jobfolder import run_job
 from gnome_loop.store import Store, campaign_lock
 
 ROOT = Path(__file__).resolve().parents[1]

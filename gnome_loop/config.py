@@ -74,7 +74,7 @@ class Snapshot(_Section):
         return self
 
 
-class _Substituting(_Section):
+class SubstitutingGenerator(_Section):
     """What substitution and SAPS share: where their parents come from, and the plausibility rules."""
 
     parents: Union[Literal["known", "known+prototypes"], list[str]] = Field(
@@ -104,14 +104,14 @@ class _Substituting(_Section):
         return value
 
 
-class SubstitutionGenerator(_Substituting):
+class SubstitutionGenerator(SubstitutingGenerator):
     enabled: bool = True
     threshold: float = Field(0.001, gt=0, le=1, description="Hautier probability cut-off (GNoME: 0.001)")
     alpha: float = Field(-5.0, description="lambda of never-observed substitutions")
     max_candidates: int = Field(500, ge=0, description="most candidates per round")
 
 
-class SapsGenerator(_Substituting):
+class SapsGenerator(SubstitutingGenerator):
     enabled: bool = True
     threshold: float = Field(0.001, gt=0, le=1, description="Hautier probability cut-off of the ion swap")
     alpha: float = Field(-5.0, description="lambda of never-observed substitutions")

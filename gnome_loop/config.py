@@ -467,6 +467,15 @@ def parse_config(data: dict) -> CampaignConfig:
         raise ConfigError(_describe(error)) from None
 
 
+def parse_model(**options) -> Model:
+    """Validate a `model` section given as keyword arguments (`gnome-loop train`); raise
+    ConfigError naming each bad field."""
+    try:
+        return Model(**options)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
 def load_config(path: str | Path) -> CampaignConfig:
     """Read and validate a YAML config file."""
     path = Path(path)

@@ -17,6 +17,8 @@ generate_app = typer.Typer(help="Make candidates with one generator, outside any
                            no_args_is_help=True)
 
 SpaceOption = typer.Option(None, "--elements", help="chemical space, comma-separated (default: the inputs' elements)")
+ParentsArgument = typer.Argument(..., help="parent structures: CIF, zip, folder, CSV(.gz) with 'cif', extxyz")
+ChargeBalancedOption = typer.Option(True, help="candidates holding an anion must be charge balanced")
 OutputOption = typer.Option(..., "-o", "--output", help="extxyz file to write; the summary goes beside it as .json")
 
 
@@ -63,13 +65,13 @@ def _finish_generate(output: Path, name: str, candidates: list, started: float, 
 
 @generate_app.command("substitution")
 def generate_substitution(
-    parents: Path = typer.Argument(..., help="parent structures: CIF, zip, folder, CSV(.gz) with 'cif', extxyz"),
+    parents: Path = ParentsArgument,
     output: Path = OutputOption,
     elements: Optional[str] = SpaceOption,
     threshold: float = typer.Option(1e-3, help="substitution probability cut-off (GNoME: 0.001)"),
     max_elements: int = typer.Option(3), max_atoms: int = typer.Option(20),
     max_candidates: Optional[int] = typer.Option(None),
-    charge_balanced: bool = typer.Option(True, help="candidates holding an anion must be charge balanced"),
+    charge_balanced: bool = ChargeBalancedOption,
 ) -> None:
     """Whole-species ionic substitution (Hautier et al. with GNoME's λ ≥ 0): new compositions only."""
     from gnome_loop.generate.substitution import substitute
@@ -87,14 +89,14 @@ def generate_substitution(
 
 @generate_app.command("saps")
 def generate_saps(
-    parents: Path = typer.Argument(..., help="parent structures: CIF, zip, folder, CSV(.gz) with 'cif', extxyz"),
+    parents: Path = ParentsArgument,
     output: Path = OutputOption,
     elements: Optional[str] = SpaceOption,
     threshold: float = typer.Option(1e-3, help="probability cut-off of the ion swap"),
     max_elements: int = typer.Option(4), max_atoms: int = typer.Option(20),
     max_per_parent: int = typer.Option(50), max_candidates: Optional[int] = typer.Option(None),
     supercell: Optional[str] = typer.Option(None, help="repeat parents first, e.g. 2,1,1"),
-    charge_balanced: bool = typer.Option(True, help="candidates holding an anion must be charge balanced"),
+    charge_balanced: bool = ChargeBalancedOption,
 ) -> None:
     """Symmetry-aware partial substitution: one structure per symmetry-distinct choice of swapped sites."""
     from gnome_loop.generate.saps import saps

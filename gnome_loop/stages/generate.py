@@ -11,8 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
-from pymatgen.core import Composition
+from pymatgen.core import Composition, Structure
 
+from gnome_loop.config import ChemicalSpace, SubstitutingGenerator
 from gnome_loop.generate.composition import enumerate_candidates, placeholder_structure
 from gnome_loop.generate.imported import import_structures
 from gnome_loop.generate.parents import pooled_parents
@@ -77,49 +78,92 @@ def generate(ctx: StageContext, round_: int) -> Decision:
     return Decision(record)
 
 
-def proposals(ctx: StageContext, round_: int, marks: dict[str, str]) -> Iterator[Proposals]:
-    """Each enabled generator's proposals. An import file's rejects count in the first
-    round that reads it; `marks` collects the store flags that say so."""
-    space, generators = ctx.space(), ctx.config.generators
-    known, structures = ctx.known_structures()
+class GeneratorInputs(NamedTuple):
+    """What every generator of a round may start from."""
 
-    screening = ctx.config.screening.enabled  # substitution and SAPS then run in shards (`screen`)
-    settings, rejects = generators.substitution, Counter()
-    if settings.enabled and not screening:
-        yield Proposals("substitution", settings.max_candidates, substitute(
-            pooled_parents(structures, space, [settings], images=False), space.elements, known,
-            threshold=settings.threshold, alpha=settings.alpha, max_elements=space.max_elements,
-            max_atoms=space.max_atoms, charge_balanced=settings.charge_balanced, rejected=rejects), rejects)
-    settings, rejects = generators.saps, Counter()
-    if settings.enabled and not screening:
-        yield Proposals("saps", settings.max_candidates, saps(
-            pooled_parents(structures, space, [settings], images=True), space.elements, known,
-            threshold=settings.threshold, alpha=settings.alpha, max_elements=space.max_elements,
-            max_atoms=space.max_atoms, max_per_parent=settings.max_per_parent, supercell=settings.supercell,
-            charge_balanced=settings.charge_balanced, rejected=rejects), rejects)
-    seed = ctx.config.seed * 1000 + round_  # a new draw every round, the same on a re-run
-    settings = generators.random
-    if settings.enabled and settings.compositions:
-        yield Proposals("random", settings.max_candidates, random_search(
-            settings.compositions, settings.per_composition, space.elements, space.max_atoms, seed=seed,
-            time_limit=settings.time_limit), Counter())
-    settings = generators.composition
-    if settings.enabled:
-        yield Proposals("composition", settings.max_candidates, enumerate_candidates(
-            space.elements, known, settings.n_compositions, settings.per_composition,
-            max_elements=space.max_elements, max_atoms=space.max_atoms,
-            model_predict=_composition_scorer(ctx), seed=seed, time_limit=settings.time_limit), Counter())
+    ctx: StageContext
+    space: ChemicalSpace
+    known: set[str]  # reduced formulas of every entry
+    structures: list[tuple[str, Structure, float | None]]  # (entry id, structure, E_hull)
+    seed: int  # a new draw every round, the same on a re-run
+    marks: dict[str, str]  # store flags to set with the round's candidates
+
+
+def _substitution(given: GeneratorInputs) -> Proposals | None:
+    settings = given.ctx.config.generators.substitution
+    return _substituting(given, "substitution", settings, substitute, images=False)
+
+
+def _saps(given: GeneratorInputs) -> Proposals | None:
+    settings = given.ctx.config.generators.saps
+    return _substituting(given, "saps", settings, saps, images=True, max_per_parent=settings.max_per_parent,
+                         supercell=settings.supercell)
+
+
+def _substituting(given: GeneratorInputs, name: str, settings: SubstitutingGenerator,
+                  generator: Callable[..., Iterable[Candidate]], images: bool, **options) -> Proposals | None:
+    """Substitution or SAPS on their pooled parents; off while screening runs them in shards (`screen`)."""
+    if not settings.enabled or given.ctx.config.screening.enabled:
+        return None
+    space, rejects = given.space, Counter()
+    return Proposals(name, settings.max_candidates, generator(
+        pooled_parents(given.structures, space, [settings], images=images), space.elements, given.known,
+        threshold=settings.threshold, alpha=settings.alpha, max_elements=space.max_elements,
+        max_atoms=space.max_atoms, charge_balanced=settings.charge_balanced, rejected=rejects, **options), rejects)
+
+
+def _random(given: GeneratorInputs) -> Proposals | None:
+    settings = given.ctx.config.generators.random
+    if not (settings.enabled and settings.compositions):
+        return None
+    return Proposals("random", settings.max_candidates, random_search(
+        settings.compositions, settings.per_composition, given.space.elements, given.space.max_atoms,
+        seed=given.seed, time_limit=settings.time_limit), Counter())
+
+
+def _composition(given: GeneratorInputs) -> Proposals | None:
+    settings = given.ctx.config.generators.composition
+    if not settings.enabled:
+        return None
+    space = given.space
+    return Proposals("composition", settings.max_candidates, enumerate_candidates(
+        space.elements, given.known, settings.n_compositions, settings.per_composition,
+        max_elements=space.max_elements, max_atoms=space.max_atoms, model_predict=_composition_scorer(given.ctx),
+        seed=given.seed, time_limit=settings.time_limit), Counter())
+
+
+def _import(given: GeneratorInputs) -> Proposals | None:
+    """Every import file's accepted structures; a file's rejects count in the first round
+    that reads it, and `marks` gets the store flag that says so."""
+    settings, space = given.ctx.config.generators.imported, given.space
+    if not settings.paths:
+        return None
     accepted: list[Candidate] = []
-    import_rejects: Counter = Counter()
-    for path in generators.imported.paths:
+    rejects: Counter = Counter()
+    for path in settings.paths:
         report = import_structures(path, space.elements, space.max_atoms, space.max_elements)
         accepted += report.accepted
         key = f"imported:{Path(path).resolve()}"
-        if ctx.store.meta(key) is None:
-            marks[key] = json.dumps(report.to_json())
-            import_rejects.update(report.rejected)
-    if generators.imported.paths:
-        yield Proposals("import", generators.imported.max_candidates, accepted, import_rejects)
+        if given.ctx.store.meta(key) is None:
+            given.marks[key] = json.dumps(report.to_json())
+            rejects.update(report.rejected)
+    return Proposals("import", settings.max_candidates, accepted, rejects)
+
+
+#: The generators of the loop, in the order they run: each gives its `Proposals`, or
+#: None when it is off. Add a generator here (and its section in `config.Generators`).
+GENERATORS: tuple[Callable[[GeneratorInputs], Proposals | None], ...] = (
+    _substitution, _saps, _random, _composition, _import)
+
+
+def proposals(ctx: StageContext, round_: int, marks: dict[str, str]) -> Iterator[Proposals]:
+    """Each enabled generator's proposals; `marks` collects the store flags to set."""
+    known, structures = ctx.known_structures()
+    given = GeneratorInputs(ctx, ctx.space(), known, structures, ctx.config.seed * 1000 + round_, marks)
+    for generator in GENERATORS:
+        proposed = generator(given)
+        if proposed is not None:
+            yield proposed
 
 
 def _composition_scorer(ctx: StageContext) -> Callable[[list[str]], list[float | None]] | None:

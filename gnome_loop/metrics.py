@@ -1,4 +1,4 @@
-"""Discovery metrics as the field defines them (DESIGN §9).
+"""Discovery metrics as the field defines them (docs/architecture.md: the metrics stage).
 
 - hit rate (GNoME): stable / evaluated by the oracle;
 - precision, recall, F1 of "predicted stable" against "oracle stable";

@@ -15,7 +15,7 @@ from gnome_loop.config import parse_config
 from gnome_loop.hull import STABLE_TOL
 from gnome_loop.metrics import hit_rate
 from gnome_loop.stages import select as select_stage
-from tests.test_campaign import ci_config, write_config
+from tests.helpers import ci_config, write_config
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ from gnome_loop.config import parse_config
 from gnome_loop.report import write_report
 from gnome_loop.store import entry_row
 
-from tests.test_campaign import ci_config, write_config
+from tests.helpers import ci_config, write_config
 
 runner = CliRunner()
 

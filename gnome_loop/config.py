@@ -2,6 +2,8 @@
 
 Every section has defaults except the chemical space. A bad config fails at
 `gnome-loop init` with a message naming the field and what to do about it.
+Longer than 450 lines on purpose: one section per room, in one file, so that the
+config has one reference.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 All SQL of the project lives here, so a server database can replace SQLite behind
 this module. Ids are content hashes and inserts are `INSERT OR IGNORE`, so a stage
 re-run after a crash inserts nothing twice. A file lock keeps a second process
-away from a campaign.
+away from a campaign. Longer than 450 lines on purpose: it is the one module that
+holds SQL (docs/architecture.md), with the schema, its migrations and row layouts.
 """
 
 from __future__ import annotations

@@ -1,0 +1,187 @@
+"""A small decoder-only transformer over CIF tokens (CrystaLLM's model, in flax).
+
+GPT-2's layout as CrystaLLM uses it (nanoGPT): token + learned position embeddings,
+pre-LayerNorm blocks of causal multi-head self-attention and a GELU MLP, a final
+LayerNorm and logits tied to the token embedding. Training is next-token cross-entropy
+on padded sequences; sampling continues a batch of prompts with temperature and top-k
+in one jitted step of fixed shape per length bucket (no KV cache: each step reruns the
+prefix, padded to the next power of two, so a short CIF costs what its length needs).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gnome_loop.generative.checkpoint import load_params, read_card, save_generator
+from gnome_loop.generative.cif_tokens import EOS, PAD, decode, encode, vocabulary
+
+ARCHITECTURE = "cif-transformer"
+PAD_ID, EOS_ID = vocabulary().index(PAD), vocabulary().index(EOS)
+#: Shortest prefix a decoding step runs on (fewer compiled shapes for short prompts).
+MIN_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """The network's shape; `max_len` bounds a CIF's tokens (prompt and end token included)."""
+
+    max_len: int = 512
+    width: int = 256
+    depth: int = 4
+    heads: int = 8
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: causal self-attention, then a 4x GELU MLP."""
+
+    width: int
+    heads: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        y = nn.LayerNorm()(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.width)(y, y, mask=mask)
+        y = nn.LayerNorm()(x)
+        return x + nn.Dense(self.width)(nn.gelu(nn.Dense(4 * self.width)(y)))
+
+
+class CifTransformer(nn.Module):
+    """Token ids (batch, length) in, next-token logits (batch, length, vocabulary) out."""
+
+    config: LMConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        config = self.config
+        embed = nn.Embed(len(vocabulary()), config.width, embedding_init=nn.initializers.normal(0.02))
+        position = self.param("position", nn.initializers.normal(0.02), (config.max_len, config.width))
+        x = embed(tokens) + position[: tokens.shape[1]]
+        mask = nn.make_causal_mask(tokens)
+        for _ in range(config.depth):
+            x = Block(config.width, config.heads)(x, mask)
+        return embed.attend(nn.LayerNorm()(x))
+
+
+def init_params(config: LMConfig, seed: int = 0) -> Any:
+    return CifTransformer(config).init(jax.random.PRNGKey(seed), jnp.zeros((1, config.max_len), jnp.int32))
+
+
+def token_batch(texts: Sequence[str], max_len: int) -> np.ndarray:
+    """Texts as (n, max_len) token ids, each ended by EOS and padded; ValueError for a
+    text that does not fit."""
+    out = np.full((len(texts), max_len), PAD_ID, np.int32)
+    for row, text in enumerate(texts):
+        ids = encode(text) + [EOS_ID]
+        if len(ids) > max_len:
+            raise ValueError(f"{len(ids)} tokens do not fit max_len {max_len}")
+        out[row, : len(ids)] = ids
+    return out
+
+
+def sequence_loss(model: CifTransformer, params: Any, tokens: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy over the real (non-padding) targets."""
+    logits = model.apply(params, tokens[:, :-1])
+    targets = tokens[:, 1:]
+    weight = (targets != PAD_ID).astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+@functools.lru_cache(maxsize=4)
+def make_train_step(config: LMConfig, optimizer: optax.GradientTransformation):
+    """(params, opt_state, tokens, key) -> (params, opt_state, loss): one jitted Adam step."""
+    model = CifTransformer(config)
+
+    @jax.jit
+    def step(params, opt_state, tokens, key):
+        loss, grads = jax.value_and_grad(lambda p: sequence_loss(model, p, tokens))(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+@functools.lru_cache(maxsize=4)
+def make_eval_loss(config: LMConfig):
+    """(params, tokens) -> mean cross-entropy, jitted."""
+    model = CifTransformer(config)
+    return jax.jit(lambda params, tokens: sequence_loss(model, params, tokens))
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_step(config: LMConfig, top_k: int | None):
+    """One token for every unfinished row: logits at each row's last position, scaled by
+    the temperature, cut to the top k, sampled; finished rows are left alone."""
+    model = CifTransformer(config)
+
+    @jax.jit
+    def step(params, tokens, lengths, finished, key, temperature):
+        rows = jnp.arange(tokens.shape[0])
+        logits = model.apply(params, tokens)[rows, lengths - 1] / temperature
+        logits = logits.at[:, PAD_ID].set(-jnp.inf)
+        if top_k is not None:
+            kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+            logits = jnp.where(logits < kth, -jnp.inf, logits)
+        new = jax.random.categorical(key, logits)
+        active = ~finished & (lengths < tokens.shape[1])
+        tokens = tokens.at[rows, jnp.minimum(lengths, tokens.shape[1] - 1)].set(
+            jnp.where(active, new, tokens[rows, jnp.minimum(lengths, tokens.shape[1] - 1)]))
+        return tokens, lengths + active, finished | (active & (new == EOS_ID))
+
+    return step
+
+
+def sample(config: LMConfig, params: Any, prompts: Sequence[str], key: jax.Array, temperature: float = 1.0,
+           top_k: int | None = None, max_len: int | None = None) -> list[tuple[str, bool]]:
+    """Complete every prompt once: `(text, finished)` per prompt, `finished` False when
+    the text ran into `max_len` tokens (at most, and by default, the model's) before
+    the model ended it."""
+    max_len = min(max_len or config.max_len, config.max_len)
+    if temperature <= 0:
+        raise ValueError("temperature must be positive (use top_k=1 for greedy decoding)")
+    prompt_ids = [encode(p) for p in prompts]
+    tokens = np.full((len(prompts), max_len), PAD_ID, np.int32)
+    for row, ids in enumerate(prompt_ids):
+        tokens[row, : len(ids)] = ids
+    lengths = jnp.array([len(ids) for ids in prompt_ids], jnp.int32)
+    finished = jnp.zeros(len(prompts), bool)
+    step, tokens = _decode_step(config, top_k), jnp.asarray(tokens)
+    for index in range(max_len):
+        if bool(jnp.all(finished | (lengths >= max_len))):
+            break
+        width = min(max_len, max(MIN_WIDTH, 1 << int(np.ceil(np.log2(int(jnp.max(lengths)) + 1)))))
+        prefix, lengths, finished = step(params, tokens[:, :width], lengths, finished,
+                                         jax.random.fold_in(key, index), temperature)
+        tokens = tokens.at[:, :width].set(prefix)
+    return [(decode(row), bool(done)) for row, done in zip(np.asarray(tokens), np.asarray(finished))]
+
+
+def vocabulary_hash() -> str:
+    """Identifies the tokenizer a model was trained with."""
+    return hashlib.sha1("\n".join(vocabulary()).encode()).hexdigest()[:16]
+
+
+def save_lm(directory: str | Path, config: LMConfig, params: Any, card: dict | None = None) -> None:
+    """Parameters and a model card (the config, the vocabulary's hash, plus `card`)."""
+    save_generator(directory, params, {**(card or {}), "architecture": ARCHITECTURE, "config": asdict(config),
+                                       "vocabulary": vocabulary_hash()})
+
+
+def load_lm(directory: str | Path) -> tuple[LMConfig, Any, dict]:
+    """The config, parameters and card saved by `save_lm`; ValueError when the folder holds
+    no language model or one of another vocabulary."""
+    card = read_card(directory, ARCHITECTURE)
+    if card.get("vocabulary") != vocabulary_hash():
+        raise ValueError(f"{directory}: trained with another CIF vocabulary than this gnome_loop's")
+    config = LMConfig(**card["config"])
+    return config, load_params(directory, init_params(config)), card

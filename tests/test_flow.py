@@ -177,3 +177,35 @@ def test_killed_training_resumes_to_the_same_end(tmp_path):
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(resumed.history["train_loss"], whole.history["train_loss"], rtol=1e-5)
+
+
+def test_flowllm_training_takes_its_starts_from_the_batch():
+    """With `given_start` the base points are the batch's second half (FlowLLM: the
+    language model's samples); a start equal to its target has velocity 0 to learn."""
+    stats = flow.lattice_stats([triclinic()])
+    target = flow.crystal_batch([triclinic()] * 4, stats, SMALL.max_atoms)
+    optimizer = make_optimizer(3e-3, 40, warmup_steps=4)
+    step, params = flow.make_train_step(SMALL, optimizer, given_start=True), flow.init_params(SMALL)
+    opt_state, losses = optimizer.init(params), []
+    for index in range(40):
+        params, opt_state, loss = step(params, opt_state, (target, target), jax.random.PRNGKey(index))
+        losses.append(float(loss))
+    assert losses[-1] < 0.1 * losses[0]
+
+
+@pytest.mark.slow
+def test_pretraining_script_runs_resumes_and_exports(shared_data, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_generative.py"
+    command = [sys.executable, str(script), "flow", "--data", str(shared_data), "--limit", "80", "--epochs", "1",
+               "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--eval-samples", "4"]
+    first = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "epoch 1/1" in first and "exported" in first
+    again = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "resuming" in again and "epoch 1/1" not in again  # nothing left to train
+    config, _, _, card = flow.load_flow(tmp_path / "out")
+    assert card["finished"] and card["steps"] >= 1 and "CC BY 4.0" in card["licence"]
+    assert "Li" in card["elements"] and card["commit"]

@@ -165,6 +165,11 @@ class SymmetrisedCrystal(NamedTuple):
     lattice: Lattice
     orbits: list[Orbit]
 
+    @property
+    def composition(self) -> Composition:
+        """The conventional cell's composition (what the `data_` line writes)."""
+        return Composition(" ".join(f"{orbit.symbol}{len(orbit.sites)}" for orbit in self.orbits))
+
 
 def symmetrise(structure: Structure, symprec: float = SYMPREC) -> SymmetrisedCrystal:
     """The standard conventional cell of `structure` and its orbits (spglib, `symprec` Å).
@@ -187,7 +192,7 @@ def write_cif(crystal: SymmetrisedCrystal, rng: np.random.Generator | None = Non
     smallest site (x, then y, then z) and the orbits sorted by element and position; with it (augmentation)
     the representative sites and the orbit order are random. Every choice reads back
     as the same structure."""
-    composition = Composition(" ".join(f"{o.symbol}{len(o.sites)}" for o in crystal.orbits))
+    composition = crystal.composition
     rank = {element.symbol: index for index, element in enumerate(_electronegativity_order(composition))}
     rows = []
     for orbit in crystal.orbits:

@@ -203,6 +203,15 @@ def base_sample(key: jax.Array, batch: CrystalBatch) -> tuple[jax.Array, jax.Arr
             jax.random.normal(lattice_key, batch.lattice.shape))
 
 
+def sampled_loss(model: VectorField, params: Any, target: CrystalBatch, key: jax.Array,
+                 start: CrystalBatch | None = None) -> jax.Array:
+    """`flow_loss` at random times, from `start` or from base samples drawn with `key`."""
+    start_key, time_key = jax.random.split(key)
+    start_frac, start_lattice = (start.frac, start.lattice) if start is not None else base_sample(start_key, target)
+    t = jax.random.uniform(time_key, (target.frac.shape[0],))
+    return flow_loss(model, params, target, start_frac, start_lattice, t)
+
+
 @functools.lru_cache(maxsize=4)
 def make_train_step(config: FlowConfig, optimizer: optax.GradientTransformation, given_start: bool = False):
     """(params, opt_state, batch, key) -> (params, opt_state, loss), jitted.
@@ -216,15 +225,18 @@ def make_train_step(config: FlowConfig, optimizer: optax.GradientTransformation,
     @jax.jit
     def step(params, opt_state, batch, key):
         target, start = batch if given_start else (batch, None)
-        start_key, time_key = jax.random.split(key)
-        start_frac, start_lattice = (start.frac, start.lattice) if given_start else base_sample(start_key, target)
-        t = jax.random.uniform(time_key, (target.frac.shape[0],))
-        loss, grads = jax.value_and_grad(
-            lambda p: flow_loss(model, p, target, start_frac, start_lattice, t))(params)
+        loss, grads = jax.value_and_grad(lambda p: sampled_loss(model, p, target, key, start))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return step
+
+
+@functools.lru_cache(maxsize=4)
+def make_eval_loss(config: FlowConfig):
+    """(params, batch, key) -> the flow-matching loss from base samples drawn with `key`, jitted."""
+    model = VectorField(config)
+    return jax.jit(lambda params, batch, key: sampled_loss(model, params, batch, key))
 
 
 @functools.lru_cache(maxsize=8)

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from pretrain import DATA, LICENCE, commit, structure_data  # noqa: E402
+from pretrain import LICENCE, commit, parse_run, structure_data  # noqa: E402
 
 from gnome_loop.generative import cif_lm, cif_tokens, flow  # noqa: E402
 from gnome_loop.generative.checks import check_samples  # noqa: E402
@@ -189,26 +189,11 @@ def flow_run(settings: dict, structures: list[Structure], n_eval: int) -> Run:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=sorted(SETTINGS))
-    parser.add_argument("--dataset", choices=sorted(SOURCES), default="mp37k")
-    parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
-    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "gnome_loop" / "pretrain",
-                        help="where the training checkpoint lives between runs")
-    parser.add_argument("--out", type=Path, default=None, help="export folder (default: the package's)")
-    parser.add_argument("--checkpoint-minutes", type=float, default=3.0)
-    parser.add_argument("--max-atoms", type=int, default=20, help="largest cell of the mp37k set")
-    parser.add_argument("--limit", type=int, default=None, help="read only the first N rows (tests)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the epochs (tests)")
-    parser.add_argument("--hours", type=float, default=None, help="start no step after this long (then resume)")
-    parser.add_argument("--eval-samples", type=int, default=32, help="samples drawn for the card's metrics")
-    parser.add_argument("--export", action="store_true", help="export the checkpoint's weights now")
-    args = parser.parse_args(argv)
+    def more_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--dataset", choices=sorted(SOURCES), default="mp37k")
+        parser.add_argument("--eval-samples", type=int, default=32, help="samples drawn for the card's metrics")
 
-    if not args.data.is_dir():
-        print(f"no data folder at {args.data}: pretraining needs ../shared/data", file=sys.stderr)
-        return 2
-    settings = dict(SETTINGS[args.kind], **({"epochs": args.epochs} if args.epochs else {}))
+    args, settings = parse_run(argv, __doc__.split("\n\n")[0], SETTINGS, more_options)
     started = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

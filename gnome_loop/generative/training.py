@@ -6,21 +6,19 @@ Both generators train the same way: Adam on a warm-up + cosine learning-rate sch
 `batches(epoch)` the same for the same epoch. A checkpoint records the epoch and the
 batches done inside it, so a run killed mid-epoch resumes at the next batch and ends
 after as many steps as one that never stopped. Checkpoints are one msgpack file,
-written atomically like the energy models' (`gnome_loop.models.train`).
+written atomically by the energy models' `gnome_loop.models.train.write_checkpoint`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import numpy as np
 import optax
-from flax import serialization
+
+from gnome_loop.models.train import read_checkpoint, write_checkpoint
 
 #: (params, opt_state, batch, key) -> (params, opt_state, loss)
 StepFn = Callable[[Any, Any, Any, jax.Array], tuple[Any, Any, jax.Array]]
@@ -53,28 +51,16 @@ def initial_fit_state(params, optimizer: optax.GradientTransformation) -> FitSta
 
 
 def save_fit_state(path: str | Path, state: FitState, meta: dict) -> None:
-    """`state` and the JSON-able `meta` (what the run is) in one msgpack file, atomically."""
-    payload = serialization.to_state_dict({"params": state.params, "opt_state": state.opt_state})
-    payload["meta"] = json.dumps({**meta, "epoch": state.epoch, "batch": state.batch, "step": state.step,
-                                  "loss_sum": state.loss_sum, "history": state.history})
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(serialization.msgpack_serialize(payload))
-    os.replace(partial, path)
+    """`state` and the JSON-able `meta` (what the run is) in one checkpoint file."""
+    write_checkpoint(path, {"params": state.params, "opt_state": state.opt_state},
+                     {**meta, "epoch": state.epoch, "batch": state.batch, "step": state.step,
+                      "loss_sum": state.loss_sum, "history": state.history})
 
 
 def load_fit_state(path: str | Path, template: FitState) -> tuple[FitState, dict]:
     """What `save_fit_state` wrote; `template` gives the tree shapes. ValueError naming
     the file when it is corrupt or from another network."""
-    try:
-        raw = serialization.msgpack_restore(Path(path).read_bytes())
-        meta = json.loads(raw.pop("meta"))
-        trees = serialization.from_state_dict({"params": template.params, "opt_state": template.opt_state}, raw)
-        same = jax.tree.map(np.shape, trees["params"]) == jax.tree.map(np.shape, template.params)
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: not a readable training checkpoint ({error})") from error
-    if not same:
-        raise ValueError(f"{path}: checkpoint parameters do not fit this network")
+    trees, meta = read_checkpoint(path, {"params": template.params, "opt_state": template.opt_state})
     state = FitState(trees["params"], trees["opt_state"], meta.pop("epoch"), meta.pop("batch"), meta.pop("step"),
                      meta.pop("loss_sum"), meta.pop("history"))
     return state, meta

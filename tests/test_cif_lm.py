@@ -37,12 +37,17 @@ def test_tiny_model_overfits_and_samples_the_cifs_back(overfit):
     params, loss, structures, texts = overfit
     assert loss < 0.1
     prompts = [ct.prompt(ct.read_cif(text)[1].formula) for text in texts]
-    samples = cif_lm.sample(TINY, params, prompts, jax.random.PRNGKey(1), temperature=0.5, top_k=3)
-    assert [text for text, _ in samples] == texts
-    checked = check_samples(samples)
+    greedy = cif_lm.sample(TINY, params, prompts, jax.random.PRNGKey(1), top_k=1)
+    assert [text for text, _ in greedy] == texts
+    checked = check_samples(greedy)
     assert checked.rejected == {} and len(checked.structures) == 3
     for got, want in zip(checked.structures, structures):
         assert StructureMatcher().fit(got, want)
+    # drawn at temperature 0.5 from the 3 likeliest tokens, a batch of mixed prompts
+    drawn = cif_lm.sample(TINY, params, prompts * 4, jax.random.PRNGKey(1), temperature=0.5, top_k=3)
+    checked = check_samples(drawn)
+    assert checked.total == 12 and len(checked.structures) >= 9, checked.rejected
+    assert sum(text == want for (text, _), want in zip(drawn, texts * 4)) >= 9
 
 
 def test_prompt_with_a_space_group_steers_the_sample(overfit):
@@ -66,6 +71,20 @@ def test_saved_model_gives_the_same_logits(overfit, tmp_path):
         cif_lm.load_lm(tmp_path / "lm")
     with pytest.raises(ValueError, match="no generator"):
         cif_lm.load_lm(tmp_path / "missing")
+
+
+def test_cached_decoding_gives_the_full_forward_pass_logits():
+    config = cif_lm.LMConfig(max_len=32, width=16, depth=2, heads=2)
+    params = cif_lm.init_params(config, seed=1)
+    tokens = cif_lm.token_batch(["data_Na4Cl4\n_cell_length_a 5.6400\n"], config.max_len)
+    full = np.asarray(cif_lm.CifTransformer(config).apply(params, tokens))[0]
+    model = cif_lm.CifTransformer(config, decode=True)
+    cache = model.init(jax.random.PRNGKey(0), np.zeros((1, config.max_len), np.int32))["cache"]
+    for position in range(12):
+        logits, variables = model.apply({**params, "cache": cache}, tokens[:, position:position + 1], position,
+                                        mutable=["cache"])
+        cache = variables["cache"]
+        np.testing.assert_allclose(logits[0, 0], full[position], atol=1e-5)
 
 
 def test_a_sample_that_runs_out_of_length_is_truncated(overfit):

@@ -3,9 +3,11 @@
 GPT-2's layout as CrystaLLM uses it (nanoGPT): token + learned position embeddings,
 pre-LayerNorm blocks of causal multi-head self-attention and a GELU MLP, a final
 LayerNorm and logits tied to the token embedding. Training is next-token cross-entropy
-on padded sequences; sampling continues a batch of prompts with temperature and top-k
-in one jitted step of fixed shape per length bucket (no KV cache: each step reruns the
-prefix, padded to the next power of two, so a short CIF costs what its length needs).
+on padded sequences. Sampling runs the same network in flax's autoregressive-cache
+mode (keys and values of the positions done are kept, so a token costs one position's
+work): one jitted step of fixed shape feeds every row its token at the same position,
+the prompt's own next token while the prompt lasts, else one drawn with temperature
+and top-k, so prompts of different lengths share a batch.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from gnome_loop.generative.cif_tokens import EOS, PAD, decode, encode, vocabular
 
 ARCHITECTURE = "cif-transformer"
 PAD_ID, EOS_ID = vocabulary().index(PAD), vocabulary().index(EOS)
-#: Shortest prefix a decoding step runs on (fewer compiled shapes for short prompts).
-MIN_WIDTH = 64
 
 
 @dataclass(frozen=True)
@@ -46,29 +46,36 @@ class Block(nn.Module):
 
     width: int
     heads: int
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         y = nn.LayerNorm()(x)
-        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.width)(y, y, mask=mask)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.width,
+                                                decode=self.decode)(y, y, mask=mask)
         y = nn.LayerNorm()(x)
         return x + nn.Dense(self.width)(nn.gelu(nn.Dense(4 * self.width)(y)))
 
 
 class CifTransformer(nn.Module):
-    """Token ids (batch, length) in, next-token logits (batch, length, vocabulary) out."""
+    """Token ids (batch, length) in, next-token logits (batch, length, vocabulary) out.
+
+    With `decode` the input is one token per row at position `start`, and the keys and
+    values of earlier positions come from the "cache" collection (flax's
+    autoregressive cache, created by `init` on a full-length input)."""
 
     config: LMConfig
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, start: jax.Array | int = 0) -> jax.Array:
         config = self.config
         embed = nn.Embed(len(vocabulary()), config.width, embedding_init=nn.initializers.normal(0.02))
         position = self.param("position", nn.initializers.normal(0.02), (config.max_len, config.width))
-        x = embed(tokens) + position[: tokens.shape[1]]
-        mask = nn.make_causal_mask(tokens)
+        x = embed(tokens) + jax.lax.dynamic_slice_in_dim(position, start, tokens.shape[1])
+        mask = None if self.decode else nn.make_causal_mask(tokens)
         for _ in range(config.depth):
-            x = Block(config.width, config.heads)(x, mask)
+            x = Block(config.width, config.heads, self.decode)(x, mask)
         return embed.attend(nn.LayerNorm()(x))
 
 
@@ -119,26 +126,30 @@ def make_eval_loss(config: LMConfig):
 
 
 @functools.lru_cache(maxsize=4)
-def _decode_step(config: LMConfig, top_k: int | None):
-    """One token for every unfinished row: logits at each row's last position, scaled by
-    the temperature, cut to the top k, sampled; finished rows are left alone."""
-    model = CifTransformer(config)
+def _decoder(config: LMConfig, top_k: int | None):
+    """(batch, max_len) -> an empty cache; and one jitted decoding step at `position`:
+    every row's token there goes in, the row's token at `position + 1` comes out (the
+    prompt's while it lasts, else drawn from the logits scaled by the temperature and
+    cut to the top k; padding once the row has ended)."""
+    model = CifTransformer(config, decode=True)
+
+    def empty_cache(rows: int):
+        return model.init(jax.random.PRNGKey(0), jnp.zeros((rows, config.max_len), jnp.int32))["cache"]
 
     @jax.jit
-    def step(params, tokens, lengths, finished, key, temperature):
-        rows = jnp.arange(tokens.shape[0])
-        logits = model.apply(params, tokens)[rows, lengths - 1] / temperature
-        logits = logits.at[:, PAD_ID].set(-jnp.inf)
+    def step(params, cache, tokens, prompt_lengths, finished, position, key, temperature):
+        token = jax.lax.dynamic_slice_in_dim(tokens, position, 1, axis=1)
+        logits, variables = model.apply({**params, "cache": cache}, token, position, mutable=["cache"])
+        logits = logits[:, 0].at[:, PAD_ID].set(-jnp.inf) / temperature
         if top_k is not None:
-            kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-            logits = jnp.where(logits < kth, -jnp.inf, logits)
-        new = jax.random.categorical(key, logits)
-        active = ~finished & (lengths < tokens.shape[1])
-        tokens = tokens.at[rows, jnp.minimum(lengths, tokens.shape[1] - 1)].set(
-            jnp.where(active, new, tokens[rows, jnp.minimum(lengths, tokens.shape[1] - 1)]))
-        return tokens, lengths + active, finished | (active & (new == EOS_ID))
+            logits = jnp.where(logits < jax.lax.top_k(logits, top_k)[0][:, -1:], -jnp.inf, logits)
+        drawn = jnp.where(finished, PAD_ID, jax.random.categorical(key, logits))
+        in_prompt = position + 1 < prompt_lengths
+        new = jnp.where(in_prompt, jax.lax.dynamic_slice_in_dim(tokens, position + 1, 1, axis=1)[:, 0], drawn)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], position + 1, axis=1)
+        return variables["cache"], tokens, finished | (~in_prompt & (new == EOS_ID))
 
-    return step
+    return empty_cache, step
 
 
 def sample(config: LMConfig, params: Any, prompts: Sequence[str], key: jax.Array, temperature: float = 1.0,
@@ -146,24 +157,25 @@ def sample(config: LMConfig, params: Any, prompts: Sequence[str], key: jax.Array
     """Complete every prompt once: `(text, finished)` per prompt, `finished` False when
     the text ran into `max_len` tokens (at most, and by default, the model's) before
     the model ended it."""
-    max_len = min(max_len or config.max_len, config.max_len)
     if temperature <= 0:
         raise ValueError("temperature must be positive (use top_k=1 for greedy decoding)")
+    max_len = min(max_len or config.max_len, config.max_len)
     prompt_ids = [encode(p) for p in prompts]
-    tokens = np.full((len(prompts), max_len), PAD_ID, np.int32)
+    if not all(0 < len(ids) < max_len for ids in prompt_ids):
+        raise ValueError(f"every prompt needs 1 to {max_len - 1} tokens")
+    tokens = np.full((len(prompts), config.max_len), PAD_ID, np.int32)
     for row, ids in enumerate(prompt_ids):
         tokens[row, : len(ids)] = ids
-    lengths = jnp.array([len(ids) for ids in prompt_ids], jnp.int32)
-    finished = jnp.zeros(len(prompts), bool)
-    step, tokens = _decode_step(config, top_k), jnp.asarray(tokens)
-    for index in range(max_len):
-        if bool(jnp.all(finished | (lengths >= max_len))):
+    empty_cache, step = _decoder(config, top_k)
+    cache, tokens = empty_cache(len(prompts)), jnp.asarray(tokens)
+    lengths, finished = jnp.array([len(ids) for ids in prompt_ids]), jnp.zeros(len(prompts), bool)
+    for position in range(max_len - 1):
+        cache, tokens, finished = step(params, cache, tokens, lengths, finished, position,
+                                       jax.random.fold_in(key, position), temperature)
+        if position % 16 == 15 and bool(jnp.all(finished)):
             break
-        width = min(max_len, max(MIN_WIDTH, 1 << int(np.ceil(np.log2(int(jnp.max(lengths)) + 1)))))
-        prefix, lengths, finished = step(params, tokens[:, :width], lengths, finished,
-                                         jax.random.fold_in(key, index), temperature)
-        tokens = tokens.at[:, :width].set(prefix)
-    return [(decode(row), bool(done)) for row, done in zip(np.asarray(tokens), np.asarray(finished))]
+    rows = np.asarray(tokens)[:, :max_len]
+    return [(decode(row), bool(done)) for row, done in zip(rows, np.asarray(finished))]
 
 
 def vocabulary_hash() -> str:

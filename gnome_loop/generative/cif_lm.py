@@ -26,6 +26,7 @@ import optax
 
 from gnome_loop.generative.checkpoint import load_params, read_card, save_generator
 from gnome_loop.generative.cif_tokens import EOS, PAD, decode, encode, vocabulary
+from gnome_loop.generative.training import make_step
 
 ARCHITECTURE = "cif-transformer"
 PAD_ID, EOS_ID = vocabulary().index(PAD), vocabulary().index(EOS)
@@ -108,14 +109,7 @@ def sequence_loss(model: CifTransformer, params: Any, tokens: jax.Array) -> jax.
 def make_train_step(config: LMConfig, optimizer: optax.GradientTransformation):
     """(params, opt_state, tokens, key) -> (params, opt_state, loss): one jitted Adam step."""
     model = CifTransformer(config)
-
-    @jax.jit
-    def step(params, opt_state, tokens, key):
-        loss, grads = jax.value_and_grad(lambda p: sequence_loss(model, p, tokens))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
+    return make_step(lambda params, tokens, key: sequence_loss(model, params, tokens), optimizer)
 
 
 @functools.lru_cache(maxsize=4)

@@ -12,19 +12,12 @@ the operations (spglib's database, in the setting spglib standardises to). So
     data_Na4Cl4
     _symmetry_space_group_name_H-M Fm-3m
     _symmetry_Int_Tables_number 225
-    _cell_length_a 5.6900
-    ...
-    loop_
-    _atom_site_type_symbol
-    _atom_site_label
-    _atom_site_symmetry_multiplicity
-    _atom_site_fract_x
-    _atom_site_fract_y
-    _atom_site_fract_z
+    _cell_length_a 5.6400
+    ... (b, c, alpha, beta, gamma; then loop_ and the six column names of SITE_KEYS)
     Na Na0 4 0.0000 0.0000 0.0000
-    Cl Cl0 4 0.5000 0.5000 0.5000
+    Cl Cl0 4 0.0000 0.0000 0.5000
 
-is about 150 tokens. `read_cif` expands the orbits back into a Structure; writing,
+is 137 tokens. `read_cif` expands the orbits back into a Structure; writing,
 tokenising, detokenising and reading gives the same structure (StructureMatcher).
 The formula on the `data_` line is the written cell's, so a prompt fixes both the
 composition and the number of formula units (CrystaLLM prompts the same way).

@@ -41,6 +41,7 @@ import optax
 from pymatgen.core import Composition, Element, Lattice, Structure
 
 from gnome_loop.generative.checkpoint import load_params, read_card, save_generator
+from gnome_loop.generative.training import make_step
 from gnome_loop.models.gnome import MLP
 from gnome_loop.models.graph import MAX_Z
 
@@ -222,14 +223,11 @@ def make_train_step(config: FlowConfig, optimizer: optax.GradientTransformation,
     """
     model = VectorField(config)
 
-    @jax.jit
-    def step(params, opt_state, batch, key):
+    def loss(params, batch, key):
         target, start = batch if given_start else (batch, None)
-        loss, grads = jax.value_and_grad(lambda p: sampled_loss(model, p, target, key, start))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return sampled_loss(model, params, target, key, start)
 
-    return step
+    return make_step(loss, optimizer)
 
 
 @functools.lru_cache(maxsize=4)

@@ -34,6 +34,18 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 1
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
+def make_step(loss: Callable[[Any, Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation) -> StepFn:
+    """The jitted optimiser step on `loss(params, batch, key)`."""
+
+    @jax.jit
+    def step(params, opt_state, batch, key):
+        value, grads = jax.value_and_grad(loss)(params, batch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return step
+
+
 class FitState(NamedTuple):
     """Where a run stands: `epoch` epochs and then `batch` batches of the next one done."""
 

@@ -2,6 +2,10 @@
 model that learns one structure family, FlowLLM refinement, checkpoints, and a
 killed training run that resumes to the same end."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -195,10 +199,6 @@ def test_flowllm_training_takes_its_starts_from_the_batch():
 
 @pytest.mark.slow
 def test_pretraining_script_runs_resumes_and_exports(shared_data, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_generative.py"
     command = [sys.executable, str(script), "flow", "--data", str(shared_data), "--limit", "80", "--epochs", "1",
                "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--eval-samples", "4"]

@@ -96,11 +96,12 @@ def features_lattice(features: np.ndarray, n_atoms: int) -> Lattice:
 
 
 def reduced(structure: Structure) -> Structure:
-    """The structure on its Niggli-reduced cell (same atoms), coordinates in [0, 1)."""
+    """The structure on its Niggli-reduced cell: the same atoms, a cell unique up to rotation."""
     return structure.get_reduced_structure("niggli")
 
 
 def lattice_stats(structures: Sequence[Structure]) -> LatticeStats:
+    """Mean and spread (at least MIN_STD) of the lattice features of `structures`."""
     features = np.array([lattice_features(reduced(s).lattice, len(s)) for s in structures])
     return LatticeStats(features.mean(axis=0), np.maximum(features.std(axis=0), MIN_STD))
 
@@ -160,8 +161,8 @@ class VectorField(nn.Module):
         width, k = self.config.width, jnp.arange(1, self.config.frequencies + 1)
         pair_mask = (mask[:, :, None] * mask[:, None, :])[..., None]
         n_atoms = jnp.maximum(jnp.sum(mask, axis=1), 1.0)[:, None]
-        angles = 2 * jnp.pi * (frac[:, None, :, :] - frac[:, :, None, :])[..., None] * k  # (B, N, N, 3, K): j - i
-        pair = nn.Dense(width)(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1).reshape(*angles.shape[:3], -1))
+        phases = 2 * jnp.pi * (frac[:, None, :, :] - frac[:, :, None, :])[..., None] * k  # (B, N, N, 3, K): j - i
+        pair = nn.Dense(width)(jnp.concatenate([jnp.sin(phases), jnp.cos(phases)], -1).reshape(*phases.shape[:3], -1))
         times = 2 * jnp.pi * t[:, None] * jnp.arange(1, 5)
         g = MLP((width, width))(jnp.concatenate([lattice, jnp.sin(times), jnp.cos(times)], -1))
         h = nn.Embed(MAX_Z + 1, width)(species) * mask[..., None]

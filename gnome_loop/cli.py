@@ -1,7 +1,7 @@
-"""The `gnome-loop` command line.
+"""The `gnome-loop` command line: it presents, the package computes.
 
-Exit codes: 0 done, 1 internal error, 2 bad input, 3 waiting for oracle jobs,
-4 the campaign is locked by another process.
+Exit codes (`gnome_loop.terminal`): 0 done, 1 internal error, 2 bad input, 3 waiting
+for oracle jobs, 4 the campaign is locked by another process.
 """
 
 from __future__ import annotations
@@ -11,64 +11,28 @@ import json
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_WAITING, EXIT_LOCKED = 0, 1, 2, 3, 4
+from gnome_loop.cli_generate import generate_app
+from gnome_loop.terminal import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_LOCKED, EXIT_OK, EXIT_WAITING, console,
+                                 counts_text, fmt, out, progress, reported_errors, say)
+
+__all__ = ["app", "main", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_WAITING", "EXIT_LOCKED"]
 
 app = typer.Typer(
     help="Active-learning discovery of stable crystals: generate → filter → oracle → hull → retrain.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)
-out = Console(width=None if sys.stdout.isatty() else 120)
-
-
-@contextmanager
-def _reported_errors() -> Iterator[None]:
-    """Turn known failures into one clear line and the documented exit code."""
-    from gnome_loop.config import ConfigError
-    from gnome_loop.execute import SchedulerError
-    from gnome_loop.store import CampaignLocked, StoreError
-
-    try:
-        yield
-    except CampaignLocked as error:
-        console.print(f"[red]locked:[/] {error}")
-        raise typer.Exit(EXIT_LOCKED) from None
-    except SchedulerError as error:
-        console.print(f"[red]scheduler error:[/] {error}; nothing was lost: fix it and run `gnome-loop resume`")
-        raise typer.Exit(EXIT_INTERNAL) from None
-    except ConnectionError as error:  # e.g. the Materials Project API
-        console.print(f"[red]connection error:[/] {error}")
-        raise typer.Exit(EXIT_INTERNAL) from None
-    except (ConfigError, StoreError, FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-
-
-@contextmanager
-def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n=1: bar.advance(task, n)
-
-
-def _say(message: str) -> None:
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
-
 
 def _open(directory: Path):
     from gnome_loop.campaign import Campaign
 
-    return Campaign(directory, progress=_progress, say=_say)
+    return Campaign(directory, progress=progress, say=say)
 
 
 @app.command()
@@ -80,7 +44,7 @@ def init(
     from gnome_loop.campaign import Campaign
     from gnome_loop.config import load_config
 
-    with _reported_errors():
+    with reported_errors():
         settings = load_config(config)
         target = directory or Path(settings.name)
         Campaign.create(settings, target)
@@ -88,7 +52,7 @@ def init(
 
 
 def _advance(directory: Path) -> None:
-    with _reported_errors():
+    with reported_errors():
         campaign = _open(directory)
         started = time.time()
         outcome = campaign.run()
@@ -110,14 +74,6 @@ def resume(directory: Path = typer.Argument(..., help="campaign directory")) -> 
     _advance(directory)
 
 
-def _fmt(value, scale: float = 1.0, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value * scale:.{digits}f}"
-    return str(value)
-
-
 STATUS_COLUMNS = {
     "rnd": "round", "stage": "current stage", "gen": "candidates generated", "uniq": "unique after dedup",
     "sel": "selected for the oracle", "thr": "selected below selection.ehull_threshold",
@@ -137,12 +93,12 @@ def _print_status(campaign) -> None:
         table.add_column(header, justify="right")
     rounds = campaign.round_table()
     for row in rounds:
-        table.add_row(str(row["round"]), row["stage"], _fmt(row["generated"]), _fmt(row["unique"]),
-                      _fmt(row["selected"]), _fmt(row["threshold_picks"]), _fmt(row["fill_picks"]),
-                      _fmt(row["evaluated"]), _fmt(row["failed"]), _fmt(row["stable"]),
-                      _fmt(row["new_stable"]), _fmt(row["unjudged"]), _fmt(row["hit_rate"], 100, 1),
-                      _fmt(row["filter_mae"], 1000), _fmt(row["model_val_mae"], 1000),
-                      _fmt(row["spread_error_spearman"], 1, 2))
+        table.add_row(str(row["round"]), row["stage"], fmt(row["generated"]), fmt(row["unique"]),
+                      fmt(row["selected"]), fmt(row["threshold_picks"]), fmt(row["fill_picks"]),
+                      fmt(row["evaluated"]), fmt(row["failed"]), fmt(row["stable"]),
+                      fmt(row["new_stable"]), fmt(row["unjudged"]), fmt(row["hit_rate"], 100, 1),
+                      fmt(row["filter_mae"], 1000), fmt(row["model_val_mae"], 1000),
+                      fmt(row["spread_error_spearman"], 1, 2))
     out.print(table)
     out.print("[dim]" + "; ".join(f"{k}: {v}" for k, v in STATUS_COLUMNS.items()) + "[/]")
     hull_note = campaign.store.meta("hull")
@@ -176,7 +132,7 @@ def _print_funnel(rounds: list[dict]) -> None:
         table.add_column(header, justify="right")
     for row in rows:
         # a round screened by an older gnome_loop (deduplicated before scoring) lacks some stages
-        table.add_row(str(row["round"]), *(_fmt(row["funnel"].get(key)) for key in stages))
+        table.add_row(str(row["round"]), *(fmt(row["funnel"].get(key)) for key in stages))
     out.print(table)
 
 
@@ -191,31 +147,25 @@ def _print_prerelax(rounds: list[dict]) -> None:
         table.add_column(header, justify="right")
     for row in rows:
         values = row["prerelax"]
-        table.add_row(str(row["round"]), _fmt(values.get("nequip_frames")), _fmt(values.get("nequip_energy_mae"), 1, 1),
-                      _fmt(values.get("nequip_force_mae"), 1, 1), _fmt(values.get("prerelaxed")),
-                      _fmt(values.get("prerelax_flagged")))
+        table.add_row(str(row["round"]), fmt(values.get("nequip_frames")), fmt(values.get("nequip_energy_mae"), 1, 1),
+                      fmt(values.get("nequip_force_mae"), 1, 1), fmt(values.get("prerelaxed")),
+                      fmt(values.get("prerelax_flagged")))
     out.print(table)
 
 
 def _print_generators(rounds: list[dict]) -> None:
     """Totals per generator over the rounds: which generator finds stable crystals."""
-    totals: dict[str, Counter] = {}
-    for row in rounds:
-        for name, n in row["generated_by"].items():
-            totals.setdefault(name, Counter())["generated"] += n
-        for name, rejects in row["rejected_by_generator"].items():
-            totals.setdefault(name, Counter())["rejected"] += sum(rejects.values())
-        for name, counts in row["by_generator"].items():
-            totals.setdefault(name, Counter()).update({k: counts[k] for k in ("evaluated", "stable")})
+    from gnome_loop.metrics import generator_totals
+
+    totals = generator_totals(rounds)
     if not totals:
         return
     table = Table(title="by generator")
     for header in ("generator", "generated", "rejected", "evaluated", "stable", "hit%"):
         table.add_column(header, justify="right")
-    for name, counts in sorted(totals.items()):
-        rate = counts["stable"] / counts["evaluated"] if counts["evaluated"] else None
+    for name, counts in totals.items():
         table.add_row(name, str(counts["generated"]), str(counts["rejected"]), str(counts["evaluated"]),
-                      str(counts["stable"]), _fmt(rate, 100, 1))
+                      str(counts["stable"]), fmt(counts["hit_rate"], 100, 1))
     out.print(table)
 
 
@@ -225,7 +175,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="print the per-round metrics as JSON"),
 ) -> None:
     """Rounds, stage, jobs by state, hit rate and stable counts per round."""
-    with _reported_errors():
+    with reported_errors():
         campaign = _open(directory)
         if as_json:
             out.print_json(json.dumps({"rounds": campaign.round_table(), "jobs": campaign.store.job_counts()}))
@@ -242,7 +192,7 @@ def export(
                                 help="comma-separated: csv (hull + summary), json, cif-zip, extxyz"),
 ) -> None:
     """Write the updated hull and the discovered materials to DIRECTORY/exports."""
-    with _reported_errors():
+    with reported_errors():
         campaign = _open(directory)
         written = campaign.export([f.strip() for f in formats.split(",") if f.strip()])
     for path in written:
@@ -252,9 +202,9 @@ def export(
 @app.command("run-job")
 def run_job(jobdir: Path = typer.Argument(..., help="a job folder written by the campaign")) -> None:
     """Run one oracle job folder here (for the manual scheduler); writes JOBDIR/result.json."""
-    from gnome_loop.oracle.base import run_job as execute
+    from gnome_loop.oracle.jobfolder import run_job as execute
 
-    with _reported_errors():
+    with reported_errors():
         if not (jobdir / "job.json").exists():
             raise FileNotFoundError(f"{jobdir} has no job.json: not a gnome_loop job folder")
         result = execute(jobdir)
@@ -271,7 +221,7 @@ def cancel(
     job: Optional[list[str]] = typer.Option(None, "--job", help="cancel only this job id (repeatable)"),
 ) -> None:
     """Stop the campaign's unfinished oracle jobs (scancel on SLURM) and record them as failed."""
-    with _reported_errors():
+    with reported_errors():
         cancelled = _open(directory).cancel(job or None)
     out.print(f"cancelled {len(cancelled)} jobs" + (f": {', '.join(cancelled)}" if len(cancelled) <= 20 else ""))
 
@@ -286,7 +236,7 @@ def snapshot(
     """Fetch MP's GGA/GGA+U entries of a chemical space (key from MP_API_KEY) into a snapshot file."""
     from gnome_loop.snapshot.mp import fetch_mp_entries, write_mp_snapshot
 
-    with _reported_errors():
+    with reported_errors():
         fetched = fetch_mp_entries(chemsys.split("-"), max_elements, endpoint=endpoint)
         write_mp_snapshot(fetched, output)
     out.print(f"wrote {len(fetched.entries)} entries of {len(fetched.chemsys)} systems from MP database "
@@ -307,7 +257,7 @@ def hull(
     from gnome_loop.snapshot.files import read_entries
     from gnome_loop.snapshot.reference import MP_TABLE
 
-    with _reported_errors():
+    with reported_errors():
         items, skipped = read_entries(entries)
         against = None if reference is None else read_entries(MP_TABLE if reference == "mp" else Path(reference))[0]
         results = hull_table(items, against)
@@ -327,7 +277,7 @@ def report(
     """Plot hit rate, filter MAE, E_hull histograms, stable counts and phase diagrams, with a report.md."""
     from gnome_loop.report import write_report
 
-    with _reported_errors():
+    with reported_errors():
         campaign = _open(directory)
         written = write_report(campaign, output or directory / "report", chemsys or None)
     for path in written:
@@ -342,23 +292,11 @@ def parse_vasp(
     """Print, as one JSON object, what the campaign would make of a VASP folder: ok or the reason why not."""
     from gnome_loop.oracle.vasp import parse_vasp_dir
 
-    with _reported_errors():
+    with reported_errors():
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory} is not a folder")
         outcome = parse_vasp_dir(directory, formula)
     print(json.dumps(outcome.summary()))  # exit 0 either way: "ok" says whether the run is usable
-
-
-def _model_settings(**options):
-    """The `model` config section from command-line options, validated like a config."""
-    from pydantic import ValidationError
-
-    from gnome_loop.config import ConfigError, Model, _describe
-
-    try:
-        return Model(**options)
-    except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
 
 
 @app.command()
@@ -377,14 +315,15 @@ def train(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Train an energy model on DATA and save it to OUTPUT, without a campaign."""
-    from gnome_loop.models.base import make_model
+    from gnome_loop.config import parse_model
+    from gnome_loop.models.registry import make_model
     from gnome_loop.models.data import read_labelled
 
-    with _reported_errors():
-        settings = _model_settings(kind=kind, members=members, width=width, epochs=epochs, cutoff=cutoff,
+    with reported_errors():
+        settings = parse_model(kind=kind, members=members, width=width, epochs=epochs, cutoff=cutoff,
                                    batch_size=batch_size)
         _, structures, energies = read_labelled(data, target)
-        _say(f"training a {kind} model on {len(structures)} structures from {data}")
+        say(f"training a {kind} model on {len(structures)} structures from {data}")
         model = make_model(settings, seed=seed)
         metrics = model.fit(structures, energies)
         model.save(output)
@@ -392,20 +331,15 @@ def train(
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("val MAE, meV/atom", _fmt(metrics["val_mae"], 1000))
-    table.add_row("n_train", _fmt(metrics["n_train"]))
-    table.add_row("n_val", _fmt(metrics["n_val"]))
+    table.add_row("val MAE, meV/atom", fmt(metrics["val_mae"], 1000))
+    table.add_row("n_train", fmt(metrics["n_train"]))
+    table.add_row("n_val", fmt(metrics["n_val"]))
     if metrics.get("spread_error_spearman") is not None:
-        table.add_row("spread/error Spearman", _fmt(metrics["spread_error_spearman"], digits=2))
+        table.add_row("spread/error Spearman", fmt(metrics["spread_error_spearman"], digits=2))
     out.print(table)
 
 
 PREDICTION_COLUMNS = ["id", "formula", "energy_per_atom", "uncertainty", "error"]
-
-
-def _counts(counts: dict[str, int]) -> str:
-    """'2 × reason, 1 × other reason', most common first."""
-    return ", ".join(f"{count} × {reason}" for reason, count in Counter(counts).most_common())
 
 
 @app.command()
@@ -419,14 +353,14 @@ def predict(
 
     Structures the model refuses get empty values and the reason in the `error` column.
     """
-    from gnome_loop.models.base import load_model
+    from gnome_loop.models.registry import load_model
     from gnome_loop.models.data import predict_rows, read_structures
 
-    with _reported_errors():
+    with reported_errors():
         model = load_model(model_dir)
         items, skipped = read_structures(structures)
         if not items:
-            detail = f": {_counts(skipped)}" if skipped else ""
+            detail = f": {counts_text(skipped)}" if skipped else ""
             raise ValueError(f"{structures} holds no readable structures{detail}")
         rows = predict_rows(model, items)
         with open(output, "w", newline="") if output else nullcontext(sys.stdout) as handle:
@@ -437,182 +371,12 @@ def predict(
                                  for key, value in row.items()})
     refused = Counter(row["error"].split(": ", 1)[-1] for row in rows if row["error"])
     console.print(f"read {len(items)} structures from {structures}"
-                  + (f"; skipped {sum(skipped.values())}: {_counts(skipped)}" if skipped else ""))
+                  + (f"; skipped {sum(skipped.values())}: {counts_text(skipped)}" if skipped else ""))
     console.print(f"predicted {len(rows) - sum(refused.values())}, refused {sum(refused.values())}"
-                  + (f": {_counts(refused)}" if refused else "") + (f"; wrote {output}" if output else ""))
+                  + (f": {counts_text(refused)}" if refused else "") + (f"; wrote {output}" if output else ""))
 
 
-generate_app = typer.Typer(help="Make candidates with one generator, outside any campaign: extxyz + JSON summary.",
-                           no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
-
-SpaceOption = typer.Option(None, "--elements", help="chemical space, comma-separated (default: the inputs' elements)")
-OutputOption = typer.Option(..., "-o", "--output", help="extxyz file to write; the summary goes beside it as .json")
-
-
-def _elements(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    from gnome_loop.structures import is_known_element
-
-    elements = sorted({e.strip() for e in text.split(",") if e.strip()})
-    unknown = [e for e in elements if not is_known_element(e)]
-    if unknown or not elements:
-        raise ValueError(f"--elements: {', '.join(unknown) or 'nothing'} is not a list of element symbols")
-    return elements
-
-
-def _parents(path: Path, elements: str | None = None) -> tuple[list, dict, list[str], set[str]]:
-    """Parent structures from any file `generate import` reads, the import summary, the
-    chemical space (`elements`, else the parents' elements) and the known formulas."""
-    from gnome_loop.generate.imported import import_structures
-
-    report = import_structures(path)
-    if not report.accepted:
-        raise ValueError(f"{path} holds no usable structures ({dict(report.rejected) or 'no entries'})")
-    items = [(c.info["source_id"], c.structure) for c in report.accepted]
-    space = _elements(elements) or sorted({el.symbol for _, s in items for el in s.composition})
-    return items, report.to_json(), space, {s.composition.reduced_formula for _, s in items}
-
-
-def _finish_generate(output: Path, name: str, candidates: list, started: float, elements, max_atoms: int,
-                     max_elements: int, refused: Counter | None = None, **summary) -> None:
-    """Write the valid candidates and the summary; `refused` counts what the generator itself turned down."""
-    from gnome_loop.generate.output import checked, write_candidates
-
-    kept, rejected = checked(candidates, elements, max_atoms, max_elements)
-    rejected.update(refused or Counter())
-    summary_path = write_candidates(output, kept, {
-        "generator": name, "generated": len(candidates) + sum((refused or Counter()).values()),
-        "rejected": dict(rejected),
-        "seconds": round(time.time() - started, 2), **summary})
-    out.print(f"{name}: {len(kept)} candidates written to {output}"
-              + (f"; rejected {sum(rejected.values())}: {_counts(rejected)}" if rejected else "")
-              + f" (summary: {summary_path}, {time.time() - started:.1f} s)")
-
-
-@generate_app.command("substitution")
-def generate_substitution(
-    parents: Path = typer.Argument(..., help="parent structures: CIF, zip, folder, CSV(.gz) with 'cif', extxyz"),
-    output: Path = OutputOption,
-    elements: Optional[str] = SpaceOption,
-    threshold: float = typer.Option(1e-3, help="substitution probability cut-off (GNoME: 0.001)"),
-    max_elements: int = typer.Option(3), max_atoms: int = typer.Option(20),
-    max_candidates: Optional[int] = typer.Option(None),
-    charge_balanced: bool = typer.Option(True, help="candidates holding an anion must be charge balanced"),
-) -> None:
-    """Whole-species ionic substitution (Hautier et al. with GNoME's λ ≥ 0): new compositions only."""
-    from gnome_loop.generate.substitution import substitute
-
-    started = time.time()
-    with _reported_errors():
-        items, read, space, known = _parents(parents, elements)
-        refused: Counter = Counter()
-        candidates = substitute(items, space, known, threshold=threshold, max_elements=max_elements,
-                                max_atoms=max_atoms, charge_balanced=charge_balanced, max_candidates=max_candidates,
-                                rejected=refused)
-        _finish_generate(output, "substitution", candidates, started, space, max_atoms, max_elements, refused,
-                         parents=read)
-
-
-@generate_app.command("saps")
-def generate_saps(
-    parents: Path = typer.Argument(..., help="parent structures: CIF, zip, folder, CSV(.gz) with 'cif', extxyz"),
-    output: Path = OutputOption,
-    elements: Optional[str] = SpaceOption,
-    threshold: float = typer.Option(1e-3, help="probability cut-off of the ion swap"),
-    max_elements: int = typer.Option(4), max_atoms: int = typer.Option(20),
-    max_per_parent: int = typer.Option(50), max_candidates: Optional[int] = typer.Option(None),
-    supercell: Optional[str] = typer.Option(None, help="repeat parents first, e.g. 2,1,1"),
-    charge_balanced: bool = typer.Option(True, help="candidates holding an anion must be charge balanced"),
-) -> None:
-    """Symmetry-aware partial substitution: one structure per symmetry-distinct choice of swapped sites."""
-    from gnome_loop.generate.saps import saps
-
-    started = time.time()
-    with _reported_errors():
-        repeat = [int(v) for v in supercell.split(",")] if supercell else None
-        if repeat is not None and (len(repeat) != 3 or min(repeat) < 1):
-            raise ValueError("--supercell takes three positive integers, e.g. 2,1,1")
-        items, read, space, known = _parents(parents, elements)
-        refused: Counter = Counter()
-        candidates = saps(items, space, known, threshold=threshold, max_elements=max_elements, max_atoms=max_atoms,
-                          max_per_parent=max_per_parent, max_candidates=max_candidates, supercell=repeat,
-                          charge_balanced=charge_balanced, rejected=refused)
-        _finish_generate(output, "saps", candidates, started, space, max_atoms, max_elements, refused, parents=read)
-
-
-@generate_app.command("random")
-def generate_random(
-    compositions: list[str] = typer.Argument(..., help="formulas, e.g. Li2O MgAl2O4"),
-    output: Path = OutputOption,
-    per_composition: int = typer.Option(10, help="random cells per formula"),
-    space_group: Optional[list[int]] = typer.Option(None, "--space-group", help="restrict to these groups"),
-    max_atoms: int = typer.Option(20), seed: int = typer.Option(0),
-    time_limit: float = typer.Option(120.0, help="seconds in all"),
-    relax: bool = typer.Option(False, help="push apart close atoms with a soft-sphere pre-relaxation"),
-) -> None:
-    """AIRSS-style random symmetric cells (pyxtal) for given compositions."""
-    from gnome_loop.generate.random_search import random_search
-
-    started = time.time()
-    with _reported_errors():
-        stats: dict = {}
-        candidates = random_search(compositions, per_composition, max_atoms=max_atoms, seed=seed,
-                                   time_limit=time_limit, stats=stats, space_groups=space_group or None,
-                                   relax="soft-sphere" if relax else None)
-        failed = {formula: record["error"] for formula, record in stats.items() if "error" in record}
-        if failed and not candidates:
-            raise ValueError("random search made nothing: " + "; ".join(failed.values()))
-        for formula, error in failed.items():
-            console.print(f"[yellow]skipped {formula}:[/] {error}")
-        _finish_generate(output, "random", candidates, started, None, max_atoms, None, search=stats)
-
-
-@generate_app.command("composition")
-def generate_composition(
-    elements: str = typer.Argument(..., help="chemical space, comma-separated, e.g. Li,Mn,O"),
-    output: Path = OutputOption,
-    n_compositions: int = typer.Option(10, help="best formulas handed to random search"),
-    per_composition: int = typer.Option(4), max_elements: int = typer.Option(3), max_atoms: int = typer.Option(20),
-    known: Optional[Path] = typer.Option(None, help="structures whose formulas count as known (skipped)"),
-    model: Optional[Path] = typer.Option(None, help="a saved composition model to rank formulas by"),
-    seed: int = typer.Option(0), time_limit: float = typer.Option(120.0, help="seconds of random search"),
-) -> None:
-    """Charge-balanced formulas (SMACT, GNoME's relaxed rules), best first, then random structures for them."""
-    from gnome_loop.generate.composition import enumerate_candidates
-    from gnome_loop.models.base import load_model
-
-    started = time.time()
-    with _reported_errors():
-        space = _elements(elements)
-        known_formulas = _parents(known)[3] if known else set()
-        stats: dict = {}
-        candidates = enumerate_candidates(space, known_formulas, n_compositions, per_composition,
-                                          max_elements=max_elements, max_atoms=max_atoms,
-                                          model_predict=load_model(model) if model else None, seed=seed,
-                                          time_limit=time_limit, stats=stats)
-        _finish_generate(output, "composition", candidates, started, space, max_atoms, max_elements, search=stats)
-
-
-@generate_app.command("import")
-def generate_import(
-    path: Path = typer.Argument(..., help="zip of CIFs, folder, CSV(.gz) with a 'cif' column, extxyz, POSCARs"),
-    output: Path = OutputOption,
-    elements: Optional[str] = SpaceOption,
-    max_elements: Optional[int] = typer.Option(None), max_atoms: Optional[int] = typer.Option(None),
-) -> None:
-    """Structures from generative models (MatterGen, CrystaLLM, ...): validated, bad ones counted by reason."""
-    from gnome_loop.generate.imported import import_structures
-
-    started = time.time()
-    with _reported_errors():
-        report = import_structures(path, _elements(elements), max_atoms, max_elements)
-        summary = report.to_json()
-        _finish_generate(output, "import", report.accepted, started, None, None, None,
-                         **{k: v for k, v in summary.items() if k != "accepted"})
-    if report.rejected:
-        out.print(f"import rejected {sum(report.rejected.values())} of {report.read}: {_counts(report.rejected)}")
 
 
 def main() -> None:

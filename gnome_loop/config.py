@@ -2,6 +2,8 @@
 
 Every section has defaults except the chemical space. A bad config fails at
 `gnome-loop init` with a message naming the field and what to do about it.
+Longer than 450 lines on purpose: one section per room, in one file, so that the
+config has one reference.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class Snapshot(_Section):
         return self
 
 
-class _Substituting(_Section):
+class SubstitutingGenerator(_Section):
     """What substitution and SAPS share: where their parents come from, and the plausibility rules."""
 
     parents: Union[Literal["known", "known+prototypes"], list[str]] = Field(
@@ -104,14 +106,14 @@ class _Substituting(_Section):
         return value
 
 
-class SubstitutionGenerator(_Substituting):
+class SubstitutionGenerator(SubstitutingGenerator):
     enabled: bool = True
     threshold: float = Field(0.001, gt=0, le=1, description="Hautier probability cut-off (GNoME: 0.001)")
     alpha: float = Field(-5.0, description="lambda of never-observed substitutions")
     max_candidates: int = Field(500, ge=0, description="most candidates per round")
 
 
-class SapsGenerator(_Substituting):
+class SapsGenerator(SubstitutingGenerator):
     enabled: bool = True
     threshold: float = Field(0.001, gt=0, le=1, description="Hautier probability cut-off of the ion swap")
     alpha: float = Field(-5.0, description="lambda of never-observed substitutions")
@@ -463,6 +465,15 @@ def parse_config(data: dict) -> CampaignConfig:
         raise ConfigError("invalid config: the file must hold a YAML mapping of settings")
     try:
         return CampaignConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def parse_model(**options) -> Model:
+    """Validate a `model` section given as keyword arguments (`gnome-loop train`); raise
+    ConfigError naming each bad field."""
+    try:
+        return Model(**options)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
 

@@ -1,4 +1,4 @@
-"""Discovery metrics as the field defines them (DESIGN §9).
+"""Discovery metrics as the field defines them (docs/architecture.md: the metrics stage).
 
 - hit rate (GNoME): stable / evaluated by the oracle;
 - precision, recall, F1 of "predicted stable" against "oracle stable";
@@ -9,6 +9,7 @@ Stability uses E_hull <= 5e-5 eV/atom (GNoME's tolerance), see `hull.STABLE_TOL`
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +19,22 @@ from scipy.stats import spearmanr
 def hit_rate(n_stable: int, n_evaluated: int) -> float | None:
     """Share of oracle-evaluated candidates that are stable (None when nothing was evaluated)."""
     return n_stable / n_evaluated if n_evaluated else None
+
+
+def generator_totals(rounds: Sequence[dict]) -> dict[str, dict]:
+    """Per generator, by name, over the rounds of `Campaign.round_table`: generated,
+    rejected, evaluated, stable and the hit rate (None when nothing was evaluated)."""
+    totals: dict[str, Counter] = {}
+    for row in rounds:
+        for name, n in row["generated_by"].items():
+            totals.setdefault(name, Counter())["generated"] += n
+        for name, rejects in row["rejected_by_generator"].items():
+            totals.setdefault(name, Counter())["rejected"] += sum(rejects.values())
+        for name, counts in row["by_generator"].items():
+            totals.setdefault(name, Counter()).update({k: counts[k] for k in ("evaluated", "stable")})
+    return {name: {**{key: counts[key] for key in ("generated", "rejected", "evaluated", "stable")},
+                   "hit_rate": hit_rate(counts["stable"], counts["evaluated"])}
+            for name, counts in sorted(totals.items())}
 
 
 def mean_absolute_error(predicted: Sequence[float | None], actual: Sequence[float]) -> float | None:

@@ -22,7 +22,8 @@ steps is used as it stands (status "max_steps").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +32,27 @@ from pymatgen.core import Lattice, Structure
 
 from gnome_loop.models.graph import power_of_two
 from gnome_loop.models.nequip import NequIPBatch, NequIPConfig
-from gnome_loop.models.nequip_train import ensemble_outputs, force_uncertainty, predict_nequip
+from gnome_loop.models.nequip_train import ensemble_outputs, force_uncertainty, load_nequip, predict_nequip
 from gnome_loop.relax import RelaxBatch, RelaxResult, relax_batch
 
 #: Extra neighbour-list radius (Å): the list is rebuilt only when atoms or the cell
 #: have moved enough that a pair could have crossed the cutoff.
 SKIN = 1.0
+
+
+class Potential(NamedTuple):
+    """A trained NequIP pre-relaxer: the members' stacked parameters, its config, and the
+    atomic numbers it was trained on."""
+
+    params: dict
+    config: NequIPConfig
+    species: set[int]
+
+
+def load_potential(path: str | Path) -> Potential:
+    """The pre-relaxer that `save_nequip` wrote into `path`."""
+    params, config, metrics = load_nequip(path)
+    return Potential(params, config, set(metrics["species"]))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pymatgen.core import Element
 from pymatgen.entries.computed_entries import ComputedEntry
 from pymatgen.util.string import latexify
 
-from gnome_loop.campaign import PARENT, Campaign
+from gnome_loop.campaign import Campaign
 from gnome_loop.hull import STABLE_TOL, chemsys_of
 from gnome_loop.metrics import hit_rate
 
@@ -220,19 +220,15 @@ def write_report(campaign: Campaign, folder: Path, chemsys: list[str] | None = N
 def _entries(campaign: Campaign) -> tuple[list[ComputedEntry], set[str]]:
     """Every entry of the campaign's hull (MP's phases and the candidates, when judged
     against MP's hull), and the ids of its discoveries."""
-    rows = campaign.store.query("SELECT id, composition, energy_corrected, source, is_stable FROM entries"
-                                " WHERE source != ?", (PARENT,))
+    rows = campaign.store.hull_members()
     entries = [ComputedEntry(r["composition"], r["energy_corrected"], entry_id=r["id"]) for r in rows]
     return entries, {r["id"] for r in rows if r["source"] == "oracle" and r["is_stable"]}
 
 
 def _ehulls_by_generator(campaign: Campaign) -> dict[str, list[float]]:
     """E_hull (eV/atom) of the candidates evaluated in the rounds, by generator."""
-    rows = campaign.store.query(
-        "SELECT c.generator, e.e_hull FROM entries e JOIN candidates c ON c.id = e.candidate_id"
-        " WHERE e.round > 0 AND e.e_hull IS NOT NULL")
     by_generator: dict[str, list[float]] = {}
-    for row in rows:
+    for row in campaign.store.evaluated_ehulls():
         by_generator.setdefault(row["generator"], []).append(row["e_hull"])
     return by_generator
 

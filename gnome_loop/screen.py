@@ -29,7 +29,8 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import Hull, e_above_hull_many
-from gnome_loop.models.base import NON_FINITE, EnergyModel, load_model, predict_each
+from gnome_loop.models.base import NON_FINITE, EnergyModel, predict_each
+from gnome_loop.models.registry import load_model
 from gnome_loop.structures import Candidate, DuplicateIndex, symmetry_label, validate_structure
 
 

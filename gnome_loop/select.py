@@ -1,4 +1,4 @@
-"""Choosing which candidates the oracle evaluates (DESIGN §4 step 3).
+"""Choosing which candidates the oracle evaluates (docs/architecture.md: the select stage).
 
 GNoME keeps candidates whose predicted decomposition energy is below 50 meV/atom,
 best first. We add a per-composition cap (so one formula cannot eat the budget), an

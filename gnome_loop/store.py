@@ -3,7 +3,8 @@
 All SQL of the project lives here, so a server database can replace SQLite behind
 this module. Ids are content hashes and inserts are `INSERT OR IGNORE`, so a stage
 re-run after a crash inserts nothing twice. A file lock keeps a second process
-away from a campaign.
+away from a campaign. Longer than 450 lines on purpose: it is the one module that
+holds SQL (docs/architecture.md), with the schema, its migrations and row layouts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from pymatgen.core import Composition, Structure
+
+from gnome_loop.structures import structure_to_json, symmetry_label
+
+if TYPE_CHECKING:
+    from gnome_loop.screen import Prediction
 
 SCHEMA_VERSION = 6
 
@@ -83,6 +91,36 @@ MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}
 
 #: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
 JOB_STATES = ("pending", "submitted", "done", "failed")
+#: Source of a round-0 entry kept only as a substitution parent, dedup reference and training
+#: structure: judged against the hull (MP's stable phases) but not part of it.
+PARENT = "parent"
+
+
+def candidate_row(candidate_id: str, round_: int, generator: str, structure: Structure, parent_ids=(),
+                  info: dict | None = None, label: str | None = None) -> dict:
+    """A candidates-table row; `label` is the structure's symmetry label where known."""
+    return {
+        "id": candidate_id, "round": round_, "generator": generator, "parent_ids": json.dumps(list(parent_ids)),
+        "structure": structure_to_json(structure), "reduced_formula": structure.composition.reduced_formula,
+        "nsites": len(structure), "fingerprint": label or symmetry_label(structure), "info": json.dumps(info or {}),
+    }
+
+
+def entry_row(entry_id: str, source: str, round_: int, candidate_id: str | None, structure: Structure | None,
+              composition, energy: float, scale: str, is_reference: bool, trajectory: dict | None = None,
+              data: dict | None = None) -> dict:
+    """An entries-table row: a total corrected `energy` (eV) on the energy `scale`."""
+    composition = Composition(composition)
+    return {
+        "id": entry_id, "source": source, "round": round_, "candidate_id": candidate_id,
+        "composition": composition.formula, "reduced_formula": composition.reduced_formula,
+        "nsites": int(composition.num_atoms), "energy_corrected": float(energy),
+        "energy_per_atom": float(energy) / composition.num_atoms, "scale": scale,
+        "structure": structure_to_json(structure) if structure is not None else None,
+        "fingerprint": symmetry_label(structure) if structure is not None else None,
+        "trajectory": json.dumps(trajectory) if trajectory else None, "is_reference": int(is_reference),
+        "data": json.dumps(data or {}),
+    }
 
 
 class StoreError(RuntimeError):
@@ -271,12 +309,16 @@ class Store:
             [(of, key) for key, of in duplicates.items()],
         )
 
-    def set_predictions(self, rows: Iterable[tuple[str, float | None, float | None, float | None, str | None]]) -> None:
-        """rows: (id, pred_energy, pred_std, pred_ehull, score_error)."""
+    def set_predictions(self, predictions: Iterable[tuple[str, Prediction]]) -> None:
+        """predictions: (candidate id, the energy model's prediction)."""
         self.conn.executemany(
             "UPDATE candidates SET pred_energy = ?, pred_std = ?, pred_ehull = ?, score_error = ? WHERE id = ?",
-            [(e, s, h, err, key) for key, e, s, h, err in rows],
+            [(p.energy, p.std, p.ehull, p.error, key) for key, p in predictions],
         )
+
+    def origins(self) -> dict[str, sqlite3.Row]:
+        """(id, generator, parent_ids) of every candidate, by id: where an exported material came from."""
+        return {r["id"]: r for r in self.conn.execute("SELECT id, generator, parent_ids FROM candidates")}
 
     # --- screening shards -------------------------------------------------------------
     def shards_done(self, round_: int) -> dict[int, dict]:
@@ -380,6 +422,30 @@ class Store:
             args = keys
         return self.conn.execute(query + " ORDER BY id", args).fetchall()
 
+    def evaluated(self, round_: int) -> list[sqlite3.Row]:
+        """The candidates of a round that the oracle evaluated, with their predictions, pick
+        and oracle entry: what the metrics stage judges the filter on."""
+        return self.conn.execute(
+            "SELECT c.id, c.generator, c.explore, c.pick, c.pred_energy, c.pred_std, c.pred_ehull, e.energy_per_atom,"
+            " e.e_hull, e.reduced_formula FROM candidates c JOIN jobs j ON j.candidate_id = c.id"
+            " JOIN entries e ON e.candidate_id = c.id WHERE j.round = ? AND j.state = 'done'", (round_,)).fetchall()
+
+    def reference_formulas(self) -> set[str]:
+        """The reduced formulas of the hull's reference entries (parents are not references)."""
+        return {r["reduced_formula"] for r in self.conn.execute(
+            "SELECT reduced_formula FROM entries WHERE is_reference = 1")}
+
+    def hull_members(self) -> list[sqlite3.Row]:
+        """(id, composition, energy_corrected, source, is_stable) of every entry of the hull: all but parents."""
+        return self.conn.execute("SELECT id, composition, energy_corrected, source, is_stable FROM entries"
+                                 " WHERE source != ?", (PARENT,)).fetchall()
+
+    def evaluated_ehulls(self) -> list[sqlite3.Row]:
+        """(generator, e_hull) of the candidates evaluated in the rounds that have an E_hull."""
+        return self.conn.execute(
+            "SELECT c.generator, e.e_hull FROM entries e JOIN candidates c ON c.id = e.candidate_id"
+            " WHERE e.round > 0 AND e.e_hull IS NOT NULL").fetchall()
+
     def unjudged_entries(self, round_: int) -> list[sqlite3.Row]:
         """(id, composition) of the entries of a round that have no E_hull."""
         return self.conn.execute("SELECT id, composition FROM entries WHERE round = ? AND e_hull IS NULL ORDER BY id",
@@ -399,8 +465,12 @@ class Store:
     def latest_model(self) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM models ORDER BY round DESC, member LIMIT 1").fetchone()
 
+    def model_paths(self) -> list[str]:
+        """The folders of the trained models, newest round first."""
+        return [row["path"] for row in self.conn.execute("SELECT path FROM models ORDER BY round DESC")]
+
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Read-only escape hatch for reports and metrics."""
+        """Read-only escape hatch for tests and one-off inspection; the package uses named methods."""
         return self.conn.execute(sql, args).fetchall()
 
 

@@ -33,6 +33,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -146,25 +147,38 @@ def commit() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=sorted(SETTINGS))
+def parse_run(argv: list[str] | None, description: str, settings: dict,
+              more_options: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+              ) -> tuple[argparse.Namespace, dict]:
+    """A pretraining command line (this script's and pretrain_generative.py's): the kind
+    of model, `more_options`, the run's options; and the kind's settings with --epochs
+    applied. Exits with status 2 when the data folder is missing."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("kind", choices=sorted(settings))
+    more_options(parser)
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        parser.exit(2, f"no data folder at {args.data}: pretraining needs ../shared/data\n")
+    return args, dict(settings[args.kind], **({"epochs": args.epochs} if args.epochs else {}))
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a resumable pretraining run."""
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "gnome_loop" / "pretrain",
                         help="where the training checkpoint lives between runs")
     parser.add_argument("--out", type=Path, default=None, help="export folder (default: the package's)")
     parser.add_argument("--checkpoint-minutes", type=float, default=3.0)
-    parser.add_argument("--max-atoms", type=int, default=20, help="largest cell of the structure set")
+    parser.add_argument("--max-atoms", type=int, default=20, help="largest cell of the mp37k structure set")
     parser.add_argument("--limit", type=int, default=None, help="read only the first N rows (tests)")
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs (tests)")
-    parser.add_argument("--hours", type=float, default=None, help="start no epoch after this long (then resume)")
-    parser.add_argument("--export", action="store_true", help="export the checkpoint's best weights now")
-    args = parser.parse_args(argv)
+    parser.add_argument("--hours", type=float, default=None, help="train no further after this long (then resume)")
+    parser.add_argument("--export", action="store_true", help="export the checkpoint's (best) weights now")
 
-    if not args.data.is_dir():
-        print(f"no data folder at {args.data}: pretraining needs ../shared/data", file=sys.stderr)
-        return 2
-    settings = dict(SETTINGS[args.kind], **({"epochs": args.epochs} if args.epochs else {}))
+
+def main(argv: list[str] | None = None) -> int:
+    args, settings = parse_run(argv, __doc__.split("\n\n")[0], SETTINGS)
     started = time.time()
     if args.kind == "structure":
         structures, energies, dropped = structure_data(args.data, args.max_atoms, args.limit)

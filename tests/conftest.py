@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CI_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "ci_emt" / "config.yaml"
+from tests.helpers import CI_CONFIG, SHARED_DATA
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    """`../shared/data` beside the checkout; tests that need it skip on a user's clone."""
+    """`../shared/data` beside the checkout (or GNOME_LOOP_DATA); tests that need it skip on a user's clone."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA} (only present beside the dev checkout)")
     return SHARED_DATA

@@ -25,28 +25,11 @@ from gnome_loop.campaign import Campaign, stages_of
 from gnome_loop.cli import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_WAITING, app
 from gnome_loop.config import load_config, parse_config
 from gnome_loop.export import HULL_CSV_COLUMNS
-from gnome_loop.oracle.base import run_job
+from gnome_loop.oracle.jobfolder import run_job
 from gnome_loop.store import Store, campaign_lock
+from tests.helpers import CI_CONFIG, ci_config, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
-CI_CONFIG = ROOT / "experiments" / "ci_emt" / "config.yaml"
 runner = CliRunner()
-
-
-def ci_config(**sections) -> dict:
-    """The CI EMT config with some sections updated."""
-    data = yaml.safe_load(CI_CONFIG.read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    return data
-
-
-def write_config(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def hull_of(directory: Path) -> dict[str, float]:

@@ -3,6 +3,7 @@ picks tagged 'fill' (hit rates per tag), or, with `selection.fill_budget: false`
 nothing, warns, and the second such round in a row stops the campaign with exit 2."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -13,7 +14,8 @@ from gnome_loop.cli import EXIT_BAD_INPUT, app
 from gnome_loop.config import parse_config
 from gnome_loop.hull import STABLE_TOL
 from gnome_loop.metrics import hit_rate
-from tests.test_campaign import ci_config, write_config
+from gnome_loop.stages import select as select_stage
+from tests.helpers import ci_config, write_config
 
 runner = CliRunner()
 
@@ -29,16 +31,16 @@ def small_config(rounds: int, **selection) -> dict:
 def below(monkeypatch) -> dict[int, int]:
     """The model predicts every candidate 1 eV/atom or more above the hull, except, in
     round r, the first `below[r]` candidates by id, predicted just under the threshold."""
-    score = Campaign._score
+    score = select_stage.score
 
-    def forced(self, rows, structures):
-        updates = score(self, rows, structures)
+    def forced(ctx, rows, structures):
+        predictions = score(ctx, rows, structures)
         under = set(sorted(row["id"] for row in rows)[:below.get(rows[0]["round"], 0)]) if rows else set()
-        return [u if u[3] is None else (*u[:3], -0.01 if u[0] in under else 1.0 + max(u[3], 0.0), u[4])
-                for u in updates]
+        return [p if p.ehull is None else replace(p, ehull=-0.01 if row["id"] in under else 1.0 + max(p.ehull, 0.0))
+                for row, p in zip(rows, predictions)]
 
     below: dict[int, int] = {}
-    monkeypatch.setattr(Campaign, "_score", forced)
+    monkeypatch.setattr(select_stage, "score", forced)
     return below
 
 

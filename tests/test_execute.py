@@ -14,7 +14,7 @@ from gnome_loop.execute.inline import InlineScheduler
 from gnome_loop.execute.local import DaskScheduler
 from gnome_loop.execute.manual import ManualScheduler
 from gnome_loop.oracle import read_result, run_job, write_job
-from tests.test_oracle import FCC
+from tests.helpers import FCC
 
 
 def copper_jobs(root: Path, n: int = 3) -> list[Path]:

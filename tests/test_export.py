@@ -13,7 +13,7 @@ from gnome_loop.export import HULL_CSV_COLUMNS, stable_rows, write_cif_zip, writ
 from gnome_loop.hull import Hull
 from gnome_loop.structures import default_matcher
 
-from tests.test_hull import REFERENCE, load_mp
+from tests.helpers import REFERENCE, load_mp
 
 
 def li_o_entries() -> dict[str, ComputedStructureEntry]:

@@ -6,14 +6,13 @@ import csv
 import gzip
 import json
 import math
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.core import Composition
-from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+from pymatgen.entries.computed_entries import ComputedEntry
 
 from gnome_loop.hull import (
     HULL_CSV_COLUMNS,
@@ -26,10 +25,7 @@ from gnome_loop.hull import (
     write_hull_csv,
 )
 from gnome_loop.snapshot.files import read_energy_table
-
-#: Elemental energies, eV/atom, of the synthetic Li-Na-O entries.
-REFERENCE = {"Li": -1.9, "Na": -1.3, "O": -4.95}
-
+from tests.helpers import REFERENCE, load_mp
 
 def make_entry(formula: str, e_form_per_atom: float, entry_id: str, **data) -> ComputedEntry:
     """An entry whose formation energy per atom against `REFERENCE` is `e_form_per_atom`."""
@@ -49,16 +45,6 @@ def li_na_o_entries() -> list[ComputedEntry]:
         make_entry("Li2O2", -1.4, "lio-a"),
         make_entry("Na2O", -1.5, "na2o"),
     ]
-
-
-@lru_cache(maxsize=1)
-def load_mp(path: Path) -> tuple[list[ComputedStructureEntry], dict[str, dict]]:
-    """Entries of an MP chemical-system file and MP's own fields (top-level keys
-    `e_above_hull`, `is_stable`, `e_form_per_atom` of each JSON dict) by entry id."""
-    with gzip.open(path, "rt") as handle:
-        raw = json.load(handle)
-    entries = [ComputedStructureEntry.from_dict(item) for item in raw]
-    return entries, {item["entry_id"]: item for item in raw}
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
-from gnome_loop.models.base import load_model
+from gnome_loop.models.registry import load_model
 from gnome_loop.models.composition import composition_input_error
 from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble, median_and_spread
 from gnome_loop.models.gnome import StructureGNN

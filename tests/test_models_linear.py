@@ -10,7 +10,8 @@ import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
 from gnome_loop.config import Model as ModelConfig
-from gnome_loop.models.base import MODEL_CARD, load_model, make_model, read_model_card
+from gnome_loop.models.base import MODEL_CARD, read_model_card
+from gnome_loop.models.registry import load_model, make_model
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import is_train, split_indices
 

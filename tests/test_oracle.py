@@ -11,8 +11,8 @@ from pymatgen.core import Lattice, Structure
 from gnome_loop.config import Oracle as OracleConfig
 from gnome_loop.oracle import AseRelaxOracle, make_oracle, read_result, run_job, write_job
 from gnome_loop.oracle.base import explosion
+from tests.helpers import FCC
 
-FCC = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
 
 
 def fcc_cu(a: float = 3.8) -> Structure:

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from pymatgen.core import Lattice, Structure
 
-from gnome_loop.campaign import Campaign, _parents
+from gnome_loop.campaign import Campaign
 from gnome_loop.config import ConfigError, SubstitutionGenerator, parse_config
-from gnome_loop.generate.parents import gather, read_parents, sources
+from gnome_loop.generate.parents import gather, pooled_parents, read_parents, sources
 from gnome_loop.generate.plausible import NOT_BALANCED, charge_problem
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
@@ -61,10 +61,10 @@ def test_a_parent_far_above_the_hull_is_not_used():
 
 def test_the_campaign_takes_its_parents_from_the_entries_near_its_hull(emt_campaign):
     campaign = Campaign(emt_campaign)
-    _, known = campaign._known_structures()
+    _, known = campaign.context.known_structures()
     settings = campaign.config.generators.substitution
-    parents = _parents(known, campaign.config.chemical_space, [settings.model_copy(update={"parents": ["known"]})],
-                       images=False)
+    parents = pooled_parents(known, campaign.config.chemical_space,
+                             [settings.model_copy(update={"parents": ["known"]})], images=False)
     near = {key for key, _, ehull in known if ehull is not None and ehull <= settings.parents_max_ehull}
     assert {key for key, _ in parents} == near and 0 < len(near) < len(known)
 

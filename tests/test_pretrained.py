@@ -148,7 +148,7 @@ def _emt_config(tmp_path, **model):
     import yaml
 
     from gnome_loop.config import parse_config
-    from tests.conftest import CI_CONFIG
+    from tests.helpers import CI_CONFIG
 
     data = yaml.safe_load(CI_CONFIG.read_text())
     data["rounds"] = 0

@@ -15,11 +15,12 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from ase.io import write
 from typer.testing import CliRunner
 
-from gnome_loop.campaign import PARENT, Campaign
+from gnome_loop.campaign import Campaign
 from gnome_loop.cli import app
 from gnome_loop.config import ConfigError, parse_config
 from gnome_loop.report import write_report
 from gnome_loop.snapshot import load_snapshot
+from gnome_loop.store import PARENT
 from gnome_loop.snapshot.reference import MP_CARD, MP_TABLE, mp_card, mp_reference_entries, mp_reference_phases
 
 #: MP's Li-O hull in the shipped table: (reduced formula, material id, corrected total energy of the cell, eV).
@@ -139,7 +140,7 @@ def test_mp2020_campaign_hull_holds_every_mp_vertex_at_mps_energy(mp_campaign):
     references = {(e["reduced_formula"], e["id"][len("e-"):], e["energy_corrected"])
                   for e in entries if e["source"] == "snapshot"}
     assert references == LI_O  # Li2O among them, at MP's corrected energy
-    hull = campaign._hull()
+    hull = campaign.context.hull()
     assert all(f"e-{key}" in hull and hull[f"e-{key}"].energy == energy for _, key, energy in LI_O)
     # the hull is MP's phases plus the candidates, exactly as pymatgen builds it. MP's LiO8 lies
     # 31 meV/atom above the hull of the table's own energies, 41 once LiO2 is found

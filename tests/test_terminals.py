@@ -13,12 +13,13 @@ from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 from typer.testing import CliRunner
 
-from gnome_loop.campaign import Campaign, _entry_row
+from gnome_loop.campaign import Campaign
 from gnome_loop.cli import EXIT_BAD_INPUT, app
 from gnome_loop.config import parse_config
 from gnome_loop.report import write_report
+from gnome_loop.store import entry_row
 
-from tests.test_campaign import ci_config, write_config
+from tests.helpers import ci_config, write_config
 
 runner = CliRunner()
 
@@ -85,7 +86,7 @@ def test_no_terminal_stops_round_0_with_exit_2_until_the_element_is_dropped(tmp_
     result = runner.invoke(app, ["run", str(directory)])
     assert result.exit_code == 0, result.output
     campaign = Campaign(directory)
-    assert campaign._space().elements == ["Cu"]  # later rounds generate no Au compound
+    assert campaign.context.space().elements == ["Cu"]  # later rounds generate no Au compound
     unjudged = [e for e in campaign.store.entries(with_structure=False) if e["e_hull"] is None]
     assert unjudged and all("Au" in e["composition"] and "Cu" in e["composition"] for e in unjudged)
     row = campaign.round_table()[0]
@@ -110,7 +111,7 @@ def test_an_energy_only_reference_is_a_terminal_and_is_exported(tmp_path):
     campaign = Campaign.create(parse_config(config), tmp_path / "c")
     scale = campaign.config.oracle.scale()
     with campaign.store.transaction():  # as a snapshot's energy-only entry (MP's stable phases, issue 23)
-        campaign.store.add_entry(_entry_row("e-mp-Au", "snapshot", 0, None, None, "Au4", -0.2, scale, True))
+        campaign.store.add_entry(entry_row("e-mp-Au", "snapshot", 0, None, None, "Au4", -0.2, scale, True))
     assert campaign.run().status == "done"
     entries = assert_export_loads_into_phase_diagram(tmp_path / "c")
     by_id = {e.entry_id: e for e in entries}

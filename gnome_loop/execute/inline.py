@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from gnome_loop.oracle.base import run_job
+from gnome_loop.oracle.jobfolder import run_job
 
 
 class InlineScheduler:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from distributed import Client, LocalCluster, as_completed
 
-from gnome_loop.oracle.base import run_job
+from gnome_loop.oracle.jobfolder import run_job
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
-from gnome_loop.oracle.base import SCRIPT_FILE, read_result, write_json_atomic, write_text_atomic
+from gnome_loop.oracle.base import SCRIPT_FILE, write_json_atomic, write_text_atomic
+from gnome_loop.oracle.jobfolder import read_result
 
 MANIFEST_TXT = "manifest.txt"
 MANIFEST_JSON = "manifest.json"

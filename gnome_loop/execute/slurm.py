@@ -30,7 +30,8 @@ from typing import Callable
 
 from gnome_loop.config import Slurm as SlurmConfig
 from gnome_loop.execute import SchedulerError
-from gnome_loop.oracle.base import RESULT_FILE, SCRIPT_FILE, OracleResult, read_result, write_json_atomic, write_text_atomic
+from gnome_loop.oracle.base import RESULT_FILE, SCRIPT_FILE, OracleResult, write_json_atomic, write_text_atomic
+from gnome_loop.oracle.jobfolder import read_result
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,9 @@ too-many-atoms, volume, overlapping-atoms) plus ``unparseable`` (text no parser
 understands: truncated, garbage, unreadable archive), ``unknown-element`` (a symbol
 that is not a chemical element, e.g. ``Xx``) and ``duplicate`` (the same structure,
 by :attr:`Candidate.id`, earlier in the same import).
+
+Longer than 450 lines: it reads every structure-file format the project accepts,
+one small reader each, so that the formats are read in one place.
 """
 
 from __future__ import annotations

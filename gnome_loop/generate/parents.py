@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from pymatgen.core import Composition, Structure
 
@@ -35,6 +35,9 @@ from gnome_loop.generate.imported import RejectedEntry, iter_sources, parse_entr
 from gnome_loop.generate.plausible import role
 from gnome_loop.generate.substitution import _assignments, _options, _table_species, substitute
 from gnome_loop.snapshot.prototypes import prototype_templates
+
+if TYPE_CHECKING:
+    from gnome_loop.config import ChemicalSpace, SubstitutingGenerator
 
 KNOWN, PROTOTYPES = "known", "prototypes"
 #: The older spellings of `parents`, still accepted.
@@ -145,3 +148,16 @@ def gather(parents: str | Sequence[str], known: Sequence[tuple[str, Structure, f
             if images:
                 chosen += into_space(outside, elements, max_elements, max_atoms, threshold, alpha)
     return chosen
+
+
+def pooled_parents(known: Sequence[tuple[str, Structure, float | None]], space: ChemicalSpace,
+                   generators: Sequence[SubstitutingGenerator], images: bool) -> list[tuple[str, Structure]]:
+    """The parents of the substitution generators `generators` (config sections), their
+    sources pooled (a screening shard runs both on one list), with in-space images of
+    file parents for SAPS."""
+    if not generators:
+        return []
+    pooled = list(dict.fromkeys(source for g in generators for source in sources(g.parents)))
+    return gather(pooled, known, max(g.parents_max_ehull for g in generators), space.elements, space.max_elements,
+                  space.max_atoms, min(g.threshold for g in generators), generators[0].alpha,
+                  max(g.max_outside_parents for g in generators), images)

@@ -27,6 +27,9 @@ group they were drawn in ("space_group") and the detected one ("detected_space_g
 
 pyxtal draws every random number from the numpy Generator handed to it, so results
 depend only on `seed` (and on how far the time limit lets the search go).
+
+Longer than 450 lines: the search, its symmetry checks and the soft-sphere
+pre-relaxation that `--relax` adds (the last 80 lines, which could move out).
 """
 
 from __future__ import annotations

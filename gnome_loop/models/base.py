@@ -19,7 +19,6 @@ from typing import Protocol, Sequence
 import numpy as np
 from pymatgen.core import Structure
 
-from gnome_loop.config import Model as ModelConfig
 from gnome_loop.structures import structure_id
 
 MODEL_CARD = "model_card.json"
@@ -97,35 +96,6 @@ def _predict_bisecting(model: EnergyModel, structures: list[Structure]) -> list[
         return _predict_bisecting(model, structures[:half]) + _predict_bisecting(model, structures[half:])
     return [(float(m), float(s)) if math.isfinite(m) and math.isfinite(s) else NON_FINITE
             for m, s in zip(mean.tolist(), spread.tolist())]
-
-
-def _architectures() -> dict[str, type]:
-    """Model classes by config kind (imported here: they import this module)."""
-    from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble
-    from gnome_loop.models.linear import LinearElementModel
-
-    return {"gnome": StructureEnsemble, "composition": CompositionEnsemble, "linear": LinearElementModel}
-
-
-def make_model(config: ModelConfig, seed: int = 0) -> EnergyModel:
-    """A fresh, untrained model of the kind named in the config's `model` section."""
-    cls = _architectures()[config.kind]
-    if config.kind == "linear":
-        return cls()
-    settings = config.model_dump(exclude={"kind", "init"})
-    return cls(**settings, seed=seed)
-
-
-def load_model(directory: str | Path) -> EnergyModel:
-    """Load a saved model of any known architecture, as named by its model card."""
-    card = read_model_card(directory)
-    classes = {cls.name: cls for cls in _architectures().values()}
-    if card["architecture"] not in classes:
-        raise ValueError(
-            f"{directory} holds a model of unknown architecture {card['architecture']!r}; "
-            f"known: {', '.join(sorted(classes))}"
-        )
-    return classes[card["architecture"]].load(Path(directory))
 
 
 def data_hash(structures: Sequence[Structure], energies_per_atom: np.ndarray) -> str:

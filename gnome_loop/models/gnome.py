@@ -1,6 +1,6 @@
 """GNoME's structure GNN in flax.
 
-Structure GNN (Merchant et al., Nature 2023, Methods; DESIGN §7): species
+Structure GNN (Merchant et al., Nature 2023, Methods): species
 embedding on nodes, a Gaussian expansion of the edge length on edges, then `steps`
 rounds of edge → node → global updates with swish MLPs and residual connections.
 Messages into a node are summed and divided by the data set's average

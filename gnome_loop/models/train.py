@@ -117,32 +117,46 @@ class TrainState(NamedTuple):
     history: dict
 
 
-def save_train_state(path: str | Path, state: TrainState, meta: dict) -> None:
-    """Write `state` and `meta` (JSON-able: what the run is, to refuse resuming another)
-    into one msgpack file, atomically: a kill mid-write leaves the previous checkpoint."""
-    payload = serialization.to_state_dict({"params": state.params, "opt_state": state.opt_state,
-                                           "best": state.best, "best_mae": np.asarray(state.best_mae)})
-    payload["meta"] = json.dumps({**meta, "epoch": state.epoch, "n_steps": state.n_steps,
-                                  "since_best": state.since_best, "history": state.history})
+def write_checkpoint(path: str | Path, trees: dict, meta: dict) -> None:
+    """Write the pytrees `trees` (by name) and the JSON-able `meta` into one msgpack file,
+    atomically: a kill mid-write leaves the previous checkpoint."""
+    payload = serialization.to_state_dict(trees)
+    payload["meta"] = json.dumps(meta)
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(serialization.msgpack_serialize(payload))
     os.replace(partial, path)
 
 
-def load_train_state(path: str | Path, template: TrainState) -> tuple[TrainState, dict]:
-    """The state and meta that `save_train_state` wrote; `template` gives the tree shapes.
-    ValueError naming the file when it is corrupt or from another network."""
+def read_checkpoint(path: str | Path, templates: dict) -> tuple[dict, dict]:
+    """The trees and meta that `write_checkpoint` wrote, shaped like `templates` (which
+    hold the network's "params"). ValueError naming the file when it is corrupt or from
+    another network."""
     try:
         raw = serialization.msgpack_restore(Path(path).read_bytes())
         meta = json.loads(raw.pop("meta"))
-        arrays = serialization.from_state_dict({"params": template.params, "opt_state": template.opt_state,
-                                                "best": template.best, "best_mae": template.best_mae}, raw)
-        same = jax.tree.map(np.shape, arrays["params"]) == jax.tree.map(np.shape, template.params)
+        trees = serialization.from_state_dict(templates, raw)
+        same = jax.tree.map(np.shape, trees["params"]) == jax.tree.map(np.shape, templates["params"])
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: not a readable training checkpoint ({error})") from error
     if not same:
         raise ValueError(f"{path}: checkpoint parameters do not fit this network (another width or depth?)")
+    return trees, meta
+
+
+def save_train_state(path: str | Path, state: TrainState, meta: dict) -> None:
+    """Write `state` and `meta` (JSON-able: what the run is, to refuse resuming another)
+    into one checkpoint file."""
+    write_checkpoint(path, {"params": state.params, "opt_state": state.opt_state, "best": state.best,
+                            "best_mae": np.asarray(state.best_mae)},
+                     {**meta, "epoch": state.epoch, "n_steps": state.n_steps, "since_best": state.since_best,
+                      "history": state.history})
+
+
+def load_train_state(path: str | Path, template: TrainState) -> tuple[TrainState, dict]:
+    """The state and meta that `save_train_state` wrote; `template` gives the tree shapes."""
+    arrays, meta = read_checkpoint(path, {"params": template.params, "opt_state": template.opt_state,
+                                          "best": template.best, "best_mae": template.best_mae})
     state = TrainState(arrays["params"], arrays["opt_state"], arrays["best"], np.asarray(arrays["best_mae"]),
                        meta.pop("epoch"), meta.pop("n_steps"), meta.pop("since_best"), meta.pop("history"))
     return state, meta

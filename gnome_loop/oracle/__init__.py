@@ -1,34 +1,16 @@
 """Oracles: turn a candidate structure into a relaxed structure and its energy.
 
-`make_oracle` builds one from the `oracle` section of the config; `base` holds the
-job-folder protocol (`write_job`, `run_job`, `read_result`) that schedulers run.
+`make_oracle` (`registry`) builds one from the `oracle` section of the config; `base`
+describes the job-folder protocol that schedulers run, and `jobfolder` writes, runs
+and reads job folders (`write_job`, `run_job`, `read_result`).
 """
 
 from __future__ import annotations
 
-from gnome_loop.config import Oracle as OracleConfig
 from gnome_loop.oracle.ase_relax import AseRelaxOracle
-from gnome_loop.oracle.base import Oracle, OracleResult, read_result, run_job, write_job
+from gnome_loop.oracle.base import Oracle, OracleResult
+from gnome_loop.oracle.jobfolder import read_result, run_job, write_job
+from gnome_loop.oracle.registry import ORACLE_KINDS, make_oracle
 
-ORACLE_KINDS = ("ase", "vasp")
-
-__all__ = ["AseRelaxOracle", "Oracle", "OracleResult", "make_oracle", "read_result", "run_job", "write_job"]
-
-
-def make_oracle(config: dict | OracleConfig) -> Oracle:
-    """The oracle an `Oracle` config section (or its `model_dump()`) describes."""
-    data = config.model_dump() if isinstance(config, OracleConfig) else dict(config)
-    kind = data.get("kind", "ase")
-    if kind not in ORACLE_KINDS:
-        raise ValueError(f"unknown oracle kind {kind!r}; known kinds: {', '.join(ORACLE_KINDS)}")
-    settings = OracleConfig.model_validate(data)
-    if settings.kind == "vasp":
-        from gnome_loop.oracle.vasp import VaspOracle
-
-        vasp = settings.vasp
-        return VaspOracle(vasp.command, double_relax=vasp.double_relax, custodian=vasp.custodian,
-                          incar=vasp.incar, max_seconds=settings.max_seconds, scale=settings.scale())
-    return AseRelaxOracle(
-        settings.calculator, settings.fmax, settings.max_steps, settings.relax_cell, scale=settings.scale(),
-        max_seconds=settings.max_seconds, calculator_args=settings.calculator_args,
-    )
+__all__ = ["AseRelaxOracle", "ORACLE_KINDS", "Oracle", "OracleResult", "make_oracle", "read_result", "run_job",
+           "write_job"]

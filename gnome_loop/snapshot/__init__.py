@@ -1,6 +1,6 @@
 """Known-materials snapshots: the phases a campaign starts from.
 
-A snapshot is a list of :class:`KnownPhase` records: known structures (substitution
+A snapshot is a list of :class:`KnownPhase` records (`snapshot.phases`): known structures (substitution
 parents, dedup references) and, when the source has them, energies for the convex
 hull. Two sources exist: the embedded prototype library with elemental references
 (no energies) and a user's entries file (energies on the file's own scale).
@@ -9,54 +9,16 @@ hull. Two sources exist: the embedded prototype library with elemental reference
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from pymatgen.core import Composition, Structure
-
 from gnome_loop.config import CampaignConfig
+from gnome_loop.snapshot import files
+from gnome_loop.snapshot.phases import KnownPhase, Snapshot
+from gnome_loop.snapshot.prototypes import load_prototypes
+from gnome_loop.snapshot.reference import with_mp_reference
 
-
-@dataclass
-class KnownPhase:
-    """One known phase of the snapshot.
-
-    `energy` is the total (corrected) energy in eV of the cell, None when unknown;
-    `scale` names its energy scale (e.g. "mp2020") so that hulls never mix scales.
-    `composition` defaults to the structure's; it is required when there is no
-    structure (a plain `ComputedEntry`). `hull_reference` is False for a phase kept
-    only as a substitution parent, dedup reference and training structure, whose
-    energy (the oracle's) does not join the hull: the prototypes of a campaign judged
-    against MP's stable phases (`gnome_loop.snapshot.reference`).
-    """
-
-    id: str
-    structure: Structure | None
-    energy: float | None
-    source: str
-    scale: str | None
-    info: dict = field(default_factory=dict)
-    composition: Composition | None = None
-    hull_reference: bool = True
-
-    def __post_init__(self) -> None:
-        if self.composition is None:
-            if self.structure is None:
-                raise ValueError(f"known phase {self.id} needs a structure or a composition")
-            self.composition = self.structure.composition
-
-
-@dataclass
-class Snapshot:
-    """The known phases of a campaign, the rows skipped by reason, what they came from, and
-    (with MP's reference hull) the elements of the space MP's table has no elemental phase of."""
-
-    phases: list[KnownPhase]
-    skipped: Counter = field(default_factory=Counter)
-    version: str = ""
-    missing_from_mp: list[str] = field(default_factory=list)
+__all__ = ["KnownPhase", "Snapshot", "load_snapshot"]
 
 
 def load_snapshot(config: CampaignConfig, cache_dir: Path | None = None) -> Snapshot:
@@ -68,11 +30,6 @@ def load_snapshot(config: CampaignConfig, cache_dir: Path | None = None) -> Snap
     `snapshot.reference_hull: mp`, MP's stable phases of the space are the hull and the
     prototypes only parents (`gnome_loop.snapshot.reference.with_mp_reference`).
     """
-    # Imported here because these modules import KnownPhase from this package.
-    from gnome_loop.snapshot import files
-    from gnome_loop.snapshot.prototypes import load_prototypes
-    from gnome_loop.snapshot.reference import with_mp_reference
-
     space, settings = config.chemical_space, config.snapshot
     correct = config.oracle.scale() == "mp2020"
     if settings.source == "prototypes":

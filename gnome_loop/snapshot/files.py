@@ -30,7 +30,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from gnome_loop.compatibility import mp2020_correct
 from gnome_loop.generate.imported import import_structures
 from gnome_loop.hull import named_ids
-from gnome_loop.snapshot import KnownPhase
+from gnome_loop.snapshot.phases import KnownPhase
 from gnome_loop.structures import is_known_element, validate_structure
 
 log = logging.getLogger(__name__)

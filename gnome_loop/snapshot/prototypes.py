@@ -25,7 +25,7 @@ from ase.build import bulk
 from ase.data import atomic_numbers, covalent_radii, reference_states
 from pymatgen.core import Element, Lattice, Structure
 
-from gnome_loop.snapshot import KnownPhase
+from gnome_loop.snapshot.phases import KnownPhase
 from gnome_loop.structures import minimum_distance
 
 #: Edge of the cubic box around a diatomic reference molecule, Å. 7 Å keeps molecules

@@ -18,7 +18,7 @@ from pathlib import Path
 from pymatgen.entries.computed_entries import ComputedEntry
 
 from gnome_loop.hull import chemsys_of
-from gnome_loop.snapshot import KnownPhase, Snapshot
+from gnome_loop.snapshot.phases import KnownPhase, Snapshot
 from gnome_loop.snapshot.files import read_energy_table
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -15,8 +15,9 @@ from pathlib import Path
 from pymatgen.core import Composition
 
 from gnome_loop.config import Model as ModelConfig
-from gnome_loop.models.base import EnergyModel, load_model, read_model_card
+from gnome_loop.models.base import EnergyModel, read_model_card
 from gnome_loop.models.ensemble import ARCHITECTURE
+from gnome_loop.models.registry import load_model
 
 #: Where the shipped checkpoints live (beside this module), one folder per kind of model.
 PRETRAINED_DIR = Path(__file__).parent

@@ -251,7 +251,7 @@ def test_a_screening_stage_killed_half_way_resumes_without_losing_or_repeating(t
 
     import yaml
 
-    import gnome_loop.campaign as campaign_module
+    import gnome_loop.stages.screening as screening_stage
     from gnome_loop.campaign import Campaign
     from gnome_loop.config import parse_config
 
@@ -261,7 +261,7 @@ def test_a_screening_stage_killed_half_way_resumes_without_losing_or_repeating(t
     assert clean.run().status == "done"
 
     calls = []
-    original = campaign_module.screen_task
+    original = screening_stage.screen_task
 
     def dies_on_the_fourth_shard(context, parents):
         calls.append(1)
@@ -269,12 +269,12 @@ def test_a_screening_stage_killed_half_way_resumes_without_losing_or_repeating(t
             raise KeyboardInterrupt  # the process is stopped in the middle of the stage
         return original(context, parents)
 
-    monkeypatch.setattr(campaign_module, "screen_task", dies_on_the_fourth_shard)
+    monkeypatch.setattr(screening_stage, "screen_task", dies_on_the_fourth_shard)
     killed = Campaign.create(parse_config(data), tmp_path / "killed")
     with pytest.raises(KeyboardInterrupt):
         killed.run()
     assert len(killed.store.shards_done(1)) == 3
-    monkeypatch.setattr(campaign_module, "screen_task", original)
+    monkeypatch.setattr(screening_stage, "screen_task", original)
     resumed = Campaign(tmp_path / "killed")
     assert resumed.run().status == "done"
 

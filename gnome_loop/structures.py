@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -27,6 +27,31 @@ MIN_DISTANCE = 0.5
 MIN_BOND_RATIO = 0.5
 #: Sane range of volume per atom, Å^3 (He solid ~ 30, Cs ~ 117; 2 is far below any solid).
 VOLUME_PER_ATOM_RANGE = (2.0, 200.0)
+
+
+@dataclass(frozen=True)
+class ChemicalSpace:
+    """The bounds a structure must fit: its elements among `elements` (kept sorted), at
+    most `max_elements` of them and `max_atoms` sites. None leaves a bound open."""
+
+    elements: tuple[str, ...] | None = None
+    max_elements: int | None = None
+    max_atoms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.elements is not None:
+            object.__setattr__(self, "elements", tuple(sorted(set(self.elements))))
+
+    def holds(self, symbols: Iterable[str]) -> bool:
+        """True when a compound of the elements `symbols` lies in this space (whatever its size)."""
+        symbols = set(symbols)
+        return ((self.elements is None or symbols <= set(self.elements))
+                and (self.max_elements is None or len(symbols) <= self.max_elements))
+
+    def without(self, dropped: Iterable[str]) -> "ChemicalSpace":
+        """This space less the elements `dropped`."""
+        dropped = set(dropped)
+        return replace(self, elements=tuple(el for el in self.elements or () if el not in dropped))
 
 
 def structure_id(structure: Structure, prefix: str = "") -> str:
@@ -80,13 +105,11 @@ def is_known_element(symbol: str) -> bool:
 
 def validate_structure(
     structure: Structure,
-    elements: Iterable[str] | None = None,
-    max_atoms: int | None = None,
-    max_elements: int | None = None,
+    space: ChemicalSpace = ChemicalSpace(),
     min_distance: float = MIN_DISTANCE,
     volume_per_atom_range: tuple[float, float] = VOLUME_PER_ATOM_RANGE,
 ) -> str | None:
-    """Return why `structure` cannot be a candidate, or None when it is fine.
+    """Return why `structure` cannot be a candidate (in `space`), or None when it is fine.
 
     Reasons are short fixed phrases (the first word is the reject category counted
     in round metrics) followed by details.
@@ -103,6 +126,7 @@ def validate_structure(
     if not math.isfinite(volume) or volume <= 1e-6:
         return "degenerate-cell: the lattice has no volume"
     symbols = sorted({el.symbol for el in structure.composition.elements})
+    elements, max_elements, max_atoms = space.elements, space.max_elements, space.max_atoms
     if elements is not None:
         outside = sorted(set(symbols) - set(elements))
         if outside:

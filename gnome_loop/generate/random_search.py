@@ -54,7 +54,7 @@ from pyxtal.crystal import random_crystal
 from pyxtal.symmetry import Group
 from pyxtal.tolerance import Tol_matrix
 
-from gnome_loop.structures import Candidate, bond_ratio, is_known_element, validate_structure
+from gnome_loop.structures import Candidate, ChemicalSpace, bond_ratio, is_known_element, validate_structure
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _attempt(
     structure = conventional.get_primitive_structure(tolerance=0.01)
     if len(structure) != z * sum(counts):
         return None, "supercell: the structure has extra translational symmetry"
-    reason = validate_structure(structure, max_atoms=max_atoms)
+    reason = validate_structure(structure, ChemicalSpace(max_atoms=max_atoms))
     if reason is None and bond_ratio(structure) < min_bond_ratio * (1 - 1e-6):
         reason = f"overlapping-atoms: bond ratio {bond_ratio(structure):.3f} < {min_bond_ratio}"
     return (structure, "") if reason is None else (None, reason)
@@ -335,7 +335,7 @@ def random_structures(
             if structure.composition.reduced_formula != formula or len(structure) != z * natoms:
                 structure, reason = None, "relaxation: the relaxer changed the composition"
             else:
-                reason = validate_structure(structure, max_atoms=max_atoms) or ""
+                reason = validate_structure(structure, ChemicalSpace(max_atoms=max_atoms)) or ""
                 structure = None if reason else structure
         if structure is None:
             rejected[reason.split(":")[0]] += 1

@@ -134,7 +134,7 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
     for key in sorted(proposals):
         reason = validate_structure(proposals[key].structure, settings.space)
         if reason:
-            funnel[f"rejected:{reason.split(':')[0]}"] += 1
+            funnel[f"rejected:{reason.category}"] += 1
         else:
             valid.append(proposals[key])
     funnel["valid"] = len(valid)

@@ -563,7 +563,7 @@ def import_structures(
             report.reject(source_id, UNPARSEABLE, _one_line(f"{UNPARSEABLE}: {type(exc).__name__}: {exc}"))
             continue
         if reason is not None:
-            report.reject(source_id, reason.split(":", 1)[0].split()[0], reason)
+            report.reject(source_id, reason.category, reason)
             continue
         candidate = Candidate(structure, generator="import", parent_ids=(),
                               info={"source": source, "source_id": source_id})

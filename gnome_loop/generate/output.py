@@ -24,7 +24,7 @@ def checked(candidates: Sequence[Candidate], space: ChemicalSpace = ChemicalSpac
     for candidate in candidates:
         reason = validate_structure(candidate.structure, space)
         if reason:
-            rejected[reason.split(":")[0]] += 1
+            rejected[reason.category] += 1
         else:
             kept.append(candidate)
     return kept, rejected

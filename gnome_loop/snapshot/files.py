@@ -232,7 +232,7 @@ def load_extxyz_entries(
         structure = AseAtomsAdaptor.get_structure(atoms)
         problem = validate_structure(structure, space)
         if problem is not None:
-            skipped[problem.split(":", 1)[0].split()[0]] += 1
+            skipped[problem.category] += 1
             continue
         key = str(atoms.info.get("entry_id") or atoms.info.get("material_id") or f"frame-{index}")
         phases.append(KnownPhase(key, structure=structure, energy=energy, source=f"file:{path.name}", scale=scale))

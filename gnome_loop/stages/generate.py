@@ -57,7 +57,7 @@ def generate(ctx: StageContext, round_: int) -> Decision:
             generated[name] += 1
             reason = validate_structure(candidate.structure, space)
             if reason:
-                counts[reason.split(":")[0]] += 1
+                counts[reason.category] += 1
                 continue
             kept += 1
             rows.append(candidate_row(candidate.id, round_, candidate.generator, candidate.structure,

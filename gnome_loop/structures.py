@@ -27,6 +27,8 @@ MIN_DISTANCE = 0.5
 MIN_BOND_RATIO = 0.5
 #: Sane range of volume per atom, Å^3 (He solid ~ 30, Cs ~ 117; 2 is far below any solid).
 VOLUME_PER_ATOM_RANGE = (2.0, 200.0)
+#: A relaxation that changes the volume per atom by more than this factor (either way) blew up.
+MAX_VOLUME_FACTOR = 3.0
 
 
 class Reject(str):

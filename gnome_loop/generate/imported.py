@@ -545,9 +545,9 @@ def import_structures(
     """Import every structure under `path` as a candidate, counting the rejects.
 
     Each entry is parsed (:func:`parse_entry`) and validated
-    (:func:`gnome_loop.structures.validate_structure` in `space`); a repeat of an accepted structure (same :attr:`Candidate.id`)
-    counts as ``duplicate``. Accepted structures become
-    ``Candidate(structure, "import", (), {"source": source, "source_id": id})``.
+    (:func:`gnome_loop.structures.validate_structure` in `space`); a repeat of an
+    accepted structure (same :attr:`Candidate.id`) counts as ``duplicate``. Accepted
+    structures become ``Candidate(structure, "import", (), {"source": source, "source_id": id})``.
     """
     report = ImportReport()
     seen: dict[str, str] = {}

@@ -91,8 +91,8 @@ def load_entries_file(
 ) -> list[KnownPhase]:
     """Known phases from a JSON (or .json.gz) list of ComputedEntry / ComputedStructureEntry.
 
-    Keeps the entries whose compositions lie in `space` (`ChemicalSpace.holds`), in file order. With `correct` (the campaign's
-    oracle is VASP with MP settings), MP2020 corrections are applied afresh with
+    Keeps the entries whose compositions lie in `space` (`ChemicalSpace.holds`), in file
+    order. With `correct` (the campaign's oracle is VASP with MP settings), MP2020 corrections are applied afresh with
     this pymatgen, exactly as to the oracle's own results, so that both share one
     scale; entries MP2020 rejects are left out and logged with the reason. Raises
     ValueError naming the problem for a missing or unreadable file, content that

@@ -43,6 +43,7 @@ from gnome_loop.screen import ScreenContext, ScreenSettings, model_files, screen
 from gnome_loop.snapshot.files import read_energy_table
 from gnome_loop.snapshot.prototypes import load_prototypes
 from gnome_loop.store import Store
+from gnome_loop.structures import ChemicalSpace
 
 from common import DATA, RESULTS, write_results
 
@@ -157,8 +158,8 @@ def main() -> int:
         return 0
 
     structures, energies = mp20()
-    elements = sorted({el.symbol for _, s in structures for el in s.composition})
-    prototypes = [(p.id, p.structure) for p in load_prototypes(elements, MAX_ELEMENTS, MAX_ATOMS)]
+    space = ChemicalSpace(tuple({el.symbol for _, s in structures for el in s.composition}), MAX_ELEMENTS, MAX_ATOMS)
+    prototypes = [(p.id, p.structure) for p in load_prototypes(space)]
     parents = sorted(structures + prototypes, key=lambda item: item[0])
     known = frozenset(s.composition.reduced_formula for _, s in parents)
     hull_entries, _ = read_energy_table(DATA / "mp_reference" / "mp_materials_summary.csv.gz")
@@ -167,7 +168,7 @@ def main() -> int:
     model.fit([s for _, s in structures], energies)
     folder = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     model.save(folder / "model")
-    settings = ScreenSettings(tuple(elements), MAX_ELEMENTS, MAX_ATOMS, known, keep=50,
+    settings = ScreenSettings(space, known, keep=50,
                               substitution={"threshold": 0.001},
                               saps={"threshold": 0.001, "max_per_parent": args.max_per_parent})
     context = ScreenContext(f"bench:{folder}", model_files(folder / "model"), [e.as_dict() for e in hull_entries],
@@ -195,7 +196,7 @@ def main() -> int:
     one, two = runs[0], runs[1]
     per_worker = one["candidates_per_s"]
     result = {
-        "quick": args.quick, "cpus": os.cpu_count(), "elements": len(elements), "parents": len(parents),
+        "quick": args.quick, "cpus": os.cpu_count(), "elements": len(space.elements), "parents": len(parents),
         "mp20_parents": len(structures), "prototype_parents": len(prototypes), "hull_phases": len(hull_entries),
         "max_per_parent": args.max_per_parent, "parents_per_shard": args.parents_per_shard, "keep_per_shard": 50,
         "candidates": runs[-1]["candidates"],

@@ -7,11 +7,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from gnome_loop.terminal import console, counts_text, out, reported_errors
+
+if TYPE_CHECKING:
+    from gnome_loop.structures import ChemicalSpace
 
 generate_app = typer.Typer(help="Make candidates with one generator, outside any campaign: extxyz + JSON summary.",
                            no_args_is_help=True)
@@ -34,6 +37,14 @@ def _elements(text: str | None) -> list[str] | None:
     return elements
 
 
+def _space(elements: list[str] | None = None, max_elements: int | None = None,
+           max_atoms: int | None = None) -> ChemicalSpace:
+    """The chemical space of a verb's options (None: no bound)."""
+    from gnome_loop.structures import ChemicalSpace
+
+    return ChemicalSpace(elements, max_elements, max_atoms)
+
+
 def _parents(path: Path, elements: str | None = None) -> tuple[list, dict, list[str], set[str]]:
     """Parent structures from any file `generate import` reads, the import summary, the
     chemical space (`elements`, else the parents' elements) and the known formulas."""
@@ -47,12 +58,13 @@ def _parents(path: Path, elements: str | None = None) -> tuple[list, dict, list[
     return items, report.to_json(), space, {s.composition.reduced_formula for _, s in items}
 
 
-def _finish_generate(output: Path, name: str, candidates: list, started: float, elements, max_atoms: int,
-                     max_elements: int, refused: Counter | None = None, **summary) -> None:
-    """Write the valid candidates and the summary; `refused` counts what the generator itself turned down."""
+def _finish_generate(output: Path, name: str, candidates: list, started: float, space: ChemicalSpace,
+                     refused: Counter | None = None, **summary) -> None:
+    """Write the candidates valid in `space` and the summary; `refused` counts what the generator
+    itself turned down."""
     from gnome_loop.generate.output import checked, write_candidates
 
-    kept, rejected = checked(candidates, elements, max_atoms, max_elements)
+    kept, rejected = checked(candidates, space)
     rejected.update(refused or Counter())
     summary_path = write_candidates(output, kept, {
         "generator": name, "generated": len(candidates) + sum((refused or Counter()).values()),
@@ -83,8 +95,8 @@ def generate_substitution(
         candidates = substitute(items, space, known, threshold=threshold, max_elements=max_elements,
                                 max_atoms=max_atoms, charge_balanced=charge_balanced, max_candidates=max_candidates,
                                 rejected=refused)
-        _finish_generate(output, "substitution", candidates, started, space, max_atoms, max_elements, refused,
-                         parents=read)
+        _finish_generate(output, "substitution", candidates, started, _space(space, max_elements, max_atoms),
+                         refused, parents=read)
 
 
 @generate_app.command("saps")
@@ -111,7 +123,8 @@ def generate_saps(
         candidates = saps(items, space, known, threshold=threshold, max_elements=max_elements, max_atoms=max_atoms,
                           max_per_parent=max_per_parent, max_candidates=max_candidates, supercell=repeat,
                           charge_balanced=charge_balanced, rejected=refused)
-        _finish_generate(output, "saps", candidates, started, space, max_atoms, max_elements, refused, parents=read)
+        _finish_generate(output, "saps", candidates, started, _space(space, max_elements, max_atoms), refused,
+                         parents=read)
 
 
 @generate_app.command("random")
@@ -138,7 +151,7 @@ def generate_random(
             raise ValueError("random search made nothing: " + "; ".join(failed.values()))
         for formula, error in failed.items():
             console.print(f"[yellow]skipped {formula}:[/] {error}")
-        _finish_generate(output, "random", candidates, started, None, max_atoms, None, search=stats)
+        _finish_generate(output, "random", candidates, started, _space(max_atoms=max_atoms), search=stats)
 
 
 @generate_app.command("composition")
@@ -164,7 +177,8 @@ def generate_composition(
                                           max_elements=max_elements, max_atoms=max_atoms,
                                           model_predict=load_model(model) if model else None, seed=seed,
                                           time_limit=time_limit, stats=stats)
-        _finish_generate(output, "composition", candidates, started, space, max_atoms, max_elements, search=stats)
+        _finish_generate(output, "composition", candidates, started, _space(space, max_elements, max_atoms),
+                         search=stats)
 
 
 @generate_app.command("import")
@@ -179,9 +193,9 @@ def generate_import(
 
     started = time.time()
     with reported_errors():
-        report = import_structures(path, _elements(elements), max_atoms, max_elements)
+        report = import_structures(path, _space(_elements(elements), max_elements, max_atoms))
         summary = report.to_json()
-        _finish_generate(output, "import", report.accepted, started, None, None, None,
+        _finish_generate(output, "import", report.accepted, started, _space(),
                          **{k: v for k, v in summary.items() if k != "accepted"})
     if report.rejected:
         out.print(f"import rejected {sum(report.rejected.values())} of {report.read}: {counts_text(report.rejected)}")

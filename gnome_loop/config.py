@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gnome_loop.structures import is_known_element
+from gnome_loop.structures import ChemicalSpace, is_known_element
 
 
 class ConfigError(ValueError):
@@ -27,7 +27,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ChemicalSpace(_Section):
+class ChemicalSpaceConfig(_Section):
     elements: list[str] = Field(min_length=1, description="element symbols of the campaign")
     max_elements: int = Field(3, ge=1, le=8, description="most elements per compound")
     max_atoms: int = Field(20, ge=1, le=500, description="most atoms per cell")
@@ -44,6 +44,10 @@ class ChemicalSpace(_Section):
         if len(set(value)) != len(value):
             raise ValueError("elements are listed twice")
         return sorted(value)
+
+    def space(self) -> ChemicalSpace:
+        """The bounds of this section, as the generators and readers take them."""
+        return ChemicalSpace(tuple(self.elements), self.max_elements, self.max_atoms)
 
 
 class Snapshot(_Section):
@@ -372,7 +376,7 @@ class CampaignConfig(_Section):
     name: str = "campaign"
     seed: int = 0
     rounds: int = Field(3, ge=0)
-    chemical_space: ChemicalSpace
+    chemical_space: ChemicalSpaceConfig
     snapshot: Snapshot = Snapshot()
     generators: Generators = Generators()
     model: Model = Model()

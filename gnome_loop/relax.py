@@ -63,10 +63,7 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from gnome_loop.models.graph import power_of_two
-from gnome_loop.structures import MIN_DISTANCE
-
-#: A structure whose volume grows or shrinks by more than this factor has exploded.
-MAX_VOLUME_FACTOR = 3.0
+from gnome_loop.structures import MAX_VOLUME_FACTOR, MIN_DISTANCE
 
 #: Per-graph status codes of `FireState.status`.
 RUNNING, CONVERGED, MAX_STEPS, NON_FINITE, TOO_CLOSE, VOLUME, PADDING = range(7)

@@ -31,7 +31,7 @@ from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import Hull, e_above_hull_many
 from gnome_loop.models.base import NON_FINITE, EnergyModel, predict_each
 from gnome_loop.models.registry import load_model
-from gnome_loop.structures import Candidate, DuplicateIndex, symmetry_label, validate_structure
+from gnome_loop.structures import Candidate, ChemicalSpace, DuplicateIndex, symmetry_label, validate_structure
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,7 @@ def _predict(model: EnergyModel,
 class ScreenSettings:
     """What a shard generates and keeps (the campaign's chemical space and generator settings)."""
 
-    elements: tuple[str, ...]
-    max_elements: int
-    max_atoms: int
+    space: ChemicalSpace
     known_formulas: frozenset[str]
     keep: int = 100  # unique candidates kept in full per shard, lowest predicted E_hull first
     substitution: dict | None = field(default_factory=dict)  # substitute() options; None: off
@@ -119,8 +117,8 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
     shards does not change which of two duplicates survives.
     """
     funnel: Counter = Counter()
-    space = dict(elements=list(settings.elements), known_formulas=set(settings.known_formulas),
-                 max_elements=settings.max_elements, max_atoms=settings.max_atoms)
+    space = dict(elements=list(settings.space.elements), known_formulas=set(settings.known_formulas),
+                 max_elements=settings.space.max_elements, max_atoms=settings.space.max_atoms)
     proposals: dict[str, Candidate] = {}
     implausible: Counter = Counter()  # refused by the generators (gnome_loop.generate.plausible)
     if settings.substitution is not None:
@@ -134,10 +132,9 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
 
     valid = []
     for key in sorted(proposals):
-        reason = validate_structure(proposals[key].structure, settings.elements, settings.max_atoms,
-                                    settings.max_elements)
+        reason = validate_structure(proposals[key].structure, settings.space)
         if reason:
-            funnel[f"rejected:{reason.split(':')[0]}"] += 1
+            funnel[f"rejected:{reason.category}"] += 1
         else:
             valid.append(proposals[key])
     funnel["valid"] = len(valid)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -27,6 +27,49 @@ MIN_DISTANCE = 0.5
 MIN_BOND_RATIO = 0.5
 #: Sane range of volume per atom, Å^3 (He solid ~ 30, Cs ~ 117; 2 is far below any solid).
 VOLUME_PER_ATOM_RANGE = (2.0, 200.0)
+#: A relaxation that changes the volume per atom by more than this factor (either way) blew up.
+MAX_VOLUME_FACTOR = 3.0
+
+
+class Reject(str):
+    """Why a structure is refused: the text "category: detail", whose `category` (one
+    word) is what round metrics and import reports count."""
+
+    category: str
+    detail: str
+
+    def __new__(cls, category: str, detail: str) -> "Reject":
+        reject = super().__new__(cls, f"{category}: {detail}")
+        reject.category, reject.detail = category, detail
+        return reject
+
+    def __getnewargs__(self) -> tuple[str, str]:  # pickles (shards run on dask workers)
+        return self.category, self.detail
+
+
+@dataclass(frozen=True)
+class ChemicalSpace:
+    """The bounds a structure must fit: its elements among `elements` (kept sorted), at
+    most `max_elements` of them and `max_atoms` sites. None leaves a bound open."""
+
+    elements: tuple[str, ...] | None = None
+    max_elements: int | None = None
+    max_atoms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.elements is not None:
+            object.__setattr__(self, "elements", tuple(sorted(set(self.elements))))
+
+    def holds(self, symbols: Iterable[str]) -> bool:
+        """True when a compound of the elements `symbols` lies in this space (whatever its size)."""
+        symbols = set(symbols)
+        return ((self.elements is None or symbols <= set(self.elements))
+                and (self.max_elements is None or len(symbols) <= self.max_elements))
+
+    def without(self, dropped: Iterable[str]) -> "ChemicalSpace":
+        """This space less the elements `dropped`."""
+        dropped = set(dropped)
+        return replace(self, elements=tuple(el for el in self.elements or () if el not in dropped))
 
 
 def structure_id(structure: Structure, prefix: str = "") -> str:
@@ -80,49 +123,47 @@ def is_known_element(symbol: str) -> bool:
 
 def validate_structure(
     structure: Structure,
-    elements: Iterable[str] | None = None,
-    max_atoms: int | None = None,
-    max_elements: int | None = None,
+    space: ChemicalSpace = ChemicalSpace(),
     min_distance: float = MIN_DISTANCE,
     volume_per_atom_range: tuple[float, float] = VOLUME_PER_ATOM_RANGE,
-) -> str | None:
-    """Return why `structure` cannot be a candidate, or None when it is fine.
+) -> Reject | None:
+    """Return why `structure` cannot be a candidate (in `space`), or None when it is fine.
 
-    Reasons are short fixed phrases (the first word is the reject category counted
-    in round metrics) followed by details.
+    The reason's category is counted in round metrics; its text is "category: detail".
     """
     if len(structure) == 0:
-        return "empty: the structure has no sites"
+        return Reject("empty", "the structure has no sites")
     if not structure.is_ordered:
-        return "disordered: partial occupancies are not supported"
+        return Reject("disordered", "partial occupancies are not supported")
     coords = np.asarray(structure.cart_coords)
     matrix = np.asarray(structure.lattice.matrix)
     if not (np.all(np.isfinite(coords)) and np.all(np.isfinite(matrix))):
-        return "non-finite: NaN or infinite coordinates or lattice"
+        return Reject("non-finite", "NaN or infinite coordinates or lattice")
     volume = structure.volume
     if not math.isfinite(volume) or volume <= 1e-6:
-        return "degenerate-cell: the lattice has no volume"
+        return Reject("degenerate-cell", "the lattice has no volume")
     symbols = sorted({el.symbol for el in structure.composition.elements})
+    elements, max_elements, max_atoms = space.elements, space.max_elements, space.max_atoms
     if elements is not None:
         outside = sorted(set(symbols) - set(elements))
         if outside:
-            return f"outside-space: elements {','.join(outside)} are not in the chemical space"
+            return Reject("outside-space", f"elements {','.join(outside)} are not in the chemical space")
     if max_elements is not None and len(symbols) > max_elements:
-        return f"too-many-elements: {len(symbols)} > {max_elements}"
+        return Reject("too-many-elements", f"{len(symbols)} > {max_elements}")
     if max_atoms is not None and len(structure) > max_atoms:
-        return f"too-many-atoms: {len(structure)} > {max_atoms}"
+        return Reject("too-many-atoms", f"{len(structure)} > {max_atoms}")
     vpa = volume / len(structure)
     low, high = volume_per_atom_range
     if not low <= vpa <= high:
-        return f"volume: {vpa:.2f} Å^3/atom is outside [{low}, {high}]"
+        return Reject("volume", f"{vpa:.2f} Å^3/atom is outside [{low}, {high}]")
     distances, shortest = _distances(structure)
     dmin = _minimum_distance(distances, shortest)
     if dmin < min_distance:
-        return f"overlapping-atoms: two atoms are {dmin:.3f} Å apart (< {min_distance} Å)"
+        return Reject("overlapping-atoms", f"two atoms are {dmin:.3f} Å apart (< {min_distance} Å)")
     ratio = _bond_ratio(structure, distances, shortest)
     if ratio < MIN_BOND_RATIO:
-        return (f"overlapping-atoms: two atoms are {ratio:.2f} covalent bond lengths apart "
-                f"(< {MIN_BOND_RATIO})")
+        return Reject("overlapping-atoms", f"two atoms are {ratio:.2f} covalent bond lengths apart "
+                      f"(< {MIN_BOND_RATIO})")
     return None
 
 

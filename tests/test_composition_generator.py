@@ -15,7 +15,7 @@ from gnome_loop.generate.composition import (
     score_compositions,
 )
 from gnome_loop.models.linear import LinearElementModel
-from gnome_loop.structures import validate_structure
+from gnome_loop.structures import ChemicalSpace, validate_structure
 
 
 def test_common_oxidation_states_come_from_icsd_frequencies():
@@ -118,7 +118,7 @@ def test_enumerate_candidates_skips_known_formulas_and_builds_structures():
     for candidate in candidates:
         by_formula.setdefault(candidate.structure.composition.reduced_formula, []).append(candidate)
         assert candidate.generator == "composition"
-        assert validate_structure(candidate.structure, elements=elements, max_atoms=12) is None
+        assert validate_structure(candidate.structure, ChemicalSpace(elements, max_atoms=12)) is None
         assert candidate.info["predicted_energy"] == preferred[candidate.info["formula"]]
         assert candidate.info["formula_units"] == 1 and 1 <= candidate.info["space_group"] <= 230
     assert {f: len(c) for f, c in by_formula.items()} == {"MgCl2": 2, "Na2MgCl4": 2}

@@ -14,7 +14,7 @@ from gnome_loop.generate.parents import gather, pooled_parents, read_parents, so
 from gnome_loop.generate.plausible import NOT_BALANCED, charge_problem
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
-from gnome_loop.structures import structure_from_json, validate_structure
+from gnome_loop.structures import ChemicalSpace, structure_from_json, validate_structure
 
 SPACE = ["Li", "Co", "Ni", "O"]
 CI_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "ci_emt" / "config.yaml"
@@ -45,17 +45,17 @@ def _in_space(candidates, space) -> None:
     assert candidates
     for candidate in candidates:
         assert {el.symbol for el in candidate.structure.composition} <= set(space)
-        assert validate_structure(candidate.structure, space, 20, 3) is None
+        assert validate_structure(candidate.structure, ChemicalSpace(space, 3, 20)) is None
 
 
 def test_a_parent_far_above_the_hull_is_not_used():
     stable, far = _rocksalt("Li", "O", 4.6).get_primitive_structure(), _rocksalt("Co", "O", 4.26)
     known = [("stable", stable, 0.0), ("near", stable.copy(), 0.08), ("far", far, 0.5), ("unjudged", far, None)]
-    kept = gather(["known"], known, 0.1, SPACE, 3, 20, 0.001, -5.0, 10, images=False)
+    kept = gather(["known"], known, 0.1, ChemicalSpace(SPACE, 3, 20), 0.001, -5.0, 10, images=False)
     assert [key for key, _ in kept] == ["stable", "near"]
     candidates = substitute(kept, SPACE, {"Li2O"})
     assert candidates and all(c.parent_ids[0] in ("stable", "near") for c in candidates)
-    assert [key for key, _ in gather(["known"], known, 1.0, SPACE, 3, 20, 0.001, -5.0, 10, False)] == [
+    assert [key for key, _ in gather(["known"], known, 1.0, ChemicalSpace(SPACE, 3, 20), 0.001, -5.0, 10, False)] == [
         "stable", "near", "far"]  # the threshold is a setting; unjudged phases never count
 
 
@@ -63,14 +63,14 @@ def test_the_campaign_takes_its_parents_from_the_entries_near_its_hull(emt_campa
     campaign = Campaign(emt_campaign)
     _, known = campaign.context.known_structures()
     settings = campaign.config.generators.substitution
-    parents = pooled_parents(known, campaign.config.chemical_space,
+    parents = pooled_parents(known, campaign.config.chemical_space.space(),
                              [settings.model_copy(update={"parents": ["known"]})], images=False)
     near = {key for key, _, ehull in known if ehull is not None and ehull <= settings.parents_max_ehull}
     assert {key for key, _ in parents} == near and 0 < len(near) < len(known)
 
 
 def test_parents_from_a_file_outside_the_space_give_in_space_candidates_only(outside_zip):
-    outside = read_parents(str(outside_zip), tuple(SPACE), 3, 20, 0.001, -5.0, 10)
+    outside = read_parents(str(outside_zip), ChemicalSpace(SPACE, 3, 20), 0.001, -5.0, 10)
     ids = [key.split(":")[1] for key, _ in outside]
     assert "NiO.cif" not in ids and "W.cif" not in ids  # inside the space / an element: not outside parents
     assert {"NaCl.cif", "MgO.cif", "Cu3Au.cif"} <= set(ids)
@@ -81,22 +81,22 @@ def test_parents_from_a_file_outside_the_space_give_in_space_candidates_only(out
     from_cu3au = [c for c in candidates if c.parent_ids[0].endswith("Cu3Au.cif")]
     assert from_cu3au and all("O" not in c.structure.composition for c in from_cu3au)  # metals stay metals
 
-    parents = gather(["known", str(outside_zip)], [], 0.1, SPACE, 3, 20, 0.001, -5.0, 10, images=True)
+    parents = gather(["known", str(outside_zip)], [], 0.1, ChemicalSpace(SPACE, 3, 20), 0.001, -5.0, 10, images=True)
     images = [(key, s) for key, s in parents if ">" in key]
     assert images and all({el.symbol for el in s.composition} <= set(SPACE) for _, s in images)
     _in_space(saps(parents, SPACE, set(), max_per_parent=10), SPACE)
 
 
 def test_outside_parents_are_capped_most_likely_first(outside_zip):
-    every = read_parents(str(outside_zip), tuple(SPACE), 3, 20, 0.001, -5.0, 100)
-    top = read_parents(str(outside_zip), tuple(SPACE), 3, 20, 0.001, -5.0, 2)
+    every = read_parents(str(outside_zip), ChemicalSpace(SPACE, 3, 20), 0.001, -5.0, 100)
+    top = read_parents(str(outside_zip), ChemicalSpace(SPACE, 3, 20), 0.001, -5.0, 2)
     assert len(top) == 2 < len(every) and [key for key, _ in top] == [key for key, _ in every[:2]]
-    assert read_parents(str(outside_zip), tuple(SPACE), 3, 20, 0.99, -5.0, 100) == ()
+    assert read_parents(str(outside_zip), ChemicalSpace(SPACE, 3, 20), 0.99, -5.0, 100) == ()
 
 
 def test_parents_from_the_mp_table_give_in_space_candidates_only(shared_data):
     table = shared_data / "mp37k" / "mp37k_eform.csv.gz"
-    outside = read_parents(str(table), tuple(SPACE), 3, 20, 0.001, -5.0, 30)
+    outside = read_parents(str(table), ChemicalSpace(SPACE, 3, 20), 0.001, -5.0, 30)
     assert len(outside) == 30
     assert all(not {el.symbol for el in s.composition} <= set(SPACE) for _, s in outside)
     _in_space(substitute(outside, SPACE, set()), SPACE)

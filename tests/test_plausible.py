@@ -14,6 +14,7 @@ from gnome_loop.generate.substitution import _parent_species, substitute
 from gnome_loop.hull import Hull
 from gnome_loop.screen import ScreenSettings, screen_shard
 from gnome_loop.snapshot.prototypes import _library
+from gnome_loop.structures import ChemicalSpace
 
 #: AFLOW prototypes of intermetallics whose metal sites were given O in a real run (issue 17).
 INTERMETALLICS = ("Fe7W6", "ThMn12", "Mn2Au5", "Fe4C")
@@ -125,7 +126,7 @@ def test_screening_counts_the_generators_rejects_in_its_funnel():
             return np.full(len(structures), -1.0), np.full(len(structures), 0.01)
 
     hull = Hull([], scale="stub")
-    settings = ScreenSettings(elements, 3, 20, frozenset({"NaCl"}), keep=5, substitution=None,
+    settings = ScreenSettings(ChemicalSpace(elements, 3, 20), frozenset({"NaCl"}), keep=5, substitution=None,
                               saps={"threshold": 0.001, "max_per_parent": 100})
     result = screen_shard([("nacl", _rocksalt("Na", "Cl", 5.64))], settings, Flat(), hull)
     funnel = result.funnel

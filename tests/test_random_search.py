@@ -18,7 +18,7 @@ from gnome_loop.generate.random_search import (
     random_structures,
     soft_sphere_relax,
 )
-from gnome_loop.structures import bond_ratio, minimum_distance, validate_structure
+from gnome_loop.structures import ChemicalSpace, bond_ratio, minimum_distance, validate_structure
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,7 +42,7 @@ def _check(candidate, formula: str) -> None:
     assert candidate.generator == "random"
     assert structure.composition.reduced_formula == formula
     assert len(structure) == info["formula_units"] * Composition(formula).num_atoms
-    assert validate_structure(structure, max_atoms=20) is None
+    assert validate_structure(structure, ChemicalSpace(max_atoms=20)) is None
     assert bond_ratio(structure) >= MIN_BOND_RATIO - 1e-6
     assert info["space_group"] in _subgroups(info["detected_space_group"])
 

@@ -14,6 +14,7 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from gnome_loop.hull import Hull
 from gnome_loop.screen import ScreenSettings, score_structures, screen_shard
 from gnome_loop.snapshot.prototypes import load_prototypes
+from gnome_loop.structures import ChemicalSpace
 from gnome_loop.structures import DuplicateIndex, find_duplicates, symmetry_label
 
 ELEMENTS = ("Ag", "Al", "Au", "Cu", "Ni", "Pd", "Pt")
@@ -33,12 +34,12 @@ def hull() -> Hull:
 
 
 def parents():
-    phases = load_prototypes(list(ELEMENTS), 2, 8)
+    phases = load_prototypes(ChemicalSpace(ELEMENTS, 2, 8))
     return [(p.id, p.structure) for p in phases], frozenset(p.structure.composition.reduced_formula for p in phases)
 
 
 def settings(known, keep: int) -> ScreenSettings:
-    return ScreenSettings(ELEMENTS, 2, 8, known, keep=keep, substitution={"threshold": 0.001},
+    return ScreenSettings(ChemicalSpace(ELEMENTS, 2, 8), known, keep=keep, substitution={"threshold": 0.001},
                           saps={"threshold": 0.001, "max_per_parent": 10})
 
 

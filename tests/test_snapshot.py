@@ -15,7 +15,7 @@ from gnome_loop.snapshot import KnownPhase, load_snapshot
 from gnome_loop.snapshot.files import load_entries_file
 from gnome_loop.snapshot.prototypes import (ELEMENT_TEMPLATES, element_kind, elemental_phases, elemental_reference,
                                             load_prototypes, prototype_templates)
-from gnome_loop.structures import minimum_distance, validate_structure
+from gnome_loop.structures import ChemicalSpace, minimum_distance, validate_structure
 
 EMT_SPACE = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"]
 IONIC_SPACE = ["Li", "Na", "K", "Mg", "Ca", "Al", "Si", "Ti", "Fe", "O", "S", "Cl"]
@@ -27,7 +27,7 @@ def _elements(phase: KnownPhase) -> set[str]:
 
 
 def test_emt_space_has_cu3au_and_every_reference():
-    phases = load_prototypes(EMT_SPACE, max_elements=3, max_atoms=20)
+    phases = load_prototypes(ChemicalSpace(EMT_SPACE, 3, 20))
     by_id = {phase.id: phase for phase in phases}
     cu3au = by_id["proto-AB3_cP4_221_a_c-Cu3Au"]
     assert cu3au.info["strukturbericht"] == "L1_2"
@@ -41,18 +41,18 @@ def test_emt_space_has_cu3au_and_every_reference():
 
 
 def test_limits_drop_prototypes_but_never_references():
-    phases = load_prototypes(EMT_SPACE, max_elements=1, max_atoms=1)
+    phases = load_prototypes(ChemicalSpace(EMT_SPACE, 1, 1))
     assert {phase.id for phase in phases if phase.source == "ase-reference"} == {f"ref-{el}" for el in EMT_SPACE}
     assert all(len(phase.structure) == 1 for phase in phases if phase.source == "prototypes")
 
 
 def test_ionic_space_references_are_valid_and_oxygen_is_a_molecule():
-    phases = load_prototypes(IONIC_SPACE, max_elements=3, max_atoms=20)
+    phases = load_prototypes(ChemicalSpace(IONIC_SPACE, 3, 20))
     refs = {phase.id: phase for phase in phases if phase.source == "ase-reference"}
     assert set(refs) == {f"ref-{el}" for el in IONIC_SPACE}
     for phase in phases:
         assert _elements(phase) <= set(IONIC_SPACE)
-        assert validate_structure(phase.structure, elements=IONIC_SPACE) is None, phase.id
+        assert validate_structure(phase.structure, ChemicalSpace(IONIC_SPACE)) is None, phase.id
 
     oxygen = refs["ref-O"]
     assert oxygen.info["molecule"] is True
@@ -72,7 +72,7 @@ def test_every_element_gets_a_reference():
 
 
 def test_each_element_gets_a_bounded_handful_of_elemental_structures():
-    phases = load_prototypes(IONIC_SPACE, max_elements=3, max_atoms=16)
+    phases = load_prototypes(ChemicalSpace(IONIC_SPACE, 3, 16))
     by_element: dict[str, list[str]] = {}
     for phase in phases:
         if len(_elements(phase)) == 1:
@@ -106,9 +106,9 @@ def test_elemental_templates_are_valid_and_scaled_to_the_element(symbol):
 
 
 def test_prototypes_are_deterministic_and_not_shared():
-    first = load_prototypes(EMT_SPACE, 3, 20)
+    first = load_prototypes(ChemicalSpace(EMT_SPACE, 3, 20))
     first[0].structure.scale_lattice(1000.0)
-    second = load_prototypes(EMT_SPACE, 3, 20)
+    second = load_prototypes(ChemicalSpace(EMT_SPACE, 3, 20))
     assert [phase.id for phase in first] == [phase.id for phase in second]
     assert second[0].structure.volume != pytest.approx(1000.0)
 
@@ -127,7 +127,7 @@ def test_known_phase_needs_a_composition():
 
 
 def test_file_snapshot_loads_every_mp_entry(shared_data):
-    phases = load_entries_file(shared_data / LI_CO_NI_O, elements=None, max_elements=None)
+    phases = load_entries_file(shared_data / LI_CO_NI_O)
     assert len(phases) == 775
     assert len({phase.id for phase in phases}) == 775
     assert {phase.scale for phase in phases} == {"mp2020"}
@@ -151,7 +151,7 @@ def test_file_snapshot_filters_to_a_subspace(shared_data):
 
 def test_prototype_snapshot_from_config():
     config = parse_config({"chemical_space": {"elements": EMT_SPACE}})
-    assert [phase.id for phase in load_snapshot(config).phases] == [phase.id for phase in load_prototypes(EMT_SPACE, 3, 20)]
+    assert [phase.id for phase in load_snapshot(config).phases] == [phase.id for phase in load_prototypes(ChemicalSpace(EMT_SPACE, 3, 20))]
 
 
 def _structure_entry(entry_id: str, energy: float, correction: float = 0.0) -> ComputedStructureEntry:
@@ -162,7 +162,7 @@ def _structure_entry(entry_id: str, energy: float, correction: float = 0.0) -> C
 def test_small_files_keep_energies_scale_and_hash_ids(tmp_path):
     path = tmp_path / "entries.json"
     dumpfn([_structure_entry("a", -10.0), ComputedEntry("Li2O", -14.0), ComputedEntry("Co", -7.0, entry_id="c")], path)
-    phases = load_entries_file(path, elements=["Li", "O"], max_elements=2)
+    phases = load_entries_file(path, ChemicalSpace(("Li", "O"), 2))
     assert [phase.energy for phase in phases] == [-10.0, -14.0]
     assert {phase.scale for phase in phases} == {"uncorrected"}
     assert phases[1].structure is None and phases[1].composition.reduced_formula == "Li2O"
@@ -240,7 +240,7 @@ def test_energy_table_loads_mp_summary_rows_as_structureless_references(shared_d
     from gnome_loop.snapshot.files import load_energy_table
 
     path = shared_data / "mp_reference" / "mp_materials_summary.csv.gz"
-    phases, skipped = load_energy_table(path, ["Li", "Fe", "O"], 3, "mp2020")
+    phases, skipped = load_energy_table(path, ChemicalSpace(("Li", "Fe", "O"), 3), "mp2020")
     assert not skipped  # the table holds MP's stable set: 9 phases of Li-Fe-O and its subsystems
     assert all(p.structure is None and p.scale == "mp2020" for p in phases)
     assert "mp-1960" in {p.id for p in phases}  # Li2O
@@ -254,15 +254,15 @@ def test_energy_table_counts_malformed_rows_and_refuses_repeated_ids(tmp_path):
     path = tmp_path / "table.csv"
     path.write_text("Composition,MaterialId,Corrected Energy\nLi2O1,a,-14.3\nXx2O,b,-3\nLi1,c,nan\nO2,d,\n((,f,-1\n"
                     "Li1,e,-1.9\n")
-    phases, skipped = load_energy_table(path, None, None, "mp2020")
+    phases, skipped = load_energy_table(path, ChemicalSpace(), "mp2020")
     assert [p.id for p in phases] == ["a", "e"]
     assert skipped == {"unknown-element": 1, "bad-energy": 2, "bad-composition": 1}
     path.write_text("Composition,MaterialId,Corrected Energy\nLi1,a,-1.9\nLi2,a,-3.8\n")
     with pytest.raises(ValueError, match="1 ids appear more than once: a"):
-        load_energy_table(path, None, None, "mp2020")
+        load_energy_table(path, ChemicalSpace(), "mp2020")
     path.write_text("formula_pretty,e\nLi,-1\n")
     with pytest.raises(ValueError, match="needs a composition column"):
-        load_energy_table(path, None, None, "mp2020")
+        load_energy_table(path, ChemicalSpace(), "mp2020")
 
 
 def test_extxyz_snapshot_keeps_energies_and_counts_frames_without(tmp_path):
@@ -279,7 +279,7 @@ def test_extxyz_snapshot_keeps_energies_and_counts_frames_without(tmp_path):
             atoms.info["energy"] = energy
         frames.append(atoms)
     ase.io.write(tmp_path / "refs.extxyz", frames, format="extxyz")
-    phases, skipped = load_extxyz_entries(tmp_path / "refs.extxyz", ["Cu", "Au"], 2, 8, "emt")
+    phases, skipped = load_extxyz_entries(tmp_path / "refs.extxyz", ChemicalSpace(("Cu", "Au"), 2, 8), "emt")
     assert [(p.id, p.energy, p.scale) for p in phases] == [("cu", -3.7, "emt"), ("au", -3.2, "emt")]
     assert skipped == {"no-energy": 1} and phases[0].structure.composition.reduced_formula == "Cu"
 

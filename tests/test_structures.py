@@ -10,6 +10,7 @@ from gnome_loop.structures import (
     find_duplicates,
     structure_id,
     symmetry_label,
+    ChemicalSpace,
     validate_structure,
 )
 
@@ -41,14 +42,14 @@ def test_id_ignores_site_order_and_wrapping():
 )
 def test_validation_gives_the_reason(make, reason):
     elements = None if reason != "outside-space" else ["Na", "K"]
-    assert validate_structure(make(), elements=elements).split(":")[0] == reason
+    assert validate_structure(make(), ChemicalSpace(elements)).split(":")[0] == reason
 
 
 def test_limits_on_atoms_and_elements():
     s = rocksalt()
-    assert validate_structure(s, max_atoms=4).startswith("too-many-atoms")
-    assert validate_structure(s, max_elements=1).startswith("too-many-elements")
-    assert validate_structure(s, elements=["Na", "Cl"], max_atoms=8, max_elements=2) is None
+    assert validate_structure(s, ChemicalSpace(max_atoms=4)).startswith("too-many-atoms")
+    assert validate_structure(s, ChemicalSpace(max_elements=1)).startswith("too-many-elements")
+    assert validate_structure(s, ChemicalSpace(("Na", "Cl"), 2, 8)) is None
 
 
 def test_squeezed_cells_are_expanded_to_a_sane_bond_length():

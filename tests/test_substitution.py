@@ -6,7 +6,7 @@ from pymatgen.core import Element, Lattice, Structure
 
 from gnome_loop.generate.substitution import LAMBDA_TABLE, substitute, substitution_model
 from gnome_loop.snapshot.prototypes import load_prototypes, prototype_templates
-from gnome_loop.structures import validate_structure
+from gnome_loop.structures import ChemicalSpace, validate_structure
 
 EMT_SPACE = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"]
 HALIDE_SPACE = ["Li", "Na", "K", "Cl", "F", "Br", "O", "Mg"]
@@ -76,7 +76,7 @@ def test_intermetallic_parent_uses_element_level_weights(cu3au):
 
 
 def test_candidates_stay_in_the_space_and_are_new():
-    known = {phase.composition.reduced_formula for phase in load_prototypes(IONIC_SPACE, 3, 20)}
+    known = {phase.composition.reduced_formula for phase in load_prototypes(ChemicalSpace(IONIC_SPACE, 3, 20))}
     threshold = 0.002
     candidates = substitute(
         prototype_templates(), IONIC_SPACE, known, threshold=threshold, max_elements=3, max_atoms=12

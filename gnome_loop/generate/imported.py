@@ -45,11 +45,11 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from pymatgen.core import Element, Structure
 
-from gnome_loop.structures import Candidate, is_known_element, validate_structure
+from gnome_loop.structures import Candidate, ChemicalSpace, is_known_element, validate_structure
 
 log = logging.getLogger(__name__)
 
@@ -539,27 +539,23 @@ def _finish(structure: Structure) -> Structure:
 
 def import_structures(
     path: Path | str,
-    elements: Sequence[str] | None = None,
-    max_atoms: int | None = None,
-    max_elements: int | None = None,
+    space: ChemicalSpace = ChemicalSpace(),
     source: str = "imported",
 ) -> ImportReport:
     """Import every structure under `path` as a candidate, counting the rejects.
 
     Each entry is parsed (:func:`parse_entry`) and validated
-    (:func:`gnome_loop.structures.validate_structure` with `elements`, `max_atoms`,
-    `max_elements`); a repeat of an accepted structure (same :attr:`Candidate.id`)
-    counts as ``duplicate``. Accepted structures become
-    ``Candidate(structure, "import", (), {"source": source, "source_id": id})``.
+    (:func:`gnome_loop.structures.validate_structure` in `space`); a repeat of an
+    accepted structure (same :attr:`Candidate.id`) counts as ``duplicate``. Accepted
+    structures become ``Candidate(structure, "import", (), {"source": source, "source_id": id})``.
     """
     report = ImportReport()
     seen: dict[str, str] = {}
-    allowed = list(elements) if elements is not None else None
     for source_id, fmt, text in iter_sources(path, skipped=report.skipped_files):
         report.read += 1
         try:
             structure = parse_entry(text, fmt)
-            reason = validate_structure(structure, elements=allowed, max_atoms=max_atoms, max_elements=max_elements)
+            reason = validate_structure(structure, space)
         except RejectedEntry as exc:
             report.reject(source_id, exc.category, str(exc))
             continue
@@ -567,7 +563,7 @@ def import_structures(
             report.reject(source_id, UNPARSEABLE, _one_line(f"{UNPARSEABLE}: {type(exc).__name__}: {exc}"))
             continue
         if reason is not None:
-            report.reject(source_id, reason.split(":", 1)[0].split()[0], reason)
+            report.reject(source_id, reason.category, reason)
             continue
         candidate = Candidate(structure, generator="import", parent_ids=(),
                               info={"source": source, "source_id": source_id})

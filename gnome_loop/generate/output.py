@@ -15,17 +15,16 @@ from typing import Sequence
 from ase.io import write as ase_write
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from gnome_loop.structures import Candidate, validate_structure
+from gnome_loop.structures import Candidate, ChemicalSpace, validate_structure
 
 
-def checked(candidates: Sequence[Candidate], elements: Sequence[str] | None = None, max_atoms: int | None = None,
-            max_elements: int | None = None) -> tuple[list[Candidate], Counter]:
-    """The candidates that pass `validate_structure`, and the others counted by reason category."""
+def checked(candidates: Sequence[Candidate], space: ChemicalSpace = ChemicalSpace()) -> tuple[list[Candidate], Counter]:
+    """The candidates that pass `validate_structure` in `space`, and the others counted by reason category."""
     kept, rejected = [], Counter()
     for candidate in candidates:
-        reason = validate_structure(candidate.structure, elements, max_atoms, max_elements)
+        reason = validate_structure(candidate.structure, space)
         if reason:
-            rejected[reason.split(":")[0]] += 1
+            rejected[reason.category] += 1
         else:
             kept.append(candidate)
     return kept, rejected

@@ -35,9 +35,10 @@ from gnome_loop.generate.imported import RejectedEntry, iter_sources, parse_entr
 from gnome_loop.generate.plausible import role
 from gnome_loop.generate.substitution import _assignments, _options, _table_species, substitute
 from gnome_loop.snapshot.prototypes import prototype_templates
+from gnome_loop.structures import ChemicalSpace
 
 if TYPE_CHECKING:
-    from gnome_loop.config import ChemicalSpace, SubstitutingGenerator
+    from gnome_loop.config import SubstitutingGenerator
 
 KNOWN, PROTOTYPES = "known", "prototypes"
 #: The older spellings of `parents`, still accepted.
@@ -82,22 +83,22 @@ def _score(symbols: frozenset[str], space: tuple[str, ...], max_elements: int, t
 
 
 @functools.lru_cache(maxsize=8)
-def read_parents(path: str, elements: tuple[str, ...], max_elements: int, max_atoms: int, threshold: float,
-                 alpha: float, limit: int) -> tuple[tuple[str, Structure], ...]:
-    """The `limit` structures of `path` most likely to substitute into `elements`, best first.
+def read_parents(path: str, space: ChemicalSpace, threshold: float, alpha: float,
+                 limit: int) -> tuple[tuple[str, Structure], ...]:
+    """The `limit` structures of `path` most likely to substitute into `space`, best first.
 
     The formula of a CIF entry is read from its ``_chemical_formula_sum`` before the
     entry is parsed, so a file of 36,000 CIFs costs seconds; unreadable entries and
-    disordered ones or cells beyond `max_atoms` are passed over. Cached per process.
+    disordered ones or cells beyond `space.max_atoms` are passed over. Cached per process.
     """
-    space = tuple(sorted(set(elements) & set(_table_species(alpha))))
+    targets = tuple(sorted(set(space.elements) & set(_table_species(alpha))))
     ranked = []
     for source_id, fmt, text in iter_sources(path):
         match = _FORMULA_SUM.search(text) if fmt == "cif" else None
         try:
             formula = match.group(1) if match else parse_entry(text, fmt).composition.formula
-            score = _score(frozenset(Composition(formula).chemical_system_set), space, max_elements, threshold,
-                           alpha)
+            score = _score(frozenset(Composition(formula).chemical_system_set), targets, space.max_elements,
+                           threshold, alpha)
         except ValueError:  # an unreadable entry (RejectedEntry) or formula is no parent
             continue
         if score > 0:
@@ -110,28 +111,28 @@ def read_parents(path: str, elements: tuple[str, ...], max_elements: int, max_at
             structure = parse_entry(text, fmt)
         except RejectedEntry:
             continue
-        if structure.is_ordered and len(structure) <= max_atoms:
+        if structure.is_ordered and len(structure) <= space.max_atoms:
             chosen.append((source_id, structure))
     return tuple(chosen)
 
 
-def into_space(parents: Sequence[tuple[str, Structure]], elements: Sequence[str], max_elements: int,
-               max_atoms: int, threshold: float, alpha: float) -> list[tuple[str, Structure]]:
+def into_space(parents: Sequence[tuple[str, Structure]], space: ChemicalSpace, threshold: float,
+               alpha: float) -> list[tuple[str, Structure]]:
     """Each parent's most likely charge-balanced whole-species image in the space, as
     (``"<id>><formula>"``, structure): SAPS parents from outside the space."""
     images = []
     for key, structure in parents:
-        if structure.composition.chemical_system_set <= set(elements):
+        if structure.composition.chemical_system_set <= set(space.elements):
             continue  # already in the space: a parent of its own
-        best = substitute([(key, structure)], elements, set(), threshold=threshold, alpha=alpha,
-                          max_elements=max_elements, max_atoms=max_atoms, max_candidates=1)
+        best = substitute([(key, structure)], space.elements, set(), threshold=threshold, alpha=alpha,
+                          max_elements=space.max_elements, max_atoms=space.max_atoms, max_candidates=1)
         images += [(f"{key}>{c.structure.composition.reduced_formula}", c.structure) for c in best]
     return images
 
 
 def gather(parents: str | Sequence[str], known: Sequence[tuple[str, Structure, float | None]], max_ehull: float,
-           elements: Sequence[str], max_elements: int, max_atoms: int, threshold: float, alpha: float,
-           max_outside: int, images: bool) -> list[tuple[str, Structure]]:
+           space: ChemicalSpace, threshold: float, alpha: float, max_outside: int,
+           images: bool) -> list[tuple[str, Structure]]:
     """The parent structures of a `parents` setting, as (id, structure): known phases
     near the hull, prototype templates, then the best `max_outside` of each file, plus
     their in-space images when `images` (for SAPS)."""
@@ -142,11 +143,10 @@ def gather(parents: str | Sequence[str], known: Sequence[tuple[str, Structure, f
         elif source == PROTOTYPES:
             chosen += prototype_templates()
         else:
-            outside = list(read_parents(source, tuple(sorted(elements)), max_elements, max_atoms, threshold, alpha,
-                                        max_outside))
+            outside = list(read_parents(source, space, threshold, alpha, max_outside))
             chosen += [(key, structure.copy()) for key, structure in outside]
             if images:
-                chosen += into_space(outside, elements, max_elements, max_atoms, threshold, alpha)
+                chosen += into_space(outside, space, threshold, alpha)
     return chosen
 
 
@@ -158,6 +158,6 @@ def pooled_parents(known: Sequence[tuple[str, Structure, float | None]], space: 
     if not generators:
         return []
     pooled = list(dict.fromkeys(source for g in generators for source in sources(g.parents)))
-    return gather(pooled, known, max(g.parents_max_ehull for g in generators), space.elements, space.max_elements,
-                  space.max_atoms, min(g.threshold for g in generators), generators[0].alpha,
+    return gather(pooled, known, max(g.parents_max_ehull for g in generators), space,
+                  min(g.threshold for g in generators), generators[0].alpha,
                   max(g.max_outside_parents for g in generators), images)

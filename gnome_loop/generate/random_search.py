@@ -54,7 +54,7 @@ from pyxtal.crystal import random_crystal
 from pyxtal.symmetry import Group
 from pyxtal.tolerance import Tol_matrix
 
-from gnome_loop.structures import Candidate, bond_ratio, is_known_element, validate_structure
+from gnome_loop.structures import Candidate, ChemicalSpace, Reject, bond_ratio, is_known_element, validate_structure
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _detected_space_group(structure: Structure) -> int:
 def _attempt(
     number: int, z: int, symbols: tuple[str, ...], counts: tuple[int, ...], factor: float,
     min_bond_ratio: float, max_atoms: int, rng: np.random.Generator, deadline: float,
-) -> tuple[Structure | None, str]:
+) -> tuple[Structure | None, Reject | None]:
     """One pyxtal draw: the primitive structure, or None and why it was rejected."""
     cellsize = _group(number).cellsize()
     try:
@@ -236,21 +236,21 @@ def _attempt(
                 tm=_tolerances(symbols, round(min_bond_ratio, 6)), random_state=rng,
             )
     except Exception as error:  # pyxtal signals failures with several exception types
-        return None, f"pyxtal-error: {type(error).__name__}"
+        return None, Reject("pyxtal-error", type(error).__name__)
     if not crystal.valid and time.monotonic() > deadline:
-        return None, "time-limit: the search ran out of time inside pyxtal"
+        return None, Reject("time-limit", "the search ran out of time inside pyxtal")
     if not crystal.valid:
-        return None, "no-placement: pyxtal found no positions that keep atoms apart"
+        return None, Reject("no-placement", "pyxtal found no positions that keep atoms apart")
     conventional = _conventional_structure(crystal)
     if not _has_group_symmetry(conventional, number):
-        return None, "symmetry: the structure lacks operations of its space group"
+        return None, Reject("symmetry", "the structure lacks operations of its space group")
     structure = conventional.get_primitive_structure(tolerance=0.01)
     if len(structure) != z * sum(counts):
-        return None, "supercell: the structure has extra translational symmetry"
-    reason = validate_structure(structure, max_atoms=max_atoms)
+        return None, Reject("supercell", "the structure has extra translational symmetry")
+    reason = validate_structure(structure, ChemicalSpace(max_atoms=max_atoms))
     if reason is None and bond_ratio(structure) < min_bond_ratio * (1 - 1e-6):
-        reason = f"overlapping-atoms: bond ratio {bond_ratio(structure):.3f} < {min_bond_ratio}"
-    return (structure, "") if reason is None else (None, reason)
+        reason = Reject("overlapping-atoms", f"bond ratio {bond_ratio(structure):.3f} < {min_bond_ratio}")
+    return (structure, None) if reason is None else (None, reason)
 
 
 def random_structures(
@@ -333,12 +333,12 @@ def random_structures(
         if structure is not None and relaxer is not None:
             structure = relaxer(structure)
             if structure.composition.reduced_formula != formula or len(structure) != z * natoms:
-                structure, reason = None, "relaxation: the relaxer changed the composition"
+                structure, reason = None, Reject("relaxation", "the relaxer changed the composition")
             else:
-                reason = validate_structure(structure, max_atoms=max_atoms) or ""
+                reason = validate_structure(structure, ChemicalSpace(max_atoms=max_atoms))
                 structure = None if reason else structure
         if structure is None:
-            rejected[reason.split(":")[0]] += 1
+            rejected[reason.category] += 1
             continue
         candidate = Candidate(structure, generator="random", info={
             "space_group": number, "detected_space_group": _detected_space_group(structure),

@@ -28,16 +28,13 @@ from typing import Protocol
 
 from pymatgen.core import Structure
 
-from gnome_loop.structures import validate_structure
+from gnome_loop.structures import MAX_VOLUME_FACTOR, validate_structure
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 SCRIPT_FILE = "run.sh"
 STARTED_MARKER = "gnome_loop.started"
 EXIT_MARKER = "gnome_loop.exit"
-#: A relaxation of a dense cell that changes the volume per atom by more than this factor
-#: (either way) blew up (`explosion`).
-MAX_VOLUME_FACTOR = 3.0
 #: Elements whose solids are molecules, rings, chains or layers held together by van der
 #: Waals forces: H, N, O, F, P, S, Se, the halogens and the noble gases. A potential
 #: without dispersion (PBE-like DFT, CHGNet) barely binds these units to each other.

@@ -30,10 +30,10 @@ def load_snapshot(config: CampaignConfig, cache_dir: Path | None = None) -> Snap
     `snapshot.reference_hull: mp`, MP's stable phases of the space are the hull and the
     prototypes only parents (`gnome_loop.snapshot.reference.with_mp_reference`).
     """
-    space, settings = config.chemical_space, config.snapshot
+    space, settings = config.chemical_space.space(), config.snapshot
     correct = config.oracle.scale() == "mp2020"
     if settings.source == "prototypes":
-        snapshot = Snapshot(load_prototypes(space.elements, space.max_elements, space.max_atoms),
+        snapshot = Snapshot(load_prototypes(space),
                             version=f"AFLOW prototypes of pymatgen {version('pymatgen')} + ASE {version('ase')} "
                             "references")
         if settings.reference_hull == "mp":
@@ -43,21 +43,20 @@ def load_snapshot(config: CampaignConfig, cache_dir: Path | None = None) -> Snap
         from gnome_loop.snapshot.mp import cached_mp_snapshot
 
         mp = cached_mp_snapshot(space.elements, space.max_elements, settings.endpoint, cache_dir)
-        phases = files.phases_of_entries(mp.entries, "mp", space.elements, space.max_elements, correct)
+        phases = files.phases_of_entries(mp.entries, "mp", space, correct)
         return Snapshot(phases, version=f"Materials Project {mp.database_version}")
     path = Path(settings.path)
     name = path.name.lower()
     digest = f"{path.name} (sha1 {_sha1(path)})" if path.is_file() else f"{path.name}/"
     if name.endswith((".json", ".json.gz")):
-        return Snapshot(files.load_entries_file(path, space.elements, space.max_elements, correct=correct),
+        return Snapshot(files.load_entries_file(path, space, correct=correct),
                         version=digest)
     if name.endswith((".csv", ".csv.gz")):
-        phases, skipped = files.load_energy_table(path, space.elements, space.max_elements, settings.scale)
+        phases, skipped = files.load_energy_table(path, space, settings.scale)
     elif name.endswith((".extxyz", ".xyz")):
-        phases, skipped = files.load_extxyz_entries(path, space.elements, space.max_elements, space.max_atoms,
-                                                    settings.scale)
+        phases, skipped = files.load_extxyz_entries(path, space, settings.scale)
     else:
-        phases, skipped = files.load_cif_folder(path, space.elements, space.max_elements, space.max_atoms)
+        phases, skipped = files.load_cif_folder(path, space)
     return Snapshot(phases, skipped, digest)
 
 

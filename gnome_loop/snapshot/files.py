@@ -31,7 +31,7 @@ from gnome_loop.compatibility import mp2020_correct
 from gnome_loop.generate.imported import import_structures
 from gnome_loop.hull import named_ids
 from gnome_loop.snapshot.phases import KnownPhase
-from gnome_loop.structures import is_known_element, validate_structure
+from gnome_loop.structures import ChemicalSpace, is_known_element, validate_structure
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,12 @@ def read_entries_list(path: str | Path) -> list:
 
 
 def load_entries_file(
-    path: str | Path, elements: list[str] | None = None, max_elements: int | None = None, correct: bool = False
+    path: str | Path, space: ChemicalSpace = ChemicalSpace(), correct: bool = False
 ) -> list[KnownPhase]:
     """Known phases from a JSON (or .json.gz) list of ComputedEntry / ComputedStructureEntry.
 
-    Keeps the entries whose elements all lie in `elements` and number at most
-    `max_elements` (None: no limit), in file order. With `correct` (the campaign's
-    oracle is VASP with MP settings), MP2020 corrections are applied afresh with
+    Keeps the entries whose compositions lie in `space` (`ChemicalSpace.holds`), in file
+    order. With `correct` (the campaign's oracle is VASP with MP settings), MP2020 corrections are applied afresh with
     this pymatgen, exactly as to the oracle's own results, so that both share one
     scale; entries MP2020 rejects are left out and logged with the reason. Raises
     ValueError naming the problem for a missing or unreadable file, content that
@@ -110,11 +109,11 @@ def load_entries_file(
                 "ComputedEntry or ComputedStructureEntry (monty JSON with @module/@class)"
             )
 
-    return phases_of_entries(entries, f"file:{path.name}", elements, max_elements, correct)
+    return phases_of_entries(entries, f"file:{path.name}", space, correct)
 
 
-def phases_of_entries(entries: list[ComputedEntry], source: str, elements: list[str] | None = None,
-                      max_elements: int | None = None, correct: bool = False) -> list[KnownPhase]:
+def phases_of_entries(entries: list[ComputedEntry], source: str, space: ChemicalSpace = ChemicalSpace(),
+                      correct: bool = False) -> list[KnownPhase]:
     """Known phases from computed entries (see `load_entries_file`); `source` labels where they came from."""
     ids = [_entry_id(entry) for entry in entries]
     repeated = sorted(key for key, count in Counter(ids).items() if count > 1)
@@ -128,13 +127,9 @@ def phases_of_entries(entries: list[ComputedEntry], source: str, elements: list[
     if correct:
         ids, entries = _corrected(source, ids, entries, keep_unknown=scale == "mp2020")
         scale = "mp2020"
-    space = None if elements is None else set(elements)
     phases = []
     for key, entry in zip(ids, entries):
-        symbols = {el.symbol for el in entry.composition.elements}
-        if space is not None and not symbols <= space:
-            continue
-        if max_elements is not None and len(symbols) > max_elements:
+        if not space.holds(el.symbol for el in entry.composition.elements):
             continue
         info = {name: entry.data[name] for name in ("material_id", "run_type") if name in entry.data}
         phases.append(KnownPhase(key, structure=getattr(entry, "structure", None), energy=float(entry.energy),
@@ -192,7 +187,7 @@ def read_energy_table(path: str | Path) -> tuple[list[ComputedEntry], Counter]:
 
 
 def load_energy_table(
-    path: str | Path, elements: list[str] | None, max_elements: int | None, scale: str
+    path: str | Path, space: ChemicalSpace, scale: str
 ) -> tuple[list[KnownPhase], Counter]:
     """Hull references (no structures: never substitution parents) from an energy table
     (`read_energy_table`) on the energy scale `scale`; repeated ids are a ValueError."""
@@ -201,11 +196,9 @@ def load_energy_table(
     repeated = sorted(key for key, count in Counter(e.entry_id for e in entries).items() if count > 1)
     if repeated:
         raise ValueError(f"energy table {path}: {len(repeated)} ids appear more than once: {named_ids(repeated)}")
-    space = None if elements is None else set(elements)
     phases = []
     for entry in entries:
-        symbols = {el.symbol for el in entry.composition.elements}
-        if (space is not None and not symbols <= space) or (max_elements is not None and len(symbols) > max_elements):
+        if not space.holds(el.symbol for el in entry.composition.elements):
             continue
         phases.append(KnownPhase(entry.entry_id, structure=None, energy=entry.energy, source=f"file:{path.name}",
                                  scale=scale, composition=entry.composition))
@@ -213,7 +206,7 @@ def load_energy_table(
 
 
 def load_extxyz_entries(
-    path: str | Path, elements: list[str] | None, max_elements: int | None, max_atoms: int | None, scale: str
+    path: str | Path, space: ChemicalSpace, scale: str
 ) -> tuple[list[KnownPhase], Counter]:
     """Known phases with structures and energies from extxyz frames (`energy` in the frame's info
     or its calculator: the total energy of the cell). Frames without a finite energy or a valid
@@ -237,9 +230,9 @@ def load_extxyz_entries(
             skipped["no-energy"] += 1
             continue
         structure = AseAtomsAdaptor.get_structure(atoms)
-        problem = validate_structure(structure, elements=elements, max_atoms=max_atoms, max_elements=max_elements)
+        problem = validate_structure(structure, space)
         if problem is not None:
-            skipped[problem.split(":", 1)[0].split()[0]] += 1
+            skipped[problem.category] += 1
             continue
         key = str(atoms.info.get("entry_id") or atoms.info.get("material_id") or f"frame-{index}")
         phases.append(KnownPhase(key, structure=structure, energy=energy, source=f"file:{path.name}", scale=scale))
@@ -247,12 +240,11 @@ def load_extxyz_entries(
 
 
 def load_cif_folder(
-    path: str | Path, elements: list[str] | None, max_elements: int | None, max_atoms: int | None
+    path: str | Path, space: ChemicalSpace
 ) -> tuple[list[KnownPhase], Counter]:
     """Known structures without energies (substitution parents, evaluated by the oracle) from a
     folder or zip of CIFs (any format the importer reads); rejects are counted by reason."""
-    report = import_structures(path, elements=elements, max_atoms=max_atoms, max_elements=max_elements,
-                               source=Path(path).name)
+    report = import_structures(path, space, source=Path(path).name)
     phases = [KnownPhase(candidate.id, structure=candidate.structure, energy=None, source=f"file:{Path(path).name}",
                          scale=None, info={"source_id": candidate.info.get("source_id")})
               for candidate in report.accepted]
@@ -270,7 +262,7 @@ def read_entries(path: str | Path) -> tuple[list[ComputedEntry], Counter]:
     if name.endswith((".csv", ".csv.gz")):
         return read_energy_table(path)
     if name.endswith((".extxyz", ".xyz")):
-        phases, skipped = load_extxyz_entries(path, None, None, None, scale="")
+        phases, skipped = load_extxyz_entries(path, ChemicalSpace(), scale="")
         return [ComputedStructureEntry(p.structure, p.energy, entry_id=p.id) for p in phases], skipped
     try:
         data = loadfn(path)

@@ -26,7 +26,7 @@ from ase.data import atomic_numbers, covalent_radii, reference_states
 from pymatgen.core import Element, Lattice, Structure
 
 from gnome_loop.snapshot.phases import KnownPhase
-from gnome_loop.structures import minimum_distance
+from gnome_loop.structures import ChemicalSpace, minimum_distance
 
 #: Edge of the cubic box around a diatomic reference molecule, Å. 7 Å keeps molecules
 #: more than 5 Å from their images while 343 Å^3 / 2 atoms stays inside the sane
@@ -71,19 +71,15 @@ def _library() -> tuple[tuple[str, Structure, dict], ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _matching_prototypes(
-    elements: tuple[str, ...], max_elements: int, max_atoms: int
-) -> tuple[tuple[str, Structure, dict], ...]:
-    """Prototypes made only of `elements`, reduced to the primitive cell when too big."""
-    space = set(elements)
+def _matching_prototypes(space: ChemicalSpace) -> tuple[tuple[str, Structure, dict], ...]:
+    """Prototypes of `space`, reduced to the primitive cell when too big."""
     kept = []
     for key, structure, tags in _library():
-        symbols = {el.symbol for el in structure.composition.elements}
-        if not symbols <= space or len(symbols) > max_elements:
+        if not space.holds(el.symbol for el in structure.composition.elements):
             continue
-        if len(structure) > max_atoms:
+        if len(structure) > space.max_atoms:
             structure = structure.get_primitive_structure()
-        if len(structure) <= max_atoms:
+        if len(structure) <= space.max_atoms:
             kept.append((key, structure, tags))
     return tuple(kept)
 
@@ -187,20 +183,20 @@ def elemental_phases(symbol: str, present: set[str] = frozenset()) -> list[Known
     return phases
 
 
-def load_prototypes(elements: list[str], max_elements: int, max_atoms: int) -> list[KnownPhase]:
+def load_prototypes(space: ChemicalSpace) -> list[KnownPhase]:
     """Prototypes within the chemical space plus each element's elemental structures
     (`elemental_phases`), sorted by id.
 
-    Prototypes need all their own elements in `elements`, at most `max_elements`
-    elements and `max_atoms` sites. Elemental structures (ids `ref-<El>...`) are
+    Prototypes need all their own elements among `space.elements`, at most
+    `space.max_elements` elements and `space.max_atoms` sites. Elemental structures (ids `ref-<El>...`) are
     always included, whatever the limits. No phase has an energy.
     """
     phases = [
         KnownPhase(key, structure.copy(), energy=None, source="prototypes", scale=None, info=dict(tags))
-        for key, structure, tags in _matching_prototypes(tuple(sorted(set(elements))), max_elements, max_atoms)
+        for key, structure, tags in _matching_prototypes(space)
     ]
     present = {phase.id for phase in phases}
-    for symbol in sorted(set(elements)):
+    for symbol in space.elements:
         phases += elemental_phases(symbol, present)
     return sorted(phases, key=lambda phase: phase.id)
 

@@ -14,13 +14,13 @@ from typing import Callable, ContextManager, Iterator
 from pymatgen.core import Composition, Structure
 from pymatgen.entries.computed_entries import ComputedEntry
 
-from gnome_loop.config import CampaignConfig, ChemicalSpace
+from gnome_loop.config import CampaignConfig
 from gnome_loop.execute import Scheduler, make_scheduler
 from gnome_loop.hull import Hull
 from gnome_loop.models.base import EnergyModel
 from gnome_loop.models.registry import load_model
 from gnome_loop.store import PARENT, Job, Store, StoreError
-from gnome_loop.structures import structure_from_json
+from gnome_loop.structures import ChemicalSpace, structure_from_json
 
 #: progress(label, total) -> context manager yielding advance(n=1)
 Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
@@ -99,9 +99,7 @@ class StageContext:
     def space(self) -> ChemicalSpace:
         """The chemical space the generators work in: the config's, less the elements
         dropped at the end of round 0 for want of a terminal."""
-        dropped = self.dropped_elements()
-        space = self.config.chemical_space
-        return space.model_copy(update={"elements": [el for el in space.elements if el not in dropped]})
+        return self.config.chemical_space.space().without(self.dropped_elements())
 
     def hull(self) -> Hull:
         """The campaign's hull, brought up to date with the store's entries."""

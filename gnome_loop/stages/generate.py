@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 from pymatgen.core import Composition, Structure
 
-from gnome_loop.config import ChemicalSpace, SubstitutingGenerator
+from gnome_loop.config import SubstitutingGenerator
 from gnome_loop.generate.composition import enumerate_candidates, placeholder_structure
 from gnome_loop.generate.imported import import_structures
 from gnome_loop.generate.parents import pooled_parents
@@ -23,7 +23,7 @@ from gnome_loop.generate.substitution import substitute
 from gnome_loop.stages.context import Decision, StageContext
 from gnome_loop.stages.screening import screen
 from gnome_loop.store import Store, candidate_row
-from gnome_loop.structures import Candidate, validate_structure
+from gnome_loop.structures import Candidate, ChemicalSpace, validate_structure
 
 
 class Proposals(NamedTuple):
@@ -55,9 +55,9 @@ def generate(ctx: StageContext, round_: int) -> Decision:
                 continue
             proposed.add(candidate.id)
             generated[name] += 1
-            reason = validate_structure(candidate.structure, space.elements, space.max_atoms, space.max_elements)
+            reason = validate_structure(candidate.structure, space)
             if reason:
-                counts[reason.split(":")[0]] += 1
+                counts[reason.category] += 1
                 continue
             kept += 1
             rows.append(candidate_row(candidate.id, round_, candidate.generator, candidate.structure,
@@ -141,7 +141,7 @@ def _import(given: GeneratorInputs) -> Proposals | None:
     accepted: list[Candidate] = []
     rejects: Counter = Counter()
     for path in settings.paths:
-        report = import_structures(path, space.elements, space.max_atoms, space.max_elements)
+        report = import_structures(path, space)
         accepted += report.accepted
         key = f"imported:{Path(path).resolve()}"
         if given.ctx.store.meta(key) is None:

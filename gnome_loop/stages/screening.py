@@ -68,7 +68,7 @@ def _settings(ctx: StageContext, known: set[str]) -> ScreenSettings:
     space, generators = ctx.space(), ctx.config.generators
     sub, sap = generators.substitution, generators.saps
     return ScreenSettings(
-        tuple(space.elements), space.max_elements, space.max_atoms, frozenset(known),
+        space, frozenset(known),
         keep=ctx.config.screening.keep_per_shard,
         substitution={"threshold": sub.threshold, "alpha": sub.alpha, "charge_balanced": sub.charge_balanced}
         if sub.enabled else None,

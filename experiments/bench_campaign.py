@@ -15,7 +15,6 @@ The default space is the EMT one of the tests (7 fcc metals, seconds per job);
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import yaml
 from gnome_loop.campaign import Campaign
 from gnome_loop.config import parse_config
 
-from common import RESULTS, write_results
+from common import RESULTS, bench_parser, write_results
 
 HERE = Path(__file__).parent
 
@@ -70,10 +69,8 @@ def cumulative_hit_rate(rows: list[dict]) -> list[float | None]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and epochs")
+    parser = bench_parser(__doc__, None, "fewer rounds and epochs")
     parser.add_argument("--oracle", choices=("emt", "chgnet"), default="emt")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     target = args.json or RESULTS / ("bench_campaign.json" if args.oracle == "emt" else "bench_campaign_chgnet.json")
 

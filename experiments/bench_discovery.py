@@ -25,7 +25,6 @@ MP-20 val is reported beside the from-scratch numbers of `bench_model.py`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from gnome_loop.campaign import Campaign
 from gnome_loop.config import parse_config
 
-from common import DATA, RESULTS, write_results
+from common import DATA, RESULTS, bench_parser, write_results
 
 SYSTEM = DATA / "mp_chemsys" / "Li-Co-Ni-O.json.gz"
 #: MP phases within this distance of MP's hull count as rediscoverable, eV/atom.
@@ -167,11 +166,9 @@ def print_table(result: dict, targets: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 8 jobs, fewer epochs")
+    parser = bench_parser(__doc__, "bench_discovery", "2 rounds of 8 jobs, fewer epochs")
     parser.add_argument("--arms", default=",".join(ARMS),
                         help="arms to run, comma-separated; the others are kept from an earlier run in --json")
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_discovery.json")
     parser.add_argument("--keep", type=Path, default=None, help="keep the arms' campaigns in this folder (to study them)")
     args = parser.parse_args()
     if not SYSTEM.is_file():

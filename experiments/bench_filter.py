@@ -14,12 +14,10 @@ node and edge counts, so padding is charged as waste, not as work.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,7 +28,7 @@ from gnome_loop.models.ensemble import StructureEnsemble
 from gnome_loop.models.gnome import N_GAUSSIANS
 from gnome_loop.models.graph import crystal_graph
 
-from common import DATA, RESULTS, write_results
+from common import DATA, bench_parser, write_results
 
 
 def candidate_structures(n: int) -> list[Structure]:
@@ -61,9 +59,7 @@ def network_flops(model: StructureEnsemble, n_nodes: int, n_edges: int, n_graphs
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_filter.json")
+    parser = bench_parser(__doc__, "bench_filter", "100 structures timed with CHGNet instead of 400")
     parser.add_argument("--chgnet-sample", type=int, default=None, help="structures timed with CHGNet")
     parser.add_argument("--no-chgnet", action="store_true",
                         help="time the GNN path alone (a GPU machine without CHGNet installed)")

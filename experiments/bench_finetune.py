@@ -14,10 +14,8 @@ from scratch at the same data size. Run it alone on the machine (2 cores).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from monty.serialization import loadfn
@@ -26,15 +24,13 @@ from gnome_loop.config import Model
 from gnome_loop.models.ensemble import StructureEnsemble
 from gnome_loop.models.pretrained import load_pretrained
 
-from common import DATA, RESULTS, write_results
+from common import DATA, bench_parser, write_results
 
 SYSTEM = DATA / "mp_chemsys" / "Li-Co-Ni-O.json.gz"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="30 epochs instead of the campaign default")
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_finetune.json")
+    parser = bench_parser(__doc__, "bench_finetune", "30 epochs instead of the campaign default")
     args = parser.parse_args()
     if not SYSTEM.is_file():
         print(f"skipped: {SYSTEM} not found (the reference data lie beside the dev checkout)")

@@ -13,12 +13,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +27,7 @@ from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
 from gnome_loop.structures import default_matcher, find_duplicates, symmetry_label
 
-from common import DATA, RESULTS, write_results
+from common import DATA, bench_parser, write_results
 
 
 def mp20() -> list[tuple[str, Structure]]:
@@ -175,9 +173,7 @@ def imports() -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer parents and a smaller naive subset")
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_generate.json")
+    parser = bench_parser(__doc__, "bench_generate", "fewer parents and a smaller naive subset")
     args = parser.parse_args()
     if not (DATA / "mp20_subset").is_dir():
         print(f"skipped: reference data not found at {DATA}")

@@ -20,13 +20,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
 from collections import Counter, defaultdict
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 from pymatgen.analysis.phase_diagram import PatchedPhaseDiagram, PhaseDiagram
@@ -35,7 +33,7 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from gnome_loop.hull import Chemsys, Hull, chemsys_of, e_above_hull_many, hull_table
 from gnome_loop.snapshot.files import read_energy_table
 
-from common import DATA, RESULTS, write_results
+from common import DATA, bench_parser, write_results
 
 TABLE = DATA / "mp_reference" / "mp_materials_summary.csv.gz"
 NOISE, SHIFT = 0.05, 0.02  # eV/atom added to the candidates' energies
@@ -164,10 +162,8 @@ def own_hull(reference: list[ComputedEntry]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="2,000 clustered and 500 spread candidates, a naive subset of 100, no PPD or own hull")
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_hull.json")
+    parser = bench_parser(__doc__, "bench_hull",
+                          "2,000 clustered and 500 spread candidates, a naive subset of 100, no PPD or own hull")
     args = parser.parse_args()
     if not TABLE.is_file():
         print(f"skipped: reference data not found at {DATA}")

@@ -11,13 +11,11 @@ system (energy per atom, split by formula hash).
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +27,7 @@ from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import split_indices
 
-from common import DATA, RESULTS, write_results
+from common import DATA, bench_parser, write_results
 
 
 def load_mp20(name: str) -> tuple[list[Structure], np.ndarray]:
@@ -71,9 +69,7 @@ def models(quick: bool, seed: int = 0) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller networks and fewer epochs (< 5 min)")
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_model.json")
+    parser = bench_parser(__doc__, "bench_model", "smaller networks and fewer epochs (< 5 min)")
     args = parser.parse_args()
     if not (DATA / "mp20_subset").is_dir():
         print(f"skipped: reference data not found at {DATA}")

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from gnome_loop.snapshot.prototypes import prototype_templates
 from gnome_loop.structures import validate_structure
 
 from bench_campaign import config_for, cumulative_hit_rate
-from common import RESULTS, write_results
+from common import bench_parser, write_results
 
 SPACES = {"emt": ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"], "chgnet": ["Li", "Mg", "Al", "Si", "O", "S"]}
 
@@ -183,11 +182,9 @@ def campaign_arms(quick: bool, workdir: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer relaxations, trainings (1 and 3 quarters of the data) and campaign rounds")
+    parser = bench_parser(__doc__, "bench_prerelax",
+                          "fewer relaxations, trainings (1 and 3 quarters of the data) and campaign rounds")
     parser.add_argument("--no-chgnet", action="store_true", help="EMT trajectories only")
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_prerelax.json")
     args = parser.parse_args()
     count, steps = (24, 60) if args.quick else (48, 100)
 

@@ -20,7 +20,6 @@ not depend on accuracy) against the MP hull of 31,840 phases
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -45,7 +44,7 @@ from gnome_loop.snapshot.prototypes import load_prototypes
 from gnome_loop.store import Store
 from gnome_loop.structures import ChemicalSpace
 
-from common import DATA, RESULTS, write_results
+from common import DATA, bench_parser, write_results
 
 MAX_ELEMENTS, MAX_ATOMS = 4, 20
 
@@ -133,7 +132,7 @@ def screen_round(context: ScreenContext, shards: list, workers: int, store_dir: 
         started = time.perf_counter()
         failed = run_shards(screen_and_measure, context, shards, record, client)
         seconds = time.perf_counter() - started
-    stored = store.query("SELECT COUNT(*) AS n FROM screened")[0]["n"]
+    stored = store.screened_count()
     store.close()
     return {"workers": workers, "shards": len(shards), "failed_shards": len(failed), "seconds": round(seconds, 1),
             "candidates": totals["generated"], "candidates_per_s": totals["generated"] / seconds,
@@ -144,9 +143,7 @@ def screen_round(context: ScreenContext, shards: list, workers: int, store_dir: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a slice of parents only (minutes)")
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench_scale.json")
+    parser = bench_parser(__doc__, "bench_scale", "a slice of parents only (minutes)")
     parser.add_argument("--max-per-parent", type=int, default=2500, help="SAPS candidates per parent")
     parser.add_argument("--slice", type=int, default=32, help="parents of the 1- vs 2-worker comparison")
     parser.add_argument("--parents-per-shard", type=int, default=2)

@@ -326,6 +326,10 @@ class Store:
         return {row["shard"]: json.loads(row["funnel"]) for row in self.conn.execute(
             "SELECT shard, funnel FROM shards WHERE round = ?", (round_,))}
 
+    def screened_count(self) -> int:
+        """How many screened candidates are kept as summary rows (all rounds)."""
+        return self.conn.execute("SELECT COUNT(*) FROM screened").fetchone()[0]
+
     def add_shard(self, round_: int, shard: int, funnel: dict, summary: Iterable[tuple]) -> None:
         """Record a screened shard: its funnel and the summary rows (id, formula,
         fingerprint or None, predicted E_hull) of the candidates it did not keep in full."""

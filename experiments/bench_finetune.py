@@ -24,9 +24,8 @@ from gnome_loop.config import Model
 from gnome_loop.models.ensemble import StructureEnsemble
 from gnome_loop.models.pretrained import load_pretrained
 
-from common import DATA, bench_parser, write_results
-
-SYSTEM = DATA / "mp_chemsys" / "Li-Co-Ni-O.json.gz"
+from bench_discovery import SYSTEM, split_system
+from common import bench_parser, write_results
 
 
 def main() -> int:
@@ -35,7 +34,7 @@ def main() -> int:
     if not SYSTEM.is_file():
         print(f"skipped: {SYSTEM} not found (the reference data lie beside the dev checkout)")
         return 0
-    entries = [e for e in loadfn(SYSTEM) if len(e.composition.elements) <= 2]
+    entries, _ = split_system(loadfn(SYSTEM))  # the unary and binary MP entries
     structures = [e.structure for e in entries]
     energies = np.array([e.energy_per_atom for e in entries])
     settings = Model().model_dump(exclude={"kind", "init"})

@@ -76,6 +76,7 @@ def resume(directory: Path = typer.Argument(..., help="campaign directory")) -> 
 
 STATUS_COLUMNS = {
     "rnd": "round", "stage": "current stage", "gen": "candidates generated", "uniq": "unique after dedup",
+    "pool": "candidates selection chose among (with selection.carry_over, earlier rounds' unselected too)",
     "sel": "selected for the oracle", "thr": "selected below selection.ehull_threshold",
     "fill": "selected above it to fill the budget (selection.fill_budget)", "eval": "evaluated by the oracle",
     "fail": "failed jobs",
@@ -94,7 +95,7 @@ def _print_status(campaign) -> None:
     rounds = campaign.round_table()
     for row in rounds:
         table.add_row(str(row["round"]), row["stage"], fmt(row["generated"]), fmt(row["unique"]),
-                      fmt(row["selected"]), fmt(row["threshold_picks"]), fmt(row["fill_picks"]),
+                      fmt(row["pool"]), fmt(row["selected"]), fmt(row["threshold_picks"]), fmt(row["fill_picks"]),
                       fmt(row["evaluated"]), fmt(row["failed"]), fmt(row["stable"]),
                       fmt(row["new_stable"]), fmt(row["unjudged"]), fmt(row["hit_rate"], 100, 1),
                       fmt(row["filter_mae"], 1000), fmt(row["model_val_mae"], 1000),

@@ -202,6 +202,10 @@ class Selection(_Section):
                               "the rest best predicted first, tagged 'fill'; false: GNoME's strict rule")
     kappa: float = Field(0.0, ge=0, description="rank by predicted E_hull minus kappa x the ensemble spread "
                          "(lower confidence bound); 0: by predicted E_hull")
+    carry_over: bool = Field(True, description="unique candidates that earlier rounds did not select stay in the "
+                             "pool, scored again each round by the retrained model against the new hull (GNoME "
+                             "re-filtered its whole candidate set every round); false: a round chooses among its "
+                             "own candidates only")
 
 
 class Screening(_Section):

@@ -349,10 +349,12 @@ class Store:
                               [(tag, int(tag == "explore"), key) for key, tag in picks])
 
     def picks_by_round(self) -> dict[int, dict[str, int]]:
-        """How many candidates each round selected, by why they were picked."""
+        """How many candidates each round selected (the round of their job: a candidate can
+        be picked rounds after it was made), by why they were picked."""
         counts: dict[int, dict[str, int]] = {}
         for row in self.conn.execute(
-                "SELECT round, pick, COUNT(*) AS n FROM candidates WHERE selected = 1 GROUP BY round, pick"):
+                "SELECT COALESCE(j.round, c.round) AS round, c.pick AS pick, COUNT(*) AS n FROM candidates c"
+                " LEFT JOIN jobs j ON j.candidate_id = c.id WHERE c.selected = 1 GROUP BY 1, 2"):
             counts.setdefault(row["round"], {})[row["pick"]] = row["n"]
         return counts
 

@@ -24,7 +24,9 @@ def small_config(rounds: int, **selection) -> dict:
     """The CI EMT campaign cut down to seconds: three metals, a few candidates, short relaxations."""
     return ci_config(rounds=rounds, chemical_space={"elements": ["Ag", "Au", "Cu"]},
                      generators={"substitution": {"max_candidates": 20}, "saps": {"max_candidates": 20}},
-                     oracle={"max_steps": 10, "fmax": 0.1}, selection={"budget": 3, **selection})
+                     oracle={"max_steps": 10, "fmax": 0.1},
+                     # each round chooses among its own candidates (tests/test_carry_over.py: the pool)
+                     selection={"budget": 3, "carry_over": False, **selection})
 
 
 @pytest.fixture

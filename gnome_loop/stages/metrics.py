@@ -75,7 +75,7 @@ def round_table(store: Store) -> list[dict]:
             "generated_by": generated or {}, "rejected": metrics.get("rejected", {}),
             "rejected_by_generator": metrics.get("rejected_by_generator", {}),
             "by_generator": metrics.get("by_generator", {}),
-            "unique": metrics.get("unique"), "selected": sum(picked.values()),
+            "unique": metrics.get("unique"), "pool": metrics.get("pool"), "selected": sum(picked.values()),
             # round 0 evaluates reference phases: no selection, no threshold
             "threshold_picks": picked.get(THRESHOLD, 0) if row["round"] else None,
             "fill_picks": picked.get(FILL, 0) if row["round"] else None,

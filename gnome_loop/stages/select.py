@@ -45,12 +45,14 @@ class PrerelaxRecord:
 
 
 def select(ctx: StageContext, round_: int) -> Decision:
-    """Score the round's unique candidates and choose the oracle's jobs."""
+    """Score the pool (the round's unique candidates, and with `selection.carry_over` those
+    that earlier rounds left unselected) and choose the oracle's jobs."""
     config = ctx.config
-    rows = ctx.store.candidates(round_=round_, status="new")
+    rows = pool(ctx.store, round_, config.selection.carry_over)
     structures = [structure_from_json(r["structure"]) for r in rows]
-    # screened candidates arrive scored against this round's hull: only the others are scored here
-    todo = [i for i, r in enumerate(rows) if r["pred_ehull"] is None and r["score_error"] is None]
+    # screened candidates arrive scored against this round's hull: only the others, and the
+    # earlier rounds' (scored by an older model against an older hull), are scored here
+    todo = [i for i, r in enumerate(rows) if r["round"] < round_ or (r["pred_ehull"] is None and r["score_error"] is None)]
     predictions = [Prediction(r["pred_energy"], r["pred_std"], r["pred_ehull"], r["score_error"]) for r in rows]
     for index, prediction in zip(todo, score(ctx, [rows[i] for i in todo], [structures[i] for i in todo])):
         predictions[index] = prediction
@@ -78,10 +80,18 @@ def select(ctx: StageContext, round_: int) -> Decision:
         if reason:
             store.log("warning", f"round {round_} selected nothing: {reason}")
         store.update_round_metrics(round_, {
-            "selected": len(picks), "unscored": sum(1 for p in predictions if p.error is not None),
+            "selected": len(picks), "pool": len(rows), "unscored": sum(1 for p in predictions if p.error is not None),
             **(metrics if potential else {}), **({"empty_reason": reason} if reason else {})})
 
     return Decision(record)
+
+
+def pool(store: Store, round_: int, carry_over: bool) -> list[sqlite3.Row]:
+    """The candidates a round chooses among: its unique ones, plus with `carry_over` every
+    unique candidate of an earlier round that was never selected."""
+    if not carry_over:
+        return store.candidates(round_=round_, status="new")
+    return [row for row in store.candidates(status="new", selected=False) if row["round"] <= round_]
 
 
 def score(ctx: StageContext, rows: list[sqlite3.Row], structures: list[Structure]) -> list[Prediction]:

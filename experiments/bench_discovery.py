@@ -4,8 +4,11 @@ The campaign starts from every unary and binary MP entry of Li-Co-Ni-O (DFT,
 MP2020-corrected) as its snapshot, used as they are (`snapshot.reevaluate: never`);
 CHGNet is the oracle, its energies judged against that MP hull (the
 matbench-discovery protocol: CHGNet 0.3.0 predicts on the MP2020 scale). The
-ternary and quaternary phases are hidden: the campaign must find them. Three arms
-run with the same seed, generators and oracle budget:
+ternary and quaternary phases are hidden: the campaign must find them. Substitution
+and SAPS start from the known phases, the AFLOW prototypes and mp37k's ground states
+of other elements (ranked by how likely they substitute into the space; the space's
+own ternaries are never parents), so each round's pool is tens of times the budget,
+as in GNoME. Three arms run with the same seeds, generators and oracle budget:
 
 - random: candidates selected at random (estimates the prevalence of hits);
 - scratch: the GNoME GNN ensemble trained from random members on the campaign's data;
@@ -17,15 +20,19 @@ how many MP ternaries/quaternaries on MP's hull or within 50 meV/atom of it were
 rediscovered (StructureMatcher, pymatgen defaults). The pretrained models' MAE on
 MP-20 val is reported beside the from-scratch numbers of `bench_model.py`.
 
-    python experiments/bench_discovery.py [--quick] [--arms random,scratch,pretrained] [--json PATH]
+    python experiments/bench_discovery.py [--quick] [--arms random,scratch,pretrained] [--seeds 0,1]
+        [--keep DIR] [--json PATH]
 
-`--arms` runs some arms and keeps the others from the earlier results in `--json`
-(for example the pretrained arm again after a new checkpoint).
+Each arm runs once per seed; hit rates pool the seeds (a run of 48 picks leaves the
+random baseline itself uncertain by about two hits). `--arms` and `--seeds` run some
+arms or seeds and keep the others from the earlier results in `--json` (for example
+the pretrained arm again after a new checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 import time
@@ -41,20 +48,25 @@ from gnome_loop.config import parse_config
 from common import DATA, RESULTS, bench_parser, write_results
 
 SYSTEM = DATA / "mp_chemsys" / "Li-Co-Ni-O.json.gz"
+MP37K = DATA / "mp37k" / "mp37k_eform.csv.gz"
 #: MP phases within this distance of MP's hull count as rediscoverable, eV/atom.
 TARGET_EHULL = 0.05
 ARMS = ("random", "scratch", "pretrained")
 
 
-def campaign_config(arm: str, snapshot: Path, quick: bool) -> dict:
-    """One arm's campaign: same space, snapshot, generators, budget and seed."""
+def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: int = 0) -> dict:
+    """One arm's campaign: same space, snapshot, generators, budget and seed. Substitution
+    and SAPS draw on the known phases, the prototypes and `parents` (crystals of other
+    elements), so that the pool is much larger than the budget, as in GNoME."""
+    sources = ["known", "prototypes", str(parents)]
     model = {"kind": "gnome", "init": "pretrained" if arm == "pretrained" else "scratch",
              "epochs": 60 if quick else 150, "patience": 30}
     return {
-        "name": f"discovery-{arm}", "seed": 0, "rounds": 2 if quick else 3,
+        "name": f"discovery-{arm}", "seed": seed, "rounds": 2 if quick else 3,
         "chemical_space": {"elements": ["Li", "Co", "Ni", "O"], "max_elements": 4, "max_atoms": 16},
         "snapshot": {"source": "file", "path": str(snapshot), "reevaluate": "never"},
-        "generators": {"substitution": {"max_candidates": 300}, "saps": {"max_candidates": 300}},
+        "generators": {"substitution": {"max_candidates": 2000, "parents": sources, "max_outside_parents": 5000},
+                       "saps": {"max_candidates": 500, "parents": sources}},
         # the random arm never reads its model: the cheap baseline keeps it fast
         "model": {"kind": "linear"} if arm == "random" else model,
         "selection": {"budget": 8 if quick else 16, "per_composition": 2,
@@ -72,6 +84,24 @@ def split_system(entries: list) -> tuple[list, list]:
     targets = [e for e in entries if len(e.composition.elements) >= 3
                and diagram.get_e_above_hull(e) <= TARGET_EHULL]
     return known, targets
+
+
+def outside_parents(path: Path) -> Path:
+    """Write mp37k's ground state of each composition with a negative formation energy to
+    `path` (a CSV of CIFs): the crystals of other elements that substitution starts from
+    (GNoME substituted from all the stable crystals it knew). Phases of the space's own
+    elements are never outside parents (`generate/parents.py` scores them 0), so the
+    hidden ternaries stay hidden."""
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    table = pd.read_csv(MP37K, usecols=["material_id", "formation_energy_per_atom", "cif"])
+    table = table[table["formation_energy_per_atom"] < 0]
+    table["formula"] = [Composition(re.search(r"_chemical_formula_sum\s+'?([^'\n]+)", cif).group(1)).reduced_formula
+                        for cif in table["cif"]]
+    ground = table.sort_values("formation_energy_per_atom").drop_duplicates("formula")
+    ground[["material_id", "cif"]].to_csv(path, index=False)
+    return path
 
 
 def rediscovered(campaign: Campaign, targets: list) -> list[str]:
@@ -111,43 +141,71 @@ def pretrained_mp20(results: Path) -> dict:
     return out
 
 
-def run_arm(arm: str, snapshot: Path, targets: list, workdir: Path, quick: bool) -> dict:
-    """One arm's campaign, run to the end: its per-round table, rediscoveries and time."""
+def run_arm(arm: str, seed: int, snapshot: Path, parents: Path, targets: list, workdir: Path, quick: bool) -> dict:
+    """One arm's campaign with one seed, run to the end: its per-round table, rediscoveries and time."""
     started = time.perf_counter()
-    campaign = Campaign.create(parse_config(campaign_config(arm, snapshot, quick)), workdir / arm)
+    config = parse_config(campaign_config(arm, snapshot, parents, quick, seed))
+    campaign = Campaign.create(config, workdir / f"{arm}-seed{seed}")
     campaign.run()
-    return {"rounds": [row for row in campaign.round_table() if row["round"] > 0],
+    return {"seed": seed, "rounds": [row for row in campaign.round_table() if row["round"] > 0],
             "rediscovered": rediscovered(campaign, targets), "seconds": round(time.perf_counter() - started)}
 
 
-def earlier_arms(path: Path, quick: bool) -> dict:
-    """Arms a previous run of the same mode wrote to `path` (kept when `--arms` reruns others)."""
+def earlier_runs(path: Path, quick: bool) -> dict:
+    """Runs ({arm: {seed: run}}) a previous run of the same mode wrote to `path`, kept when
+    `--arms` or `--seeds` runs others."""
     if not path.is_file():
         return {}
     previous = json.loads(path.read_text())
-    return previous.get("arms", {}) if previous.get("quick") == quick else {}
+    if previous.get("quick") != quick:
+        return {}
+    return {arm: {run["seed"]: run for run in runs} for arm, runs in previous.get("runs", {}).items()}
 
 
-def summary(arms: dict, quick: bool) -> dict:
-    """The issue's keys from the arms' tables (None where an arm has not run)."""
-    hit = {arm: [row["hit_rate"] for row in arms[arm]["rounds"]] if arm in arms else None for arm in ARMS}
-    total = {arm: cumulative(arms[arm]["rounds"]) if arm in arms else None for arm in ARMS}
+def pooled(runs: list[dict], index: int | None = None) -> float | None:
+    """Hit rate over the runs' rounds (round `index` only, or all of them), pooling the seeds."""
+    rows = [row for run in runs for i, row in enumerate(run["rounds"]) if index is None or i == index]
+    return cumulative(rows)
+
+
+def per_round(runs: list[dict], key: str) -> list[float | None]:
+    """The mean of `key` per round over the runs (seeds)."""
+    rounds = max(len(run["rounds"]) for run in runs)
+    out = []
+    for index in range(rounds):
+        values = [run["rounds"][index][key] for run in runs if index < len(run["rounds"])
+                  and run["rounds"][index][key] is not None]
+        out.append(sum(values) / len(values) if values else None)
+    return out
+
+
+def summary(runs: dict, quick: bool) -> dict:
+    """The issue's keys from the arms' runs, seeds pooled (None where an arm has not run)."""
+    arms = {arm: sorted(runs[arm].values(), key=lambda run: run["seed"]) for arm in ARMS if runs.get(arm)}
+    total = {arm: pooled(arms[arm]) if arm in arms else None for arm in ARMS}
     daf = {arm: total[arm] / total["random"] if total[arm] is not None and total["random"] else None
            for arm in ("scratch", "pretrained")}
+    rounds = {arm: max(len(run["rounds"]) for run in arms[arm]) for arm in arms}
     return {
         "quick": quick,
-        **{f"hit_rate_{arm}": hit[arm] for arm in ARMS},
-        **{f"hit_rate_cumulative_{arm}": total[arm] for arm in ARMS},
-        "daf_pretrained": daf["pretrained"], "daf_scratch": daf["scratch"],
-        **{f"filter_mae_{arm}": [row["filter_mae"] for row in arms[arm]["rounds"]] if arm in arms else None
-           for arm in ("scratch", "pretrained")},
-        **{f"evaluated_{arm}": [row["evaluated"] for row in arms[arm]["rounds"]] if arm in arms else None
+        "seeds": {arm: [run["seed"] for run in arms[arm]] for arm in arms},
+        **{f"hit_rate_{arm}": [pooled(arms[arm], i) for i in range(rounds[arm])] if arm in arms else None
            for arm in ARMS},
-        **{f"rediscovered_{arm}": arms[arm]["rediscovered"] if arm in arms else None for arm in ARMS},
+        **{f"hit_rate_cumulative_{arm}": total[arm] for arm in ARMS},
+        **{f"stable_{arm}": [sum(row["stable"] or 0 for row in run["rounds"]) for run in arms[arm]]
+           if arm in arms else None for arm in ARMS},
+        "daf_pretrained": daf["pretrained"], "daf_scratch": daf["scratch"],
+        **{f"filter_mae_{arm}": per_round(arms[arm], "filter_mae") if arm in arms else None
+           for arm in ("scratch", "pretrained")},
+        **{f"evaluated_{arm}": [sum(run["rounds"][i]["evaluated"] or 0 for run in arms[arm] if i < len(run["rounds"]))
+                                for i in range(rounds[arm])] if arm in arms else None for arm in ARMS},
+        **{f"rediscovered_{arm}": sorted({mp_id for run in arms[arm] for mp_id in run["rediscovered"]})
+           if arm in arms else None for arm in ARMS},
         # the train stage's wall time per round: fine-tuning vs training from scratch
-        **{f"train_seconds_{arm}": [row["seconds"].get("train") for row in arms[arm]["rounds"]] if arm in arms
-           else None for arm in ("scratch", "pretrained")},
-        "seconds": {arm: arms[arm]["seconds"] for arm in arms},
+        **{f"train_seconds_{arm}": [sum(run["rounds"][i]["seconds"].get("train") or 0 for run in arms[arm])
+                                    / len(arms[arm]) for i in range(rounds[arm])] if arm in arms else None
+           for arm in ("scratch", "pretrained")},
+        "seconds": {arm: sum(run["seconds"] for run in arms[arm]) for arm in arms},
     }
 
 
@@ -169,28 +227,34 @@ def main() -> int:
     parser = bench_parser(__doc__, "bench_discovery", "2 rounds of 8 jobs, fewer epochs")
     parser.add_argument("--arms", default=",".join(ARMS),
                         help="arms to run, comma-separated; the others are kept from an earlier run in --json")
+    parser.add_argument("--seeds", default="0", help="seeds to run each arm with, comma-separated (pooled)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the arms' campaigns in this folder (to study them)")
     args = parser.parse_args()
-    if not SYSTEM.is_file():
-        print(f"skipped: {SYSTEM} not found (the reference data lie beside the dev checkout)")
+    if not (SYSTEM.is_file() and MP37K.is_file()):
+        print(f"skipped: {SYSTEM} or {MP37K} not found (the reference data lie beside the dev checkout)")
         return 0
     chosen = [arm for arm in ARMS if arm in args.arms.split(",")]
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     started = time.perf_counter()
     known, targets = split_system(loadfn(SYSTEM))
     print(f"snapshot: {len(known)} unary and binary MP entries; {len(targets)} ternary/quaternary MP phases "
           f"within {TARGET_EHULL * 1000:.0f} meV/atom of MP's hull to rediscover")
-    arms = earlier_arms(args.json, args.quick)
+    runs = earlier_runs(args.json, args.quick)
     with tempfile.TemporaryDirectory(prefix="bench_discovery_") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         snapshot = workdir / "li-co-ni-o_binaries.json.gz"
         dumpfn(known, snapshot)
-        for arm in chosen:
-            arms[arm] = run_arm(arm, snapshot, targets, workdir, args.quick)
-            print(f"{arm}: {arms[arm]['seconds']} s, hit rates {[row['hit_rate'] for row in arms[arm]['rounds']]}, "
-                  f"rediscovered {arms[arm]['rediscovered']}", flush=True)
-    result = {**summary(arms, args.quick), "targets": len(targets), "snapshot_entries": len(known),
-              **pretrained_mp20(RESULTS), "arms": arms, "wall_s_this_run": round(time.perf_counter() - started, 1)}
+        parents = outside_parents(workdir / "mp37k_ground_states.csv.gz")
+        for seed in seeds:
+            for arm in chosen:
+                run = run_arm(arm, seed, snapshot, parents, targets, workdir, args.quick)
+                runs.setdefault(arm, {})[seed] = run
+                print(f"{arm} seed {seed}: {run['seconds']} s, hit rates {[row['hit_rate'] for row in run['rounds']]}, "
+                      f"rediscovered {run['rediscovered']}", flush=True)
+    result = {**summary(runs, args.quick), "targets": len(targets), "snapshot_entries": len(known),
+              **pretrained_mp20(RESULTS), "runs": {arm: list(by_seed.values()) for arm, by_seed in runs.items()},
+              "wall_s_this_run": round(time.perf_counter() - started, 1)}
     print_table(result, len(targets))
     write_results(args.json, result)
     return 0

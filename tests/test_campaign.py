@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from gnome_loop.campaign import Campaign, stages_of
 from gnome_loop.cli import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_WAITING, app
 from gnome_loop.config import load_config, parse_config
-from gnome_loop.export import HULL_CSV_COLUMNS
+from gnome_loop.export import STABLE_CSV_COLUMNS
 from gnome_loop.oracle.jobfolder import run_job
 from gnome_loop.store import SCHEMA_VERSION, SCREENING_SCHEMA_V6, Store, campaign_lock
 from tests.helpers import CI_CONFIG, TABLES_V6, ci_config, write_config
@@ -80,7 +80,7 @@ def test_status_and_export(emt_campaign):
     exports = emt_campaign / "exports"
     with open(exports / "stable_materials_hull.csv") as handle:
         reader = csv.DictReader(handle)
-        assert reader.fieldnames == HULL_CSV_COLUMNS
+        assert reader.fieldnames == STABLE_CSV_COLUMNS
         rows = list(reader)
     hull = hull_of(emt_campaign)
     stable = {key for key, e in hull.items() if e is not None and e <= 5e-5}

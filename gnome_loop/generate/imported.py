@@ -167,7 +167,7 @@ def iter_sources(path: Path | str, skipped: list[SkippedFile] | None = None) -> 
     ``unreadable`` for a container that could not be opened (its text is the error;
     :func:`parse_entry` rejects it as unparseable). Entries come in file order, files
     of a folder sorted by path, members of a zip in archive order. Files holding no
-    entries are appended to `skipped` as ``"name: why"``.
+    entries are appended to `skipped` as :class:`SkippedFile` (``"name: why"``).
     """
     path = Path(path)
     if skipped is None:

@@ -303,7 +303,7 @@ def parse_vasp(
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="labelled structures: a CSV(.gz) with a 'cif' column and the target, "
-                                "a monty-JSON entries file or an extxyz file"),
+                                "a JSON file of computed entries or an extxyz file"),
     output: Path = typer.Option(..., "-o", "--output", help="directory to save the model in"),
     kind: str = typer.Option("gnome", help="gnome (structure GNN ensemble), composition (ensemble) or linear"),
     target: str = typer.Option("formation_energy_per_atom", help="column or key to learn, eV/atom; "
@@ -346,8 +346,8 @@ PREDICTION_COLUMNS = ["id", "formula", "energy_per_atom", "uncertainty", "error"
 @app.command()
 def predict(
     model_dir: Path = typer.Argument(..., help="a saved model (from `gnome-loop train` or a campaign)"),
-    structures: Path = typer.Argument(..., help="a .cif file, a folder or .zip of CIFs, a .csv(.gz) with a "
-                                      "'cif' column, an .extxyz file or a monty-JSON entries file"),
+    structures: Path = typer.Argument(..., help="any structure file an import reads: CIF, extxyz, POSCAR, JSON "
+                                      "(structures or entries), a CSV with a 'cif' column, a zip or a folder of them"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="CSV to write (default: stdout)"),
 ) -> None:
     """Predict the energy per atom (eV/atom) and its uncertainty for STRUCTURES.

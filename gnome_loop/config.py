@@ -50,7 +50,7 @@ class ChemicalSpaceConfig(_Section):
         return ChemicalSpace(tuple(self.elements), self.max_elements, self.max_atoms)
 
 
-class Snapshot(_Section):
+class SnapshotConfig(_Section):
     source: Literal["prototypes", "file", "mp"] = "prototypes"
     path: Optional[str] = Field(None, description="for source 'file': an entries JSON, a CSV of compositions and "
                                 "corrected energies, an extxyz with energies, or a folder/zip of CIFs")
@@ -74,7 +74,7 @@ class Snapshot(_Section):
     )
 
     @model_validator(mode="after")
-    def _path_for_files(self) -> "Snapshot":
+    def _path_for_files(self) -> "SnapshotConfig":
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs 'path' (entries JSON, energy CSV, extxyz, or a folder of CIFs)")
         return self
@@ -277,7 +277,7 @@ class Vasp(_Section):
         return _one_line(value, "the VASP command")
 
 
-class Oracle(_Section):
+class OracleConfig(_Section):
     kind: Literal["ase", "vasp"] = Field("ase", description="'ase' (an ASE calculator relaxes in-process or in "
                                          "run-job) or 'vasp' (job folders for VASP with MP settings)")
     calculator: str = Field("emt", description="'emt', 'chgnet', or an import path 'module:Class'")
@@ -295,7 +295,7 @@ class Oracle(_Section):
     vasp: Vasp = Vasp()
 
     @model_validator(mode="after")
-    def _no_default_time_limit_for_vasp(self) -> "Oracle":
+    def _no_default_time_limit_for_vasp(self) -> "OracleConfig":
         # 900 s suits an ML potential; a DFT relaxation takes hours: VASP gets no limit unless one is set
         if self.kind == "vasp" and "max_seconds" not in self.model_fields_set:
             self.max_seconds = None
@@ -309,7 +309,7 @@ class Oracle(_Section):
         return value
 
     @model_validator(mode="after")
-    def _args_for_imported_calculators(self) -> "Oracle":
+    def _args_for_imported_calculators(self) -> "OracleConfig":
         if self.calculator_args and ":" not in self.calculator:
             raise ValueError(f"calculator_args are for an imported calculator ('module:Class'), not "
                              f"{self.calculator!r}")
@@ -368,7 +368,7 @@ class Slurm(_Section):
         return value
 
 
-class Scheduler(_Section):
+class SchedulerConfig(_Section):
     kind: Literal["inline", "local", "manual", "slurm"] = "inline"
     workers: int = Field(2, ge=1, description="dask workers of the local cluster")
     address: Optional[str] = Field(None, description="address of an existing dask scheduler: the local "
@@ -381,14 +381,14 @@ class CampaignConfig(_Section):
     seed: int = 0
     rounds: int = Field(3, ge=0)
     chemical_space: ChemicalSpaceConfig
-    snapshot: Snapshot = Snapshot()
+    snapshot: SnapshotConfig = SnapshotConfig()
     generators: Generators = Generators()
     model: Model = Model()
     selection: Selection = Selection()
     screening: Screening = Screening()
     prerelax: Prerelax = Prerelax()
-    oracle: Oracle = Oracle()
-    scheduler: Scheduler = Scheduler()
+    oracle: OracleConfig = OracleConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     @field_validator("prerelax", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from gnome_loop.hull import Hull
 
 #: Columns of `stable_materials_hull.csv`: GNoME's columns plus the round and the
 #: generator that found each material.
-HULL_CSV_COLUMNS = [
+STABLE_CSV_COLUMNS = [
     "Composition",
     "Reduced Formula",
     "Elements",
@@ -34,11 +34,11 @@ HULL_CSV_COLUMNS = [
     "Generator",
 ]
 
-#: Columns of `stable_materials_summary.csv`: the hull columns plus GNoME's structure
+#: Columns of `stable_materials_summary.csv`: `STABLE_CSV_COLUMNS` plus GNoME's structure
 #: columns and where each material came from.
 SUMMARY_CSV_COLUMNS = [
-    *HULL_CSV_COLUMNS[:4], "Volume", "Density", "Space Group", "Space Group Number", "Crystal System",
-    *HULL_CSV_COLUMNS[4:], "Parents", "Source",
+    *STABLE_CSV_COLUMNS[:4], "Volume", "Density", "Space Group", "Space Group Number", "Crystal System",
+    *STABLE_CSV_COLUMNS[4:], "Parents", "Source",
 ]
 
 #: Timestamp of every member of the CIF zip, so that the same structures give the
@@ -91,7 +91,7 @@ def summary_row(row: dict, structure: Structure, parents: list[str], source: str
             "Source": source}
 
 
-def write_stable_hull_csv(rows: list[dict], path: str | Path, columns: list[str] = HULL_CSV_COLUMNS) -> None:
+def write_stable_hull_csv(rows: list[dict], path: str | Path, columns: list[str] = STABLE_CSV_COLUMNS) -> None:
     """Write `stable_materials_hull.csv` (or, with `SUMMARY_CSV_COLUMNS`, the summary);
     every row must have exactly `columns`."""
     for row in rows:

@@ -39,7 +39,7 @@ MAX_NAMED = 10
 CHUNK_SIZE = 1 << 22
 
 #: Columns of `write_hull_csv` (what `gnome-loop hull` writes).
-HULL_CSV_COLUMNS = ("entry_id", "formula", "e_above_hull", "decomposition", "reason")
+EHULL_CSV_COLUMNS = ("entry_id", "formula", "e_above_hull", "decomposition", "reason")
 
 
 def chemsys_of(elements: str | Composition | Iterable[str]) -> Chemsys:
@@ -375,11 +375,11 @@ def hull_table(
 
 
 def write_hull_csv(results: Iterable[HullResult], path: str | Path) -> None:
-    """Write `HULL_CSV_COLUMNS`; the decomposition as "Li2O:0.5 O2:0.5" (largest first),
+    """Write `EHULL_CSV_COLUMNS`; the decomposition as "Li2O:0.5 O2:0.5" (largest first),
     empty cells where there is no hull and `reason` says why."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(HULL_CSV_COLUMNS)
+        writer.writerow(EHULL_CSV_COLUMNS)
         for result in results:
             products = sorted((result.decomposition or {}).items(), key=lambda item: -item[1])
             writer.writerow([

@@ -66,7 +66,7 @@ from gnome_loop.models.graph import power_of_two
 from gnome_loop.structures import MAX_VOLUME_FACTOR, MIN_DISTANCE
 
 #: Per-graph status codes of `FireState.status`.
-RUNNING, CONVERGED, MAX_STEPS, NON_FINITE, TOO_CLOSE, VOLUME, PADDING = range(7)
+RUNNING, CONVERGED, MAX_STEPS, NON_FINITE_EVALUATION, TOO_CLOSE, VOLUME, PADDING = range(7)
 
 #: Periodic image shifts searched by the closest-approach check.
 _SHIFTS = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=3)))
@@ -277,7 +277,7 @@ def fire_step(state: FireState, energies: jax.Array, forces: jax.Array, stresses
         [~finite, distance < MIN_DISTANCE,
          (volume_ratio > MAX_VOLUME_FACTOR) | (volume_ratio < 1.0 / MAX_VOLUME_FACTOR),
          max_force < fmax, state.steps >= max_steps],
-        [NON_FINITE, TOO_CLOSE, VOLUME, CONVERGED, MAX_STEPS], RUNNING)
+        [NON_FINITE_EVALUATION, TOO_CLOSE, VOLUME, CONVERGED, MAX_STEPS], RUNNING)
     status = jnp.where(state.status == RUNNING, judged, state.status).astype(jnp.int32)
     moving = status == RUNNING
 
@@ -368,7 +368,7 @@ def relax_batch(
     results = []
     for index, structure in enumerate(structures):
         atoms = batch.node_graph == index
-        exploded = status[index] in (NON_FINITE, TOO_CLOSE, VOLUME)
+        exploded = status[index] in (NON_FINITE_EVALUATION, TOO_CLOSE, VOLUME)
         relaxed = None if exploded else Structure(
             Lattice(cells[index]), structure.species, positions[atoms], coords_are_cartesian=True,
             site_properties=structure.site_properties)
@@ -383,7 +383,7 @@ def relax_batch(
 def _reason(report: StepReport, index: int, evaluation: int, max_steps: int) -> str:
     """Why graph `index` stopped at this evaluation, in words ("" while it runs or when it converged)."""
     code = report.status[index]
-    if code == NON_FINITE:
+    if code == NON_FINITE_EVALUATION:
         return f"non-finite energy, forces or stress at step {evaluation}"
     if code == TOO_CLOSE:
         return f"atoms {report.min_distance[index]:.3f} Å apart (< {MIN_DISTANCE} Å) at step {evaluation}"

@@ -29,7 +29,7 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
 from gnome_loop.hull import Hull, e_above_hull_many
-from gnome_loop.models.base import NON_FINITE, EnergyModel, predict_each
+from gnome_loop.models.base import NON_FINITE_PREDICTION, EnergyModel, predict_each
 from gnome_loop.models.registry import load_model
 from gnome_loop.structures import Candidate, ChemicalSpace, DuplicateIndex, symmetry_label, validate_structure
 
@@ -69,7 +69,7 @@ def _predict(model: EnergyModel,
     """(energy, std, error) per structure: a structure the model rejects or a NaN never reaches selection."""
     out = []
     for result in predict_each(model, structures):
-        if result == NON_FINITE:
+        if result == NON_FINITE_PREDICTION:
             out.append((None, None, result))
         elif isinstance(result, str):
             out.append((None, None, f"model rejected the structure: {result}"))

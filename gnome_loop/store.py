@@ -26,16 +26,24 @@ from gnome_loop.structures import structure_to_json, symmetry_label
 if TYPE_CHECKING:
     from gnome_loop.screen import Prediction
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCREENING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
     round INTEGER NOT NULL, shard INTEGER NOT NULL, funnel TEXT NOT NULL, PRIMARY KEY (round, shard));
 CREATE TABLE IF NOT EXISTS screened (
     id TEXT PRIMARY KEY, round INTEGER NOT NULL, shard INTEGER NOT NULL, reduced_formula TEXT NOT NULL,
-    fingerprint TEXT, pred_ehull REAL);
-CREATE INDEX IF NOT EXISTS screened_bucket ON screened(fingerprint);
+    symmetry_label TEXT, pred_ehull REAL);
+CREATE INDEX IF NOT EXISTS screened_bucket ON screened(symmetry_label);
 """
+
+#: The screening tables of versions 5 and 6, frozen: what migrations 3 and 4 create.
+SCREENING_SCHEMA_V6 = [
+    "CREATE TABLE IF NOT EXISTS shards (round INTEGER NOT NULL, shard INTEGER NOT NULL, funnel TEXT NOT NULL,"
+    " PRIMARY KEY (round, shard))",
+    "CREATE TABLE IF NOT EXISTS screened (id TEXT PRIMARY KEY, round INTEGER NOT NULL, shard INTEGER NOT NULL,"
+    " reduced_formula TEXT NOT NULL, fingerprint TEXT, pred_ehull REAL)",
+    "CREATE INDEX IF NOT EXISTS screened_bucket ON screened(fingerprint)"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,13 +53,13 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS candidates (
     id TEXT PRIMARY KEY, round INTEGER NOT NULL, generator TEXT NOT NULL,
     parent_ids TEXT NOT NULL DEFAULT '[]', structure TEXT NOT NULL,
-    reduced_formula TEXT NOT NULL, nsites INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+    reduced_formula TEXT NOT NULL, nsites INTEGER NOT NULL, symmetry_label TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'new', duplicate_of TEXT,
     pred_energy REAL, pred_std REAL, pred_ehull REAL, score_error TEXT,
     selected INTEGER NOT NULL DEFAULT 0, explore INTEGER NOT NULL DEFAULT 0,
     info TEXT NOT NULL DEFAULT '{}', prerelax TEXT, pick TEXT);
 CREATE INDEX IF NOT EXISTS candidates_round ON candidates(round);
-CREATE INDEX IF NOT EXISTS candidates_fingerprint ON candidates(fingerprint);
+CREATE INDEX IF NOT EXISTS candidates_symmetry_label ON candidates(symmetry_label);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, candidate_id TEXT NOT NULL UNIQUE, round INTEGER NOT NULL,
     oracle TEXT NOT NULL, state TEXT NOT NULL, workdir TEXT NOT NULL, scheduler_ref TEXT,
@@ -61,7 +69,7 @@ CREATE TABLE IF NOT EXISTS entries (
     id TEXT PRIMARY KEY, source TEXT NOT NULL, round INTEGER NOT NULL, candidate_id TEXT,
     composition TEXT NOT NULL, reduced_formula TEXT NOT NULL, nsites INTEGER NOT NULL,
     energy_corrected REAL NOT NULL, energy_per_atom REAL NOT NULL, scale TEXT NOT NULL,
-    structure TEXT, fingerprint TEXT, trajectory TEXT, e_hull REAL,
+    structure TEXT, symmetry_label TEXT, trajectory TEXT, e_hull REAL,
     is_stable INTEGER NOT NULL DEFAULT 0, is_reference INTEGER NOT NULL DEFAULT 0,
     data TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS models (
@@ -76,18 +84,25 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-#: Statements that bring a database of version N up to version N + 1.
+#: Statements that bring a database of version N up to version N + 1; they name the
+#: tables of old versions as they were, never the current schema.
 MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}'"],
               2: ["ALTER TABLE candidates ADD COLUMN prerelax TEXT"],
-              3: _statements(SCREENING_SCHEMA),
+              3: SCREENING_SCHEMA_V6,
               # screened rows of candidates never examined for duplicates have no symmetry label
               4: ["DROP INDEX IF EXISTS screened_bucket", "ALTER TABLE screened RENAME TO screened_v4",
-                  *_statements(SCREENING_SCHEMA),
+                  *SCREENING_SCHEMA_V6,
                   "INSERT INTO screened SELECT * FROM screened_v4", "DROP TABLE screened_v4"],
               # why a candidate was selected; before version 6 every model pick passed the threshold
               5: ["ALTER TABLE candidates ADD COLUMN pick TEXT",
                   "UPDATE candidates SET pick = CASE WHEN round = 0 THEN 'reference' WHEN explore = 1 THEN 'explore'"
-                  " ELSE 'threshold' END WHERE selected = 1"]}
+                  " ELSE 'threshold' END WHERE selected = 1"],
+              # the column named `fingerprint` always held a symmetry label (reduced formula:space group)
+              6: ["ALTER TABLE candidates RENAME COLUMN fingerprint TO symmetry_label",
+                  "ALTER TABLE entries RENAME COLUMN fingerprint TO symmetry_label",
+                  "ALTER TABLE screened RENAME COLUMN fingerprint TO symmetry_label",
+                  "DROP INDEX IF EXISTS candidates_fingerprint",
+                  "CREATE INDEX IF NOT EXISTS candidates_symmetry_label ON candidates(symmetry_label)"]}
 
 #: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
 JOB_STATES = ("pending", "submitted", "done", "failed")
@@ -102,7 +117,8 @@ def candidate_row(candidate_id: str, round_: int, generator: str, structure: Str
     return {
         "id": candidate_id, "round": round_, "generator": generator, "parent_ids": json.dumps(list(parent_ids)),
         "structure": structure_to_json(structure), "reduced_formula": structure.composition.reduced_formula,
-        "nsites": len(structure), "fingerprint": label or symmetry_label(structure), "info": json.dumps(info or {}),
+        "nsites": len(structure), "symmetry_label": label or symmetry_label(structure),
+        "info": json.dumps(info or {}),
     }
 
 
@@ -117,7 +133,7 @@ def entry_row(entry_id: str, source: str, round_: int, candidate_id: str | None,
         "nsites": int(composition.num_atoms), "energy_corrected": float(energy),
         "energy_per_atom": float(energy) / composition.num_atoms, "scale": scale,
         "structure": structure_to_json(structure) if structure is not None else None,
-        "fingerprint": symmetry_label(structure) if structure is not None else None,
+        "symmetry_label": symmetry_label(structure) if structure is not None else None,
         "trajectory": json.dumps(trajectory) if trajectory else None, "is_reference": int(is_reference),
         "data": json.dumps(data or {}),
     }
@@ -276,8 +292,8 @@ class Store:
         before = self.conn.total_changes
         self.conn.executemany(
             "INSERT OR IGNORE INTO candidates (id, round, generator, parent_ids, structure, reduced_formula,"
-            " nsites, fingerprint, selected, info) VALUES (:id, :round, :generator, :parent_ids, :structure,"
-            " :reduced_formula, :nsites, :fingerprint, :selected, :info)",
+            " nsites, symmetry_label, selected, info) VALUES (:id, :round, :generator, :parent_ids, :structure,"
+            " :reduced_formula, :nsites, :symmetry_label, :selected, :info)",
             [{"selected": 0, "info": "{}", "parent_ids": "[]", **row} for row in rows],
         )
         return self.conn.total_changes - before
@@ -286,7 +302,7 @@ class Store:
         return {row[0] for row in self.conn.execute("SELECT id FROM candidates")}
 
     def candidates(self, round_: int | None = None, status: str | None = None, selected: bool | None = None,
-                   fingerprints: Iterable[str] | None = None) -> list[sqlite3.Row]:
+                   labels: Iterable[str] | None = None) -> list[sqlite3.Row]:
         query, args = "SELECT * FROM candidates WHERE 1=1", []
         if round_ is not None:
             query, args = query + " AND round = ?", args + [round_]
@@ -294,9 +310,9 @@ class Store:
             query, args = query + " AND status = ?", args + [status]
         if selected is not None:
             query, args = query + " AND selected = ?", args + [int(selected)]
-        if fingerprints is not None:
-            keys = sorted(set(fingerprints))
-            query += f" AND fingerprint IN ({','.join('?' * len(keys))})"
+        if labels is not None:
+            keys = sorted(set(labels))
+            query += f" AND symmetry_label IN ({','.join('?' * len(keys))})"
             args += keys
         return self.conn.execute(query + " ORDER BY id", args).fetchall()
 
@@ -332,7 +348,7 @@ class Store:
 
     def add_shard(self, round_: int, shard: int, funnel: dict, summary: Iterable[tuple]) -> None:
         """Record a screened shard: its funnel and the summary rows (id, formula,
-        fingerprint or None, predicted E_hull) of the candidates it did not keep in full."""
+        symmetry label or None, predicted E_hull) of the candidates it did not keep in full."""
         self.conn.executemany("INSERT OR IGNORE INTO screened VALUES (?, ?, ?, ?, ?, ?)",
                               [(key, round_, shard, formula, label, ehull) for key, formula, label, ehull in summary])
         self.conn.execute("INSERT INTO shards VALUES (?, ?, ?)", (round_, shard, json.dumps(funnel)))
@@ -410,21 +426,22 @@ class Store:
     def add_entry(self, row: dict) -> None:
         self.conn.execute(
             "INSERT OR IGNORE INTO entries (id, source, round, candidate_id, composition, reduced_formula, nsites,"
-            " energy_corrected, energy_per_atom, scale, structure, fingerprint, trajectory, is_reference, data)"
+            " energy_corrected, energy_per_atom, scale, structure, symmetry_label, trajectory, is_reference, data)"
             " VALUES (:id, :source, :round, :candidate_id, :composition, :reduced_formula, :nsites,"
-            " :energy_corrected, :energy_per_atom, :scale, :structure, :fingerprint, :trajectory, :is_reference,"
+            " :energy_corrected, :energy_per_atom, :scale, :structure, :symmetry_label, :trajectory, :is_reference,"
             " :data)",
-            {"candidate_id": None, "structure": None, "fingerprint": None, "trajectory": None, "data": "{}", **row},
+            {"candidate_id": None, "structure": None, "symmetry_label": None, "trajectory": None, "data": "{}",
+             **row},
         )
 
-    def entries(self, with_structure: bool = True, fingerprints: Iterable[str] | None = None) -> list[sqlite3.Row]:
+    def entries(self, with_structure: bool = True, labels: Iterable[str] | None = None) -> list[sqlite3.Row]:
         columns = "*" if with_structure else (
             "id, source, round, candidate_id, composition, reduced_formula, nsites, energy_corrected,"
-            " energy_per_atom, scale, fingerprint, e_hull, is_stable, is_reference, data")
+            " energy_per_atom, scale, symmetry_label, e_hull, is_stable, is_reference, data")
         query, args = f"SELECT {columns} FROM entries", []
-        if fingerprints is not None:
-            keys = sorted(set(fingerprints))
-            query += f" WHERE fingerprint IN ({','.join('?' * len(keys))})"
+        if labels is not None:
+            keys = sorted(set(labels))
+            query += f" WHERE symmetry_label IN ({','.join('?' * len(keys))})"
             args = keys
         return self.conn.execute(query + " ORDER BY id", args).fetchall()
 

@@ -121,6 +121,21 @@ def is_known_element(symbol: str) -> bool:
     return True
 
 
+def unusable(structure: Structure) -> Reject | None:
+    """Why nothing can use `structure` at all (no sites, NaN or infinite numbers, a cell
+    without volume), or None: what a model's input must pass, before any campaign rule."""
+    if len(structure) == 0:
+        return Reject("empty", "the structure has no sites")
+    coords = np.asarray(structure.cart_coords)
+    matrix = np.asarray(structure.lattice.matrix)
+    if not (np.all(np.isfinite(coords)) and np.all(np.isfinite(matrix))):
+        return Reject("non-finite", "NaN or infinite coordinates or lattice")
+    volume = structure.volume
+    if not math.isfinite(volume) or volume <= 1e-6:
+        return Reject("degenerate-cell", "the lattice has no volume")
+    return None
+
+
 def validate_structure(
     structure: Structure,
     space: ChemicalSpace = ChemicalSpace(),
@@ -131,17 +146,11 @@ def validate_structure(
 
     The reason's category is counted in round metrics; its text is "category: detail".
     """
-    if len(structure) == 0:
-        return Reject("empty", "the structure has no sites")
     if not structure.is_ordered:
         return Reject("disordered", "partial occupancies are not supported")
-    coords = np.asarray(structure.cart_coords)
-    matrix = np.asarray(structure.lattice.matrix)
-    if not (np.all(np.isfinite(coords)) and np.all(np.isfinite(matrix))):
-        return Reject("non-finite", "NaN or infinite coordinates or lattice")
-    volume = structure.volume
-    if not math.isfinite(volume) or volume <= 1e-6:
-        return Reject("degenerate-cell", "the lattice has no volume")
+    broken = unusable(structure)
+    if broken is not None:
+        return broken
     symbols = sorted({el.symbol for el in structure.composition.elements})
     elements, max_elements, max_atoms = space.elements, space.max_elements, space.max_atoms
     if elements is not None:
@@ -152,7 +161,7 @@ def validate_structure(
         return Reject("too-many-elements", f"{len(symbols)} > {max_elements}")
     if max_atoms is not None and len(structure) > max_atoms:
         return Reject("too-many-atoms", f"{len(structure)} > {max_atoms}")
-    vpa = volume / len(structure)
+    vpa = structure.volume / len(structure)
     low, high = volume_per_atom_range
     if not low <= vpa <= high:
         return Reject("volume", f"{vpa:.2f} Å^3/atom is outside [{low}, {high}]")

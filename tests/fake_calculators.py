@@ -132,6 +132,7 @@ def mp_hull_energy(composition: Composition) -> float:
 @functools.lru_cache(maxsize=16)
 def _mp_diagram(elements: frozenset) -> PhaseDiagram:
     from gnome_loop.snapshot.reference import mp_reference_phases
+    from gnome_loop.structures import ChemicalSpace
 
-    phases, _ = mp_reference_phases(sorted(elements))
+    phases, _ = mp_reference_phases(ChemicalSpace(tuple(elements)))
     return PhaseDiagram([PDEntry(p.composition, p.energy) for p in phases])

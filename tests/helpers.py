@@ -15,6 +15,32 @@ SHARED_DATA = Path(os.environ.get("GNOME_LOOP_DATA") or ROOT.parent / "shared" /
 CI_CONFIG = ROOT / "experiments" / "ci_emt" / "config.yaml"
 #: Fractional coordinates of the four atoms of a conventional fcc cell.
 FCC = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+#: The campaign tables of schema version 6 less the screening ones (`store.SCREENING_SCHEMA_V6`),
+#: frozen: the migration tests build databases of older versions from them.
+TABLES_V6 = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, stage TEXT NOT NULL, started REAL, finished REAL,"
+    " metrics TEXT NOT NULL DEFAULT '{}')",
+    "CREATE TABLE IF NOT EXISTS candidates (id TEXT PRIMARY KEY, round INTEGER NOT NULL, generator TEXT NOT NULL,"
+    " parent_ids TEXT NOT NULL DEFAULT '[]', structure TEXT NOT NULL, reduced_formula TEXT NOT NULL,"
+    " nsites INTEGER NOT NULL, fingerprint TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'new', duplicate_of TEXT,"
+    " pred_energy REAL, pred_std REAL, pred_ehull REAL, score_error TEXT, selected INTEGER NOT NULL DEFAULT 0,"
+    " explore INTEGER NOT NULL DEFAULT 0, info TEXT NOT NULL DEFAULT '{}', prerelax TEXT, pick TEXT)",
+    "CREATE INDEX IF NOT EXISTS candidates_round ON candidates(round)",
+    "CREATE INDEX IF NOT EXISTS candidates_fingerprint ON candidates(fingerprint)",
+    "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, candidate_id TEXT NOT NULL UNIQUE, round INTEGER NOT NULL,"
+    " oracle TEXT NOT NULL, state TEXT NOT NULL, workdir TEXT NOT NULL, scheduler_ref TEXT,"
+    " attempts INTEGER NOT NULL DEFAULT 0, error TEXT, submitted REAL, finished REAL)",
+    "CREATE INDEX IF NOT EXISTS jobs_round ON jobs(round, state)",
+    "CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, source TEXT NOT NULL, round INTEGER NOT NULL,"
+    " candidate_id TEXT, composition TEXT NOT NULL, reduced_formula TEXT NOT NULL, nsites INTEGER NOT NULL,"
+    " energy_corrected REAL NOT NULL, energy_per_atom REAL NOT NULL, scale TEXT NOT NULL, structure TEXT,"
+    " fingerprint TEXT, trajectory TEXT, e_hull REAL, is_stable INTEGER NOT NULL DEFAULT 0,"
+    " is_reference INTEGER NOT NULL DEFAULT 0, data TEXT NOT NULL DEFAULT '{}')",
+    "CREATE TABLE IF NOT EXISTS models (round INTEGER NOT NULL, member INTEGER NOT NULL, path TEXT NOT NULL,"
+    " val_mae REAL, PRIMARY KEY (round, member))",
+    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,"
+    " msg TEXT NOT NULL)"]
 #: Elemental energies, eV/atom, of the synthetic Li-Na-O entries.
 REFERENCE = {"Li": -1.9, "Na": -1.3, "O": -4.95}
 

@@ -5,6 +5,7 @@ import csv
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,10 +25,10 @@ from typer.testing import CliRunner
 from gnome_loop.campaign import Campaign, stages_of
 from gnome_loop.cli import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_WAITING, app
 from gnome_loop.config import load_config, parse_config
-from gnome_loop.export import HULL_CSV_COLUMNS
+from gnome_loop.export import STABLE_CSV_COLUMNS
 from gnome_loop.oracle.jobfolder import run_job
-from gnome_loop.store import Store, campaign_lock
-from tests.helpers import CI_CONFIG, ci_config, write_config
+from gnome_loop.store import SCHEMA_VERSION, SCREENING_SCHEMA_V6, Store, campaign_lock
+from tests.helpers import CI_CONFIG, TABLES_V6, ci_config, write_config
 
 runner = CliRunner()
 
@@ -79,7 +80,7 @@ def test_status_and_export(emt_campaign):
     exports = emt_campaign / "exports"
     with open(exports / "stable_materials_hull.csv") as handle:
         reader = csv.DictReader(handle)
-        assert reader.fieldnames == HULL_CSV_COLUMNS
+        assert reader.fieldnames == STABLE_CSV_COLUMNS
         rows = list(reader)
     hull = hull_of(emt_campaign)
     stable = {key for key, e in hull.items() if e is not None and e <= 5e-5}
@@ -348,23 +349,26 @@ def test_imports_share_one_budget_and_count_each_files_rejects_once(tmp_path):
     assert rounds[2]["rejected_by_generator"] == {}
 
 
+def old_database(path: Path, version: int, statements: list[str]) -> sqlite3.Connection:
+    """A database of schema `version` made of `statements` (frozen schemas), open for the test to fill."""
+    old = sqlite3.connect(path)
+    for statement in statements:
+        old.execute(statement)
+    old.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
+    return old
+
+
 def test_a_version_1_database_is_upgraded_in_place(tmp_path):
-    import sqlite3
-
-    from gnome_loop.store import SCHEMA, SCHEMA_VERSION, SCREENING_SCHEMA, Store
-
     path = tmp_path / "campaign.db"
-    old = sqlite3.connect(path)  # the schema as version 1 had it: no entries.data, no candidates.prerelax
-    old.executescript(SCHEMA.replace(",\n    data TEXT NOT NULL DEFAULT '{}')", ")")
-                      .replace(", prerelax TEXT, pick TEXT)", ")")
-                      .replace(SCREENING_SCHEMA, ""))
-    old.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    # the schema as version 1 had it: no entries.data, no candidates.prerelax, no screening tables
+    old = old_database(path, 1, [statement.replace(", data TEXT NOT NULL DEFAULT '{}')", ")")
+                                 .replace(", prerelax TEXT, pick TEXT)", ")") for statement in TABLES_V6])
     old.execute("INSERT INTO entries (id, source, round, composition, reduced_formula, nsites, energy_corrected,"
                 " energy_per_atom, scale) VALUES ('e-1', 'snapshot', 0, 'Cu1', 'Cu', 1, -3.5, -3.5, 'emt')")
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "6"
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "7"
     (entry,) = store.entries(with_structure=False)
     assert entry["energy_corrected"] == -3.5 and json.loads(entry["data"]) == {}
     assert "prerelax" in [row[1] for row in store.query("PRAGMA table_info(candidates)")]
@@ -372,37 +376,28 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
 
 
 def test_a_version_4_database_keeps_its_screened_rows_and_takes_rows_without_a_label(tmp_path):
-    import sqlite3
-
-    from gnome_loop.store import SCHEMA, SCREENING_SCHEMA, Store
-
     path = tmp_path / "campaign.db"
-    old = sqlite3.connect(path)  # version 4: every screened row had a symmetry label, no candidates.pick
-    old.executescript(SCHEMA.replace(", pick TEXT)", ")").replace(
-        SCREENING_SCHEMA, SCREENING_SCHEMA.replace("fingerprint TEXT,", "fingerprint TEXT NOT NULL,")))
-    old.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+    # version 4: every screened row had a symmetry label, no candidates.pick
+    old = old_database(path, 4, [statement.replace(", pick TEXT)", ")") for statement in TABLES_V6]
+                       + [statement.replace("fingerprint TEXT,", "fingerprint TEXT NOT NULL,")
+                          for statement in SCREENING_SCHEMA_V6])
     old.execute("INSERT INTO screened VALUES ('c-1', 1, 0, 'Cu3Au', 'Cu3Au:221', -0.01)")
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == "6"
+    assert store.meta("schema_version") == "7"
     with store.transaction():
         store.add_shard(1, 1, {"kept": 0}, [("c-2", "CuAu", None, 0.2)])
-    rows = store.query("SELECT id, fingerprint, pred_ehull FROM screened ORDER BY id")
+    rows = store.query("SELECT id, symmetry_label, pred_ehull FROM screened ORDER BY id")
     assert [tuple(r) for r in rows] == [("c-1", "Cu3Au:221", -0.01), ("c-2", None, 0.2)]
     assert [r[1] for r in store.query("PRAGMA index_list(screened)")].count("screened_bucket") == 1
 
 
 def test_a_version_5_database_tags_its_picks(tmp_path):
     """Before version 6 every model pick passed the threshold: old picks are tagged so."""
-    import sqlite3
-
-    from gnome_loop.store import SCHEMA, Store
-
     path = tmp_path / "campaign.db"
-    old = sqlite3.connect(path)
-    old.executescript(SCHEMA.replace(", pick TEXT)", ")"))
-    old.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+    old = old_database(path, 5, [statement.replace(", pick TEXT)", ")") for statement in TABLES_V6]
+                       + SCREENING_SCHEMA_V6)
     # id, round, selected, explore
     rows = [("ref", 0, 1, 0), ("model", 1, 1, 0), ("random", 1, 1, 1), ("left", 1, 0, 0)]
     for key, round_, selected, explore in rows:
@@ -412,7 +407,53 @@ def test_a_version_5_database_tags_its_picks(tmp_path):
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == "6"
+    assert store.meta("schema_version") == "7"
     assert {r["id"]: r["pick"] for r in store.candidates()} == {
         "ref": "reference", "model": "threshold", "random": "explore", "left": None}
     assert store.picks_by_round() == {0: {"reference": 1}, 1: {"threshold": 1, "explore": 1}}
+
+
+def as_version_6(path: Path) -> None:
+    """Rewrite the campaign database at `path` as version 6 held it: the frozen tables of
+    version 6, filled with every column they share, the symmetry label under `fingerprint`."""
+    current = path.with_name("current.db")
+    path.rename(current)
+    old = old_database(path, 6, TABLES_V6 + SCREENING_SCHEMA_V6)
+    old.execute("ATTACH ? AS current", (str(current),))
+    tables = [row[0] for row in old.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'"
+                                            " AND name NOT LIKE 'sqlite_%'")]
+    for table in tables:
+        columns = [row[1] for row in old.execute(f"PRAGMA main.table_info({table})")]
+        source = ["symmetry_label" if column == "fingerprint" else column for column in columns]
+        old.execute(f"INSERT OR IGNORE INTO main.{table} ({', '.join(columns)}) SELECT {', '.join(source)}"
+                    f" FROM current.{table}")  # the schema version stays 6
+    old.commit()
+    old.close()
+    current.unlink()
+
+
+def test_a_version_6_campaign_keeps_its_rows_under_symmetry_label_and_resumes(tmp_path):
+    directory = tmp_path / "campaign"
+    config = ci_config(rounds=1, selection={"budget": 3})
+    campaign = Campaign.create(parse_config(config), directory)
+    assert campaign.run().status == "done"
+    tables = ("candidates", "entries", "jobs", "rounds", "models", "meta")
+    before = {table: [tuple(row) for row in campaign.store.query(f"SELECT * FROM {table} ORDER BY 1, 2")]
+              for table in tables}
+    assert all(candidate["symmetry_label"] for candidate in campaign.store.candidates())
+    campaign.store.close()
+    as_version_6(directory / "campaign.db")
+
+    config["rounds"] = 2
+    write_config(directory / "config.yaml", config)
+    campaign = Campaign(directory)
+    assert campaign.store.meta("schema_version") == "7"
+    after = {table: [tuple(row) for row in campaign.store.query(f"SELECT * FROM {table} ORDER BY 1, 2")]
+             for table in tables}
+    assert after == before
+    for table in ("candidates", "entries", "screened"):
+        columns = [row[1] for row in campaign.store.query(f"PRAGMA table_info({table})")]
+        assert "symmetry_label" in columns and "fingerprint" not in columns
+    assert campaign.run().status == "done"
+    assert [row["stage"] for row in campaign.round_table()] == ["done"] * 3
+    assert campaign.round_table()[2]["evaluated"] > 0

@@ -137,18 +137,18 @@ def test_malformed_items_are_counted_not_fatal(composition_model, tmp_path):
     write_cif_zip(tmp_path / "cifs.zip", extra=malformed())
     structures, skipped = read_structures(tmp_path / "cifs.zip")
     assert sorted(key for key, _ in structures) == ["KF", "MgO", "NaCl"]
-    assert skipped == {"unparsable CIF": 2, "not a CIF file": 1}
+    assert skipped == {"non-finite": 1, "unparseable": 1, "not a structure file": 1}
     result = runner.invoke(app, ["predict", str(composition_model), str(tmp_path / "cifs.zip"),
                                  "-o", str(tmp_path / "out.csv")])
     assert result.exit_code == 0, result.output
-    assert "skipped 3: 2 × unparsable CIF, 1 × not a CIF file" in result.output
+    assert "skipped 3: 1 × non-finite, 1 × unparseable, 1 × not a structure file" in result.output
     assert len(read_csv(tmp_path / "out.csv")) == 3
 
     frames = [AseAtomsAdaptor.get_atoms(rocksalt(5.6, "Na", "Cl")) for _ in range(2)]
     frames[1].positions[0] = np.nan
     write(tmp_path / "frames.extxyz", frames, format="extxyz")
     structures, skipped = read_structures(tmp_path / "frames.extxyz")
-    assert [key for key, _ in structures] == ["0"] and skipped == {"non-finite coordinates": 1}
+    assert [key for key, _ in structures] == ["0"] and skipped == {"non-finite": 1}
 
 
 def test_structure_gnn_refuses_with_a_reason(tmp_path):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from pymatgen.core import Lattice, Structure
 
-from gnome_loop.config import Oracle as OracleConfig
-from gnome_loop.config import Scheduler as SchedulerConfig
+from gnome_loop.config import OracleConfig, SchedulerConfig
 from gnome_loop.execute import make_scheduler
 from gnome_loop.execute.inline import InlineScheduler
 from gnome_loop.execute.local import DaskScheduler

@@ -9,7 +9,7 @@ from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
-from gnome_loop.export import HULL_CSV_COLUMNS, stable_rows, write_cif_zip, write_entries_json, write_stable_hull_csv
+from gnome_loop.export import STABLE_CSV_COLUMNS, stable_rows, write_cif_zip, write_entries_json, write_stable_hull_csv
 from gnome_loop.hull import Hull
 from gnome_loop.structures import default_matcher
 
@@ -58,7 +58,7 @@ def test_stable_hull_csv_has_gnome_columns_and_values(tmp_path):
     write_stable_hull_csv(rows, tmp_path / "stable_materials_hull.csv")
 
     with open(tmp_path / "stable_materials_hull.csv", newline="") as handle:
-        assert handle.readline().strip() == ",".join(HULL_CSV_COLUMNS)
+        assert handle.readline().strip() == ",".join(STABLE_CSV_COLUMNS)
         handle.seek(0)
         read = list(csv.DictReader(handle))
     assert [row["MaterialId"] for row in read] == ["li", "li2o", "o"]  # Li, Li2O, O2 by reduced formula

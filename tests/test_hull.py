@@ -15,7 +15,7 @@ from pymatgen.core import Composition
 from pymatgen.entries.computed_entries import ComputedEntry
 
 from gnome_loop.hull import (
-    HULL_CSV_COLUMNS,
+    EHULL_CSV_COLUMNS,
     STABLE_TOL,
     Hull,
     HullResult,
@@ -303,7 +303,7 @@ def test_hull_csv(tmp_path):
     write_hull_csv(results, tmp_path / "hull.csv")
     with open(tmp_path / "hull.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows == [list(HULL_CSV_COLUMNS), ["lio-a", "LiO", "0.1", "Li2O:0.75 O2:0.25", ""],
+    assert rows == [list(EHULL_CSV_COLUMNS), ["lio-a", "LiO", "0.1", "Li2O:0.75 O2:0.25", ""],
                     ["x", "Li2O2", "", "", "no elemental reference for O"]]
 
 

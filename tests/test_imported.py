@@ -201,7 +201,7 @@ def test_csv_gz_with_cif_column_keeps_material_ids(tmp_path: Path) -> None:
     rows = [["mp-1", "NaCl", GOOD], ["mp-2", "KCl", KCL], ["mp-3", "junk", BAD_CIFS["truncated"][0]],
             ["", "NaClBr", NACLBR]]
     path = write_csv(tmp_path / "samples.csv.gz", ["material_id", "formula", "cif"], rows)
-    assert [(sid, fmt) for sid, fmt, _ in iter_sources(path)] == [
+    assert [(entry.id, entry.fmt) for entry in iter_sources(path)] == [
         ("samples.csv.gz:mp-1", "cif"), ("samples.csv.gz:mp-2", "cif"), ("samples.csv.gz:mp-3", "cif"),
         ("samples.csv.gz:row3", "cif")]
     report = import_structures(path)
@@ -223,7 +223,7 @@ def test_extxyz_frames(tmp_path: Path) -> None:
               extxyz_frame(["K", "Cl"], [(0, 0, 0), (0.5, 0.5, 0.5)], 6.29)]
     path = tmp_path / "samples.extxyz"
     path.write_text("".join(frames))
-    assert [sid for sid, _, _ in iter_sources(path)] == ["samples.extxyz:frame0", "samples.extxyz:frame1"]
+    assert [entry.id for entry in iter_sources(path)] == ["samples.extxyz:frame0", "samples.extxyz:frame1"]
     report = import_structures(path)
     assert_consistent(report)
     assert sorted(c.structure.composition.reduced_formula for c in report.accepted) == ["KCl", "NaCl"]
@@ -250,7 +250,7 @@ def test_folder_of_mixed_files(tmp_path: Path) -> None:
     (root / "broken.cif.gz").write_bytes(b"\x1f\x8b not gzip")
     (root / "notes.txt").write_text("not a structure")
     (root / ".hidden.cif").write_text(GOOD)
-    ids = [sid for sid, _, _ in iter_sources(root)]
+    ids = [entry.id for entry in iter_sources(root)]
     assert ids == [
         "a/b/POSCAR", "a/b/naclbr.vasp", "a/good.cif", "broken.cif.gz", "broken.zip", "nested.zip:inner.zip:x.cif",
         "structures.json:item0", "structures.json:item1", "two_blocks.cif:block0", "two_blocks.cif:block1"]
@@ -323,7 +323,7 @@ GENERATED = {
 
 def test_generated_folder_lists_every_entry(shared_data: Path) -> None:
     skipped: list[str] = []
-    by_file = Counter(sid.split(":", 1)[0] for sid, _, _ in iter_sources(shared_data / "generated", skipped))
+    by_file = Counter(entry.id.split(":", 1)[0] for entry in iter_sources(shared_data / "generated", skipped))
     assert dict(by_file) == {name: read for name, (read, *_) in GENERATED.items()}
     assert sorted(s.split(":")[1] for s in skipped) == [
         "CDVAE.csv", "CrystaLLM.csv", "Ion-Exchange.csv", "MatterGen.csv", "Random.csv",

@@ -8,7 +8,7 @@ import pytest
 from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Lattice, Structure
 
-from gnome_loop.config import Oracle as OracleConfig
+from gnome_loop.config import OracleConfig
 from gnome_loop.oracle import AseRelaxOracle, make_oracle, read_result, run_job, write_job
 from gnome_loop.oracle.base import explosion
 from tests.helpers import FCC

@@ -12,12 +12,11 @@ from pyxtal.symmetry import Group
 from gnome_loop.generate.random_search import (
     MIN_BOND_RATIO,
     RandomSearchError,
-    SoftSphereCalculator,
     compatible_space_groups,
     random_search,
     random_structures,
-    soft_sphere_relax,
 )
+from gnome_loop.generate.soft_sphere import SoftSphereCalculator, soft_sphere_relax
 from gnome_loop.structures import ChemicalSpace, bond_ratio, minimum_distance, validate_structure
 
 

@@ -22,6 +22,7 @@ from gnome_loop.report import write_report
 from gnome_loop.snapshot import load_snapshot
 from gnome_loop.store import PARENT
 from gnome_loop.snapshot.reference import MP_CARD, MP_TABLE, mp_card, mp_reference_entries, mp_reference_phases
+from gnome_loop.structures import ChemicalSpace
 
 #: MP's Li-O hull in the shipped table: (reduced formula, material id, corrected total energy of the cell, eV).
 LI_O = {("Li", "d90afeb9f0dd1cc16afbebf8ba0147e6", -5.735806941986084), ("Li2O", "mp-1960", -14.26360048),
@@ -53,7 +54,7 @@ def test_table_is_the_shared_release_table(shared_data):
 
 
 def test_elements_without_an_mp_corner_are_named():
-    phases, missing = mp_reference_phases(["Xe", "F", "Yb"], max_elements=2)
+    phases, missing = mp_reference_phases(ChemicalSpace(("Xe", "F", "Yb"), max_elements=2))
     assert missing == ["Xe", "Yb"]
     assert {p.composition.reduced_formula for p in phases} == {"F2"}  # no Xe-F or Yb-F binary either
 
@@ -164,7 +165,7 @@ def test_mp2020_campaign_hull_holds_every_mp_vertex_at_mps_energy(mp_campaign):
 
 def test_candidates_below_mps_hull_are_stable_and_above_are_not(mp_campaign):
     campaign = Campaign(mp_campaign)
-    mp = [PDEntry(p.composition, p.energy) for p in mp_reference_phases(["Li", "O"])[0]]
+    mp = [PDEntry(p.composition, p.energy) for p in mp_reference_phases(ChemicalSpace(("Li", "O")))[0]]
     found = {e["reduced_formula"]: e for e in campaign.store.entries(with_structure=False) if e["source"] == "oracle"}
     assert set(found) == set(SHIFTS)
     for formula, shift in SHIFTS.items():

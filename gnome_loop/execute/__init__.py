@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Protocol
 
-from gnome_loop.config import Scheduler as SchedulerConfig
+from gnome_loop.config import SchedulerConfig
 
 
 class SchedulerError(RuntimeError):
@@ -40,7 +40,7 @@ class Scheduler(Protocol):
 
 
 def make_scheduler(config: SchedulerConfig, campaign_dir: Path) -> Scheduler:
-    """The scheduler a `Scheduler` config section describes (dask is imported only when used)."""
+    """The scheduler a `SchedulerConfig` section describes (dask is imported only when used)."""
     if config.kind == "inline":
         from gnome_loop.execute.inline import InlineScheduler
 

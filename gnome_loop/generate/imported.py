@@ -45,7 +45,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from pymatgen.core import Element, Structure
 
@@ -72,12 +72,42 @@ OVERLAPPING = "overlapping-atoms"
 DEGENERATE = "degenerate-cell"
 DUPLICATE = "duplicate"
 
+#: Why a file of another kind (a README, a licence) is skipped.
+NOT_A_STRUCTURE_FILE = "not a structure file"
 #: Pseudo-format of an entry standing for a container that could not be read.
 UNREADABLE = "unreadable"
+#: What `iter_sources` reads, in words (for messages).
+SUPPORTED = ("CIF (.cif), extxyz (.extxyz, .xyz), POSCAR (POSCAR*, CONTCAR*, .vasp, .poscar), pymatgen JSON "
+             "(.json: structures or computed entries), a CSV (.csv) with a 'cif' column, a .zip of any of these, "
+             "or a folder of them; any file may be gzipped (.gz)")
 
 _CIF_NUMERIC_KEYS = tuple(f"_cell_length_{x}" for x in "abc") + tuple(
     f"_cell_angle_{x}" for x in ("alpha", "beta", "gamma")
 ) + tuple(f"_atom_site_fract_{x}" for x in "xyz") + tuple(f"_atom_site_cartn_{x}" for x in "xyz")
+
+
+class Source(NamedTuple):
+    """One structure entry under a path: where it is (`id`), its format and text, and,
+    for a row of a CSV table, the row's cells by column (what `gnome-loop train` learns)."""
+
+    id: str
+    fmt: str
+    text: str
+    row: dict[str, str] | None = None
+
+
+class SkippedFile(str):
+    """A file that holds no structure entries: the text "name: why", with its `why`."""
+
+    why: str
+
+    def __new__(cls, name: str, why: str) -> "SkippedFile":
+        skipped = super().__new__(cls, f"{name}: {why}")
+        skipped.why = why
+        return skipped
+
+    def __getnewargs__(self) -> tuple[str, str]:  # copies and pickles
+        return self[:-len(self.why) - 2], self.why
 
 
 class RejectedEntry(ValueError):
@@ -101,7 +131,7 @@ class ImportReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
     read: int = 0
     #: Files that hold no structure entries ("path: why"), e.g. READMEs.
-    skipped_files: list[str] = field(default_factory=list)
+    skipped_files: list[SkippedFile] = field(default_factory=list)
 
     def reject(self, source_id: str, category: str, reason: str) -> None:
         """Count one rejected entry and keep its reason as an example."""
@@ -126,8 +156,8 @@ class ImportReport:
 # --------------------------------------------------------------------------- sources
 
 
-def iter_sources(path: Path | str, skipped: list[str] | None = None) -> Iterator[tuple[str, str, str]]:
-    """Yield ``(source_id, format, text)`` for every structure entry under `path`.
+def iter_sources(path: Path | str, skipped: list[SkippedFile] | None = None) -> Iterator[Source]:
+    """Yield a :class:`Source` for every structure entry under `path`.
 
     `path` is a file (CIF, zip, CSV, extxyz, POSCAR, JSON, possibly gzipped) or a
     folder searched recursively. Ids name the entry inside its container:
@@ -135,8 +165,9 @@ def iter_sources(path: Path | str, skipped: list[str] | None = None) -> Iterator
     ``"file.extxyz:frame3"``, ``"file.cif:block2"``; inside a folder they start with the
     path relative to it. Formats are ``cif``, ``extxyz``, ``poscar``, ``json``, or
     ``unreadable`` for a container that could not be opened (its text is the error;
-    :func:`parse_entry` rejects it as unparseable). Files holding no entries are
-    appended to `skipped` as ``"name: why"``.
+    :func:`parse_entry` rejects it as unparseable). Entries come in file order, files
+    of a folder sorted by path, members of a zip in archive order. Files holding no
+    entries are appended to `skipped` as :class:`SkippedFile` (``"name: why"``).
     """
     path = Path(path)
     if skipped is None:
@@ -153,16 +184,23 @@ def iter_sources(path: Path | str, skipped: list[str] | None = None) -> Iterator
         raise FileNotFoundError(f"no file or folder at {path}")
 
 
-def _iter_file(label: str, file: Path, skipped: list[str]) -> Iterator[tuple[str, str, str]]:
+def _iter_file(label: str, file: Path, skipped: list[SkippedFile]) -> Iterator[Source]:
     if _kind(file.name) is None:
-        skipped.append(f"{label}: not a structure file")
+        skipped.append(SkippedFile(label, NOT_A_STRUCTURE_FILE))
         return
     try:
         data = file.read_bytes()
     except OSError as exc:
-        yield label, UNREADABLE, f"cannot read the file ({exc})"
+        yield Source(label, UNREADABLE, f"cannot read the file ({exc})")
         return
     yield from _iter_blob(label, file.name, data, skipped, depth=0)
+
+
+def file_format(name: str) -> str | None:
+    """The format a file name implies, through a ``.gz`` ending: ``cif``, ``extxyz``,
+    ``csv``, ``zip``, ``json``, ``poscar``, or None for a file that holds no structures."""
+    kind = _kind(name)
+    return _kind(name[:-3]) if kind == "gz" else kind
 
 
 def _kind(name: str) -> str | None:
@@ -185,16 +223,16 @@ def _kind(name: str) -> str | None:
     return None
 
 
-def _iter_blob(label: str, name: str, data: bytes, skipped: list[str], depth: int) -> Iterator[tuple[str, str, str]]:
+def _iter_blob(label: str, name: str, data: bytes, skipped: list[SkippedFile], depth: int) -> Iterator[Source]:
     """Entries of one file's content; `name` (a base name) decides its format."""
     kind = _kind(name)
     if kind is None:
-        skipped.append(f"{label}: not a structure file")
+        skipped.append(SkippedFile(label, NOT_A_STRUCTURE_FILE))
     elif kind == "gz":
         try:
             inner = gzip.decompress(data)
         except (OSError, EOFError, ValueError, zlib.error) as exc:
-            yield label, UNREADABLE, f"corrupt gzip data ({exc})"
+            yield Source(label, UNREADABLE, f"corrupt gzip data ({exc})")
             return
         yield from _iter_blob(label, name[:-3], inner, skipped, depth)
     elif kind == "zip":
@@ -208,22 +246,22 @@ def _iter_blob(label: str, name: str, data: bytes, skipped: list[str], depth: in
     elif kind == "json":
         yield from _iter_json(label, _decode(data), skipped)
     else:  # poscar
-        yield label, "poscar", _decode(data)
+        yield Source(label, "poscar", _decode(data))
 
 
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _iter_zip(label: str, data: bytes, skipped: list[str], depth: int) -> Iterator[tuple[str, str, str]]:
+def _iter_zip(label: str, data: bytes, skipped: list[SkippedFile], depth: int) -> Iterator[Source]:
     if depth >= MAX_ARCHIVE_DEPTH:
-        skipped.append(f"{label}: archive nested deeper than {MAX_ARCHIVE_DEPTH}")
+        skipped.append(SkippedFile(label, f"archive nested deeper than {MAX_ARCHIVE_DEPTH}"))
         return
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [info for info in archive.infolist() if not info.is_dir()]
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        yield label, UNREADABLE, f"corrupt zip archive ({exc})"
+        yield Source(label, UNREADABLE, f"corrupt zip archive ({exc})")
         return
     with archive:
         for info in members:
@@ -233,51 +271,55 @@ def _iter_zip(label: str, data: bytes, skipped: list[str], depth: int) -> Iterat
             if any(part.startswith(".") or part == "__MACOSX" for part in parts):
                 continue
             if _kind(parts[-1]) is None:
-                skipped.append(f"{member_label}: not a structure file")
+                skipped.append(SkippedFile(member_label, NOT_A_STRUCTURE_FILE))
                 continue
             try:
                 content = archive.read(info)
             except Exception as exc:  # bad CRC, truncated member, unsupported compression
-                yield member_label, UNREADABLE, f"cannot read the archive member ({exc})"
+                yield Source(member_label, UNREADABLE, f"cannot read the archive member ({exc})")
                 continue
             yield from _iter_blob(member_label, parts[-1], content, skipped, depth + 1)
 
 
-def _iter_csv(label: str, text: str, skipped: list[str]) -> Iterator[tuple[str, str, str]]:
+def _iter_csv(label: str, text: str, skipped: list[SkippedFile]) -> Iterator[Source]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a CIF can exceed the 128 kB default
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:
-        skipped.append(f"{label}: empty table")
+        skipped.append(SkippedFile(label, "empty table"))
         return
     except csv.Error as exc:
-        yield label, UNREADABLE, f"malformed CSV header ({exc})"
+        yield Source(label, UNREADABLE, f"malformed CSV header ({exc})")
         return
     lowered = [column.strip().lower() for column in header]
-    cif_col = next((lowered.index(name) for name in CIF_COLUMNS if name in lowered), None)
+    cif_col = next((header[lowered.index(name)] for name in CIF_COLUMNS if name in lowered), None)
     if cif_col is None:
-        skipped.append(f"{label}: no cif column (columns: {', '.join(header[:8])})")
+        skipped.append(SkippedFile(label, f"no cif column (columns: {', '.join(header[:8])})"))
         return
-    id_col = next((lowered.index(name) for name in ID_COLUMNS if name in lowered), None)
     row_index = 0
     while True:
         try:
-            row = next(reader)
+            cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:  # a broken quote swallows the rest of the table
-            yield f"{label}:row{row_index}", UNREADABLE, f"malformed CSV from here on ({exc})"
+            yield Source(f"{label}:row{row_index}", UNREADABLE, f"malformed CSV from here on ({exc})")
             return
-        if not row:
+        if not cells:
             continue
-        name = row[id_col].strip() if id_col is not None and id_col < len(row) else ""
-        text_cell = row[cif_col] if cif_col < len(row) else ""
-        yield f"{label}:{name or f'row{row_index}'}", "cif", text_cell
+        row = dict(zip(header, cells))
+        yield Source(f"{label}:{row_id(row) or f'row{row_index}'}", "cif", row.get(cif_col, ""), row)
         row_index += 1
 
 
-def _iter_cif_blocks(label: str, text: str) -> Iterator[tuple[str, str, str]]:
+def row_id(row: dict[str, str]) -> str:
+    """A CSV row's own name: the cell of its first id column (`ID_COLUMNS`, any case), "" if none."""
+    cells = {column.strip().lower(): cell for column, cell in row.items()}
+    return next((cells[name] for name in ID_COLUMNS if name in cells), "").strip()
+
+
+def _iter_cif_blocks(label: str, text: str) -> Iterator[Source]:
     """One entry per ``data_`` block (one entry for a file with a single block)."""
     starts: list[int] = []
     lines = text.splitlines(keepends=True)
@@ -288,14 +330,14 @@ def _iter_cif_blocks(label: str, text: str) -> Iterator[tuple[str, str, str]]:
         elif not in_text_field and line.lstrip().lower().startswith("data_"):
             starts.append(number)
     if len(starts) <= 1:
-        yield label, "cif", text
+        yield Source(label, "cif", text)
         return
     starts[0] = 0  # comments before the first block stay with it
     for index, (start, end) in enumerate(zip(starts, starts[1:] + [len(lines)])):
-        yield f"{label}:block{index}", "cif", "".join(lines[start:end])
+        yield Source(f"{label}:block{index}", "cif", "".join(lines[start:end]))
 
 
-def _iter_xyz_frames(label: str, text: str) -> Iterator[tuple[str, str, str]]:
+def _iter_xyz_frames(label: str, text: str) -> Iterator[Source]:
     """One entry per (extended) XYZ frame: an atom count, a comment line, count lines.
 
     Frames are cut from the text so that a broken frame is one reject, not the end
@@ -312,18 +354,18 @@ def _iter_xyz_frames(label: str, text: str) -> Iterator[tuple[str, str, str]]:
         except ValueError:
             count = -1
         if count < 0:
-            yield f"{label}:frame{frame}", "extxyz", "".join(lines[position:])
+            yield Source(f"{label}:frame{frame}", "extxyz", "".join(lines[position:]))
             return
-        yield f"{label}:frame{frame}", "extxyz", "".join(lines[position:position + count + 2])
+        yield Source(f"{label}:frame{frame}", "extxyz", "".join(lines[position:position + count + 2]))
         position += count + 2
         frame += 1
 
 
-def _iter_json(label: str, text: str, skipped: list[str]) -> Iterator[tuple[str, str, str]]:
+def _iter_json(label: str, text: str, skipped: list[SkippedFile]) -> Iterator[Source]:
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        yield label, UNREADABLE, f"malformed JSON ({exc})"
+        yield Source(label, UNREADABLE, f"malformed JSON ({exc})")
         return
     if isinstance(data, dict) and not _looks_like_structure(data):
         items = [(f"{label}:{key}", value) for key, value in data.items() if isinstance(value, dict)]
@@ -332,9 +374,9 @@ def _iter_json(label: str, text: str, skipped: list[str]) -> Iterator[tuple[str,
     else:
         items = [(label, data)]
     if not items:
-        skipped.append(f"{label}: no structures in the JSON")
+        skipped.append(SkippedFile(label, "no structures in the JSON"))
     for item_label, item in items:
-        yield item_label, "json", json.dumps(item)
+        yield Source(item_label, "json", json.dumps(item))
 
 
 def _looks_like_structure(data: dict) -> bool:
@@ -551,28 +593,28 @@ def import_structures(
     """
     report = ImportReport()
     seen: dict[str, str] = {}
-    for source_id, fmt, text in iter_sources(path, skipped=report.skipped_files):
+    for entry in iter_sources(path, skipped=report.skipped_files):
         report.read += 1
         try:
-            structure = parse_entry(text, fmt)
+            structure = parse_entry(entry.text, entry.fmt)
             reason = validate_structure(structure, space)
         except RejectedEntry as exc:
-            report.reject(source_id, exc.category, str(exc))
+            report.reject(entry.id, exc.category, str(exc))
             continue
         except Exception as exc:  # validation tripping over a pathological structure
-            report.reject(source_id, UNPARSEABLE, _one_line(f"{UNPARSEABLE}: {type(exc).__name__}: {exc}"))
+            report.reject(entry.id, UNPARSEABLE, _one_line(f"{UNPARSEABLE}: {type(exc).__name__}: {exc}"))
             continue
         if reason is not None:
-            report.reject(source_id, reason.category, reason)
+            report.reject(entry.id, reason.category, reason)
             continue
         candidate = Candidate(structure, generator="import", parent_ids=(),
-                              info={"source": source, "source_id": source_id})
+                              info={"source": source, "source_id": entry.id})
         key = candidate.id
         first = seen.get(key)
         if first is not None:
-            report.reject(source_id, DUPLICATE, f"{DUPLICATE}: same structure as {first}")
+            report.reject(entry.id, DUPLICATE, f"{DUPLICATE}: same structure as {first}")
             continue
-        seen[key] = source_id
+        seen[key] = entry.id
         report.accepted.append(candidate)
     log.info("imported %s: %d read, %d accepted, rejected %s", path, report.read, len(report.accepted),
              dict(report.rejected))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from pymatgen.core import Composition, Structure
 
-from gnome_loop.generate.imported import RejectedEntry, iter_sources, parse_entry
+from gnome_loop.generate.imported import SUPPORTED, RejectedEntry, iter_sources, parse_entry
 from gnome_loop.generate.plausible import role
 from gnome_loop.generate.substitution import _assignments, _options, _table_species, substitute
 from gnome_loop.snapshot.prototypes import prototype_templates
@@ -55,12 +55,12 @@ def check_path(path: str | Path) -> str | None:
     """Why `path` cannot give parent structures, or None: it must exist and its first
     entry must parse."""
     try:
-        for _, fmt, text in iter_sources(path):
-            parse_entry(text, fmt)
+        for entry in iter_sources(path):
+            parse_entry(entry.text, entry.fmt)
             return None
     except (FileNotFoundError, RejectedEntry) as error:
         return str(error)
-    return "holds no structure file (CIF, zip, CSV with a 'cif' column, extxyz, POSCAR, JSON)"
+    return f"holds no structure file ({SUPPORTED})"
 
 
 def near_hull(known: Iterable[tuple[str, Structure, float | None]], max_ehull: float) -> list[tuple[str, Structure]]:
@@ -93,22 +93,22 @@ def read_parents(path: str, space: ChemicalSpace, threshold: float, alpha: float
     """
     targets = tuple(sorted(set(space.elements) & set(_table_species(alpha))))
     ranked = []
-    for source_id, fmt, text in iter_sources(path):
-        match = _FORMULA_SUM.search(text) if fmt == "cif" else None
+    for entry in iter_sources(path):
+        match = _FORMULA_SUM.search(entry.text) if entry.fmt == "cif" else None
         try:
-            formula = match.group(1) if match else parse_entry(text, fmt).composition.formula
+            formula = match.group(1) if match else parse_entry(entry.text, entry.fmt).composition.formula
             score = _score(frozenset(Composition(formula).chemical_system_set), targets, space.max_elements,
                            threshold, alpha)
         except ValueError:  # an unreadable entry (RejectedEntry) or formula is no parent
             continue
         if score > 0:
-            ranked.append((-score, source_id, fmt, text))
+            ranked.append((-score, entry.id, entry))
     chosen = []
-    for _, source_id, fmt, text in sorted(ranked, key=lambda item: item[:2]):
+    for _, source_id, entry in sorted(ranked, key=lambda item: item[:2]):
         if len(chosen) == limit:
             break
         try:
-            structure = parse_entry(text, fmt)
+            structure = parse_entry(entry.text, entry.fmt)
         except RejectedEntry:
             continue
         if structure.is_ordered and len(structure) <= space.max_atoms:

@@ -55,7 +55,7 @@ class EnergyModel(Protocol):
 
 
 #: What `predict_each` gives for a NaN or infinite prediction.
-NON_FINITE = "non-finite prediction"
+NON_FINITE_PREDICTION = "non-finite prediction"
 
 
 def predict_each(model: EnergyModel, structures: Sequence[Structure]) -> list[tuple[float, float] | str]:
@@ -94,7 +94,7 @@ def _predict_bisecting(model: EnergyModel, structures: list[Structure]) -> list[
             return [str(error)]
         half = len(structures) // 2
         return _predict_bisecting(model, structures[:half]) + _predict_bisecting(model, structures[half:])
-    return [(float(m), float(s)) if math.isfinite(m) and math.isfinite(s) else NON_FINITE
+    return [(float(m), float(s)) if math.isfinite(m) and math.isfinite(s) else NON_FINITE_PREDICTION
             for m, s in zip(mean.tolist(), spread.tolist())]
 
 

@@ -1,85 +1,107 @@
 """Structures and energies from files, for using a model without a campaign.
 
-`read_structures` reads the structures to predict for from a CIF file, a folder or
-zip of CIFs, a CSV with a `cif` column, an extxyz file or a monty-JSON entries file;
-unreadable items are skipped and counted by reason. `read_labelled` reads training
-data (structures with a target value) from a CSV, an entries file or an extxyz file
-and fails on any unreadable item. `predict_rows` predicts for many structures at once
-and turns the ones the model refuses into a row with the reason instead of a crash.
+Files are read as imports and file snapshots read them (`generate.imported`: its
+formats, containers and reject reasons), so every command agrees on what a file holds.
+`read_structures` reads the structures to predict for; entries that give no usable
+structure, and files that hold none, are skipped and counted by reason. `read_labelled`
+reads training data (structures with a target value) from a CSV, extxyz or JSON
+entries file and fails on any unusable entry. `predict_rows` predicts for many
+structures at once and turns the ones the model refuses into a row with the reason
+instead of a crash.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
+import json
 import math
-import warnings
-import zipfile
+import re
 from collections import Counter
-from pathlib import Path
-from typing import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Iterator, NamedTuple
 
 import numpy as np
+from monty.json import MontyDecoder
 from pymatgen.core import Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
+from gnome_loop.generate.imported import (SUPPORTED, RejectedEntry, SkippedFile, Source, file_format, iter_sources,
+                                          parse_entry, row_id)
 from gnome_loop.models.base import EnergyModel, predict_each
+from gnome_loop.structures import Reject, unusable
 
-SUPPORTED = ("a .cif file, a folder or .zip of CIFs, a .csv(.gz) with a 'cif' column, an .extxyz file, "
-             "or a monty-JSON entries file (.json, .json.gz)")
 #: The target computed from the energy itself (entries: corrected energy; extxyz: calculator energy).
 ENERGY_PER_ATOM = "energy_per_atom"
+#: The file formats that carry values to train on.
+LABELLED = ("csv", "extxyz", "json")
 #: Structures per model call in `predict_rows` (`predict_each` sets refused ones aside).
 CHUNK = 256
 
-#: (id, structure or why it cannot be used, target value or None)
-Item = tuple[str, Structure | str, float | None]
+
+class Item(NamedTuple):
+    """One entry of a file: its id, the file (or archive member) it is in, its structure
+    or why it is unusable, and the values stored beside it."""
+
+    id: str
+    file: str
+    structure: Structure | Reject
+    values: dict
 
 
 def read_structures(path: str | Path) -> tuple[list[tuple[str, Structure]], dict[str, int]]:
-    """(id, structure) pairs from `path` and the number of skipped items by reason.
+    """(id, structure) pairs from `path` and the number of skipped entries and files by reason.
 
-    Ids are file names without extension (CIFs), the `material_id` or `id` column or
-    else the row number (CSV), `info["id"]` or else the frame number (extxyz) and the
-    entry ids (entries). Raises ValueError for a file of unknown kind.
+    `path` is anything the importer reads (`SUPPORTED`). An id is the entry's own id
+    where it has one (a CSV row's id column, an extxyz frame's `id`, a computed entry's
+    `entry_id`), else its file's name without extension when the entry is a whole file,
+    else its position among the entries read (the row, frame or item number of a
+    single file). Pairs come file by file, files and archive members in natural name
+    order (so a zip reads like its folder), entries of a file in file order. Raises
+    ValueError for a file of unknown type.
     """
-    structures, skipped = [], Counter()
-    for key, structure, _ in _items(Path(path), target=None):
-        if isinstance(structure, str):
-            skipped[structure] += 1
-        else:
-            structures.append((key, structure))
-    return structures, dict(skipped)
+    path = Path(path)
+    _format(path)  # a file of unknown type is an error, not a skip
+    skipped_files: list[SkippedFile] = []
+    items = sorted(_items(path, skipped_files), key=lambda item: _natural(item.file))
+    skipped = Counter(item.structure.category for item in items if isinstance(item.structure, Reject))
+    skipped.update(skipped_file.why for skipped_file in skipped_files)
+    return [(item.id, item.structure) for item in items if not isinstance(item.structure, Reject)], dict(skipped)
 
 
 def read_labelled(path: str | Path, target: str) -> tuple[list[str], list[Structure], np.ndarray]:
     """Ids, structures and `target` values for training, from a CSV with a `cif` column
-    and a `target` column, an entries file or an extxyz file.
+    and a `target` column, an extxyz file or a JSON file of computed entries.
 
-    For entries and extxyz the target is looked up in `entry.data` / `atoms.info`;
-    "energy_per_atom" is the entry's (corrected) energy or the calculator energy per
-    atom. Raises ValueError for a missing target (naming what is available), an
-    unreadable structure or a non-finite target.
+    For extxyz and entries the target is looked up in `atoms.info` / `entry.data`;
+    "energy_per_atom" is the calculator energy per atom or the entry's (corrected)
+    energy per atom. Ids are those of `read_structures`, in file order. Raises
+    ValueError for a missing target (naming what is available), an unusable entry or
+    a non-finite target.
     """
     path = Path(path)
-    if _kind(path) not in ("csv", "extxyz", "entries"):
+    if _format(path) not in LABELLED:
         raise ValueError(f"{path}: training data needs energies: use a .csv(.gz) with a 'cif' column and a "
-                         "target column, an .extxyz file or a monty-JSON entries file")
+                         "target column, an .extxyz file or a JSON file of computed entries")
+    skipped_files: list[SkippedFile] = []
+    items = list(_items(path, skipped_files))
+    if not items:
+        raise ValueError(f"{path} holds no structures" + "".join(f"; {line}" for line in skipped_files))
+    if not any(target in item.values for item in items):
+        available = sorted({key for item in items for key in item.values})
+        raise ValueError(f"{path}: no target {target!r}; available: {', '.join(available) or 'none'}")
     ids, structures, values, bad = [], [], [], []
-    for key, structure, value in _items(path, target):
-        if isinstance(structure, str):
-            bad.append(f"{key} ({structure})")
+    for item in items:
+        value = _number(item.values.get(target))
+        if isinstance(item.structure, Reject):
+            bad.append(f"{item.id} ({item.structure})")
         elif not math.isfinite(value):
-            bad.append(f"{key} ({target} = {value})")
+            bad.append(f"{item.id} ({target} = {value})")
         else:
-            ids.append(key)
-            structures.append(structure)
+            ids.append(item.id)
+            structures.append(item.structure)
             values.append(value)
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise ValueError(f"{path}: {len(bad)} items are unusable for training: {', '.join(bad[:5])}{more}")
-    if not structures:
-        raise ValueError(f"{path} holds no structures")
     return ids, structures, np.array(values, dtype=float)
 
 
@@ -105,141 +127,78 @@ def predict_rows(model: EnergyModel, items: list[tuple[str, Structure]]) -> list
     return rows
 
 
-# --- file kinds ----------------------------------------------------------------------------
+# --- entries -------------------------------------------------------------------------------
 
 
-def _kind(path: Path) -> str:
+def _format(path: Path) -> str | None:
+    """The format of the file `path` (`file_format`), None for a folder; raises for a
+    missing path or a file of unknown type."""
+    if path.is_dir():
+        return None
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    if path.is_dir():
-        return "folder"
-    name = path.name.lower()
-    for kind, endings in (("cif", (".cif",)), ("zip", (".zip",)), ("csv", (".csv", ".csv.gz")),
-                          ("extxyz", (".extxyz", ".xyz")), ("entries", (".json", ".json.gz"))):
-        if name.endswith(endings):
-            return kind
-    raise ValueError(f"{path}: unknown file type; supported: {SUPPORTED}")
+    fmt = file_format(path.name)
+    if fmt is None:
+        raise ValueError(f"{path}: unknown file type; supported: {SUPPORTED}")
+    return fmt
 
 
-def _items(path: Path, target: str | None) -> Iterator[Item]:
-    kind = _kind(path)
-    if kind in ("cif", "folder", "zip"):
-        for key, text in _cif_texts(path, kind):
-            yield key, _parse_cif(text) if text is not None else "not a CIF file", None
-    elif kind == "csv":
-        yield from _csv_items(path, target)
-    elif kind == "extxyz":
-        yield from _extxyz_items(path, target)
-    else:
-        yield from _entry_items(path, target)
-
-
-def _cif_texts(path: Path, kind: str) -> Iterator[tuple[str, str | None]]:
-    """(id, CIF text) from a file, folder or zip; text None for a file that is not a CIF."""
-    if kind == "cif":
-        yield path.stem, path.read_text(errors="replace")
-    elif kind == "folder":
-        for file in sorted(p for p in path.iterdir() if p.is_file()):
-            yield file.stem, file.read_text(errors="replace") if file.suffix.lower() == ".cif" else None
-    else:
+def _items(path: Path, skipped_files: list[SkippedFile]) -> Iterator[Item]:
+    """Every entry under `path`, parsed and checked as an import does (`unusable` instead of
+    the campaign's rules: a model judges the rest); files without entries go to `skipped_files`."""
+    for number, entry in enumerate(iter_sources(path, skipped_files)):
+        container, _, part = entry.id.rpartition(":")
+        whole_file = file_format(part) is not None
         try:
-            with zipfile.ZipFile(path) as archive:
-                for member in sorted(m for m in archive.namelist() if not m.endswith("/")):
-                    is_cif = member.lower().endswith(".cif")
-                    text = archive.read(member).decode(errors="replace") if is_cif else None
-                    yield Path(member).stem, text
-        except zipfile.BadZipFile as error:
-            raise ValueError(f"{path} is not a readable zip file: {error}") from None
+            structure = parse_entry(entry.text, entry.fmt)
+        except RejectedEntry as error:
+            structure, reason = None, Reject(error.category, error.detail)
+        else:
+            reason = unusable(structure)
+        own_id, values = _labels(entry, structure)
+        name = own_id or (_stem(part) if whole_file else str(number))
+        yield Item(name, entry.id if whole_file else container, reason or structure, values)
 
 
-def _parse_cif(text: str) -> Structure | str:
+def _labels(entry: Source, structure: Structure | None) -> tuple[str, dict]:
+    """The entry's own id ("" where it has none) and the values stored beside its structure:
+    a CSV row's cells, an extxyz frame's info and energy, a computed entry's data and energy."""
+    if entry.row is not None:
+        return row_id(entry.row), entry.row
+    if entry.fmt == "extxyz" and structure is not None:
+        calc = getattr(structure, "calc", None)  # pymatgen keeps the frame's calculator and info
+        energy = calc.results.get("energy", math.nan) if calc is not None else math.nan
+        info = structure.properties
+        return str(info.get("id", "")), {**info, ENERGY_PER_ATOM: energy / len(structure)}
+    if entry.fmt == "json":
+        computed = _computed_entry(entry.text)
+        if computed is not None:
+            return str(computed.entry_id or ""), {**computed.data, ENERGY_PER_ATOM: computed.energy_per_atom}
+    return "", {}
+
+
+def _computed_entry(text: str) -> ComputedStructureEntry | None:
+    """The computed entry a JSON entry holds (monty JSON), None for anything else."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structure = Structure.from_str(text, fmt="cif")
-    except Exception:  # pymatgen's CIF parser raises many kinds of errors on bad text
-        return "unparsable CIF"
-    return _checked(structure)
+        decoded = MontyDecoder().process_decoded(json.loads(text))
+    except Exception:  # a malformed entry is no entry: its structure alone is read
+        return None
+    return decoded if isinstance(decoded, ComputedStructureEntry) else None
 
 
-def _checked(structure: Structure) -> Structure | str:
-    """The structure, or why it is unusable as input."""
-    if len(structure) == 0:
-        return "empty structure"
-    if not (np.all(np.isfinite(structure.cart_coords)) and np.all(np.isfinite(structure.lattice.matrix))):
-        return "non-finite coordinates"
-    if not structure.volume > 1e-6:
-        return "zero-volume cell"
-    return structure
+def _stem(name: str) -> str:
+    """A file name without its folders and extension (and without ``.gz``)."""
+    name = PurePosixPath(name).name
+    return PurePosixPath(name[:-3] if name.lower().endswith(".gz") else name).stem
 
 
-def _number(text: str) -> float:
+def _natural(text: str) -> list:
+    """`text` as a sort key that compares runs of digits as numbers (x2 before x10)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _number(text: object) -> float:
     try:
         return float(text)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _missing_target(path: Path, target: str, available) -> ValueError:
-    return ValueError(f"{path}: no target {target!r}; available: {', '.join(sorted(available)) or 'none'}")
-
-
-def _csv_items(path: Path, target: str | None) -> Iterator[Item]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rt", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, csv.Error, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a readable CSV file: {error}") from None
-    columns = list(rows[0]) if rows else []
-    if "cif" not in columns:
-        raise ValueError(f"{path} has no 'cif' column; columns: {', '.join(columns) or 'none'}")
-    if target is not None and target not in columns:
-        raise _missing_target(path, target, columns)
-    id_column = next((c for c in ("material_id", "id") if c in columns), None)
-    for number, row in enumerate(rows):
-        key = row[id_column] if id_column else str(number)
-        yield key, _parse_cif(row["cif"] or ""), None if target is None else _number(row[target])
-
-
-def _extxyz_items(path: Path, target: str | None) -> Iterator[Item]:
-    from ase.io import read
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    try:
-        frames = read(path, index=":", format="extxyz")
-    except Exception as error:  # ase raises many kinds of errors on bad text
-        raise ValueError(f"{path} is not a readable extxyz file: {error}") from None
-    if target not in (None, ENERGY_PER_ATOM) and not any(target in atoms.info for atoms in frames):
-        raise _missing_target(path, target, {ENERGY_PER_ATOM, *(k for atoms in frames for k in atoms.info)})
-    for number, atoms in enumerate(frames):
-        key = str(atoms.info.get("id", number))
-        if not all(atoms.pbc) or atoms.cell.rank < 3:
-            yield key, "no periodic cell", None
-            continue
-        value = None
-        if target == ENERGY_PER_ATOM:
-            value = atoms.get_potential_energy() / len(atoms) if atoms.calc is not None else math.nan
-        elif target is not None:
-            value = _number(atoms.info.get(target))
-        yield key, _checked(AseAtomsAdaptor.get_structure(atoms)), value
-
-
-def _entry_items(path: Path, target: str | None) -> Iterator[Item]:
-    from gnome_loop.snapshot.files import read_entries_list
-
-    entries = read_entries_list(path)
-    data = [getattr(entry, "data", {}) for entry in entries]
-    if target not in (None, ENERGY_PER_ATOM) and not any(target in keys for keys in data):
-        raise _missing_target(path, target, {ENERGY_PER_ATOM, *(key for keys in data for key in keys)})
-    for number, entry in enumerate(entries):
-        key = str(getattr(entry, "entry_id", None) or number)
-        if not isinstance(entry, ComputedStructureEntry):
-            yield key, "not a ComputedStructureEntry", None
-            continue
-        value = None
-        if target == ENERGY_PER_ATOM:
-            value = entry.energy_per_atom
-        elif target is not None:
-            value = _number(entry.data.get(target))
-        yield key, _checked(entry.structure), value

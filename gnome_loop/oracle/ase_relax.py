@@ -24,7 +24,7 @@ from ase.optimize import FIRE
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from gnome_loop.config import Oracle as OracleConfig
+from gnome_loop.config import OracleConfig
 from gnome_loop.oracle.base import OracleResult
 
 #: The CHGNet weights used: 0.3.0 ships inside the chgnet wheel, nothing is downloaded.

@@ -20,7 +20,7 @@ from gnome_loop.oracle.registry import make_oracle
 def write_job(jobdir: Path, job_id: str, candidate_id: str, structure: Structure, oracle: dict, attempt: int) -> None:
     """Create the job folder: the oracle's inputs, `run.sh`, and last `job.json`.
 
-    `oracle` is the dumped `Oracle` config section. `job.json` comes last so that a
+    `oracle` is the dumped `OracleConfig` section. `job.json` comes last so that a
     folder with a `job.json` of this attempt is complete.
     """
     jobdir = Path(jobdir)

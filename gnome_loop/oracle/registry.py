@@ -4,14 +4,14 @@ here (and its `oracle.kind` in `gnome_loop.config`).
 
 from __future__ import annotations
 
-from gnome_loop.config import Oracle as OracleConfig
+from gnome_loop.config import OracleConfig
 from gnome_loop.oracle.ase_relax import AseRelaxOracle
 from gnome_loop.oracle.base import Oracle
 
 ORACLE_KINDS = ("ase", "vasp")
 
 def make_oracle(config: dict | OracleConfig) -> Oracle:
-    """The oracle an `Oracle` config section (or its `model_dump()`) describes."""
+    """The oracle an `OracleConfig` section (or its `model_dump()`) describes."""
     data = config.model_dump() if isinstance(config, OracleConfig) else dict(config)
     kind = data.get("kind", "ase")
     if kind not in ORACLE_KINDS:

@@ -37,7 +37,7 @@ def load_snapshot(config: CampaignConfig, cache_dir: Path | None = None) -> Snap
                             version=f"AFLOW prototypes of pymatgen {version('pymatgen')} + ASE {version('ase')} "
                             "references")
         if settings.reference_hull == "mp":
-            return with_mp_reference(snapshot, space.elements, space.max_elements)
+            return with_mp_reference(snapshot, space)
         return snapshot
     if settings.source == "mp":
         from gnome_loop.snapshot.mp import cached_mp_snapshot

@@ -20,11 +20,12 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from gnome_loop.hull import chemsys_of
 from gnome_loop.snapshot.phases import KnownPhase, Snapshot
 from gnome_loop.snapshot.files import read_energy_table
+from gnome_loop.structures import ChemicalSpace
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MP_TABLE = DATA / "mp_stable_phases.csv.gz"
 MP_CARD = DATA / "mp_stable_phases.card.json"
-#: The energy scale of the table (`gnome_loop.config.Oracle.scale`'s name for MP's own).
+#: The energy scale of the table (`gnome_loop.config.OracleConfig.scale`'s name for MP's own).
 MP_SCALE = "mp2020"
 
 
@@ -45,29 +46,26 @@ def mp_reference_entries() -> tuple[ComputedEntry, ...]:
     return tuple(entries)
 
 
-def mp_reference_phases(elements: list[str], max_elements: int | None = None) -> tuple[list[KnownPhase], list[str]]:
-    """MP's stable phases made of `elements` (at most `max_elements` of them), as energy-only
-    known phases on the MP2020 scale, and the elements MP's table has no elemental phase of
-    (noble gases, Yb, actinides beyond Pu, ...), which therefore lack a hull corner."""
-    space = set(elements)
+def mp_reference_phases(space: ChemicalSpace) -> tuple[list[KnownPhase], list[str]]:
+    """MP's stable phases in `space` (`ChemicalSpace.holds`; the space must name its elements), as
+    energy-only known phases on the MP2020 scale, and the elements MP's table has no elemental
+    phase of (noble gases, Yb, actinides beyond Pu, ...), which therefore lack a hull corner."""
     phases = [KnownPhase(str(entry.entry_id), structure=None, energy=entry.energy, source="mp-reference",
                          scale=MP_SCALE, composition=entry.composition)
-              for entry in mp_reference_entries()
-              if chemsys_of(entry.composition) <= space
-              and (max_elements is None or len(entry.composition.elements) <= max_elements)]
+              for entry in mp_reference_entries() if space.holds(chemsys_of(entry.composition))]
     corners = {symbol for phase in phases if len(chemsys_of(phase.composition)) == 1
                for symbol in chemsys_of(phase.composition)}
-    return phases, sorted(space - corners)
+    return phases, sorted(set(space.elements) - corners)
 
 
-def with_mp_reference(snapshot: Snapshot, elements: list[str], max_elements: int) -> Snapshot:
+def with_mp_reference(snapshot: Snapshot, space: ChemicalSpace) -> Snapshot:
     """The snapshot with MP's stable phases of the space added as the hull, its own phases kept
     as substitution parents, dedup references and training data only.
 
     A phase of the snapshot stays a hull reference where one of its elements has no
     elemental phase in MP's table: the oracle's energies then give that corner.
     """
-    mp, missing = mp_reference_phases(elements, max_elements)
+    mp, missing = mp_reference_phases(space)
     for phase in snapshot.phases:
         phase.hull_reference = bool(chemsys_of(phase.composition) & set(missing))
     card = mp_card()

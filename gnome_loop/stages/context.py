@@ -125,8 +125,8 @@ class StageContext:
 
     def known_phases(self, labels: set[str]) -> list[tuple[str, str, Structure]]:
         """(id, symmetry label, structure) of the entries in the dedup buckets `labels`."""
-        return [(e["id"], e["fingerprint"], structure_from_json(e["structure"]))
-                for e in self.store.entries(fingerprints=labels) if e["structure"]]
+        return [(e["id"], e["symmetry_label"], structure_from_json(e["structure"]))
+                for e in self.store.entries(labels=labels) if e["structure"]]
 
     def model(self) -> EnergyModel:
         """The latest trained energy model."""

@@ -16,15 +16,15 @@ def dedup(ctx: StageContext, round_: int) -> Decision:
     """Mark the round's duplicates of known phases, earlier candidates and each other."""
     store = ctx.store
     new = store.candidates(round_=round_, status="new")
-    labels = {row["fingerprint"] for row in new}
+    labels = {row["symmetry_label"] for row in new}
     known = ctx.known_phases(labels)
-    known += [(c["id"], c["fingerprint"], structure_from_json(c["structure"]))
-              for c in store.candidates(status="new", fingerprints=labels) if c["round"] < round_]
+    known += [(c["id"], c["symmetry_label"], structure_from_json(c["structure"]))
+              for c in store.candidates(status="new", labels=labels) if c["round"] < round_]
     # Which of two matching candidates survives does not depend on the order they were
     # generated in: screened ones (scored already) best predicted first, as inside a
     # shard, so that where shards are cut does not decide which of two kept duplicates
     # survives; then the rest in id order.
-    items = [(c["id"], c["fingerprint"], structure_from_json(c["structure"])) for c in sorted(new, key=_order)]
+    items = [(c["id"], c["symmetry_label"], structure_from_json(c["structure"])) for c in sorted(new, key=_order)]
     duplicates = find_duplicates(items, known)
 
     def record(store: Store) -> None:

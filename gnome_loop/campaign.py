@@ -111,6 +111,9 @@ class Campaign:
                     raise ConfigError(f"generators.{name}.parents: " + "; ".join(problems))
                 settings.parents = [path if path in (KNOWN, PROTOTYPES) else str(Path(path).resolve())
                                     for path in settings.parents]
+        for entry in config.generators.external:  # a program named by a path runs from any folder (it runs in {out})
+            if "/" in entry.command[0]:
+                entry.command[0] = str(Path(entry.command[0]).absolute())  # links kept: a venv's python stays its
         if config.snapshot.source == "file":
             if not Path(config.snapshot.path).exists():
                 raise ConfigError(f"snapshot.path: {config.snapshot.path} not found")

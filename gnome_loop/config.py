@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gnome_loop.generate.external import PLACEHOLDERS, unknown_placeholders
 from gnome_loop.structures import ChemicalSpace, is_known_element
 
 
@@ -154,6 +155,45 @@ class ImportGenerator(_Section):
     max_candidates: int = Field(200, ge=0, description="most imported candidates per round (the rest wait)")
 
 
+class ExternalGenerator(_Section):
+    """An installed generative model's command line, run every round (gnome_loop.generate.external)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the generator's name in status and in "
+                      "the candidates' origin (a folder name: letters, digits, '_', '.', '-')")
+    command: list[str] = Field(min_length=1, description="the program and its arguments, run without a shell in "
+                               "a fresh folder; in arguments " + ", ".join(f"{{{key}}} ({text})"
+                                                                          for key, text in PLACEHOLDERS.items())
+                               + " are replaced")
+    max_candidates: int = Field(100, ge=0, description="most candidates per round (also {budget})")
+    timeout_s: float = Field(3600.0, gt=0, description="seconds before the command is killed (a failure)")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argument_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("command is a list of arguments, e.g. [mattergen-generate, '{out}', --batch_size, "
+                             "'{budget}'], never a shell string")
+        if isinstance(value, list):  # numbers written in YAML are arguments too
+            return [str(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else item
+                    for item in value]
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the command's program is empty")
+        unknown = sorted({name for argument in value for name in unknown_placeholders(argument)})
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; known: "
+                             + ", ".join("{" + n + "}" for n in PLACEHOLDERS))
+        return value
+
+
+#: The generators' names in the candidates table (external ones take their own).
+BUILT_IN_GENERATORS = ("substitution", "saps", "random", "composition", "import", "llm", "flow")
+
+
 class Generators(_Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -162,6 +202,25 @@ class Generators(_Section):
     random: RandomGenerator = RandomGenerator()
     composition: CompositionGenerator = CompositionGenerator()
     imported: ImportGenerator = Field(ImportGenerator(), alias="import")
+    external: list[ExternalGenerator] = Field([], description="commands of installed generative models, each "
+                                              "{name, command, max_candidates, timeout_s}; one mapping or a list")
+
+    @field_validator("external", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("external")
+    @classmethod
+    def _distinct_names(cls, value: list[ExternalGenerator]) -> list[ExternalGenerator]:
+        names = [entry.name for entry in value]
+        taken = sorted(set(names) & set(BUILT_IN_GENERATORS))
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: the name of a built-in generator; choose another name")
+        if len(set(names)) != len(names):
+            raise ValueError("two external generators have the same name")
+        return value
+
 
 
 class Model(_Section):

@@ -157,7 +157,7 @@ def _print_prerelax(rounds: list[dict]) -> None:
 
 def _print_generators(rounds: list[dict]) -> None:
     """Per generator, round by round and in all: which generator finds stable crystals;
-    then each generator's failures."""
+    then each generator's failures and the generative models' fine-tuning."""
     from gnome_loop.metrics import GENERATOR_COUNTS, generator_totals
 
     totals = generator_totals(rounds)
@@ -178,6 +178,10 @@ def _print_generators(rounds: list[dict]) -> None:
     for row in rounds:
         for name, failure in row["generator_failures"].items():
             out.print(f"[yellow]round {row['round']}: generator {name} failed:[/] {escape(failure)}")
+        for name, tuned in row["generator_training"].items():
+            if tuned["steps"]:
+                out.print(f"round {row['round']}: {name} fine-tuned {tuned['steps']} steps on {tuned['structures']} "
+                          f"structures near the hull (loss {tuned['loss_first']:.3g} → {tuned['loss_last']:.3g})")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from pymatgen.core import Composition, Structure
 from gnome_loop.config import SubstitutingGenerator
 from gnome_loop.generate.composition import enumerate_candidates, placeholder_structure
 from gnome_loop.generate.external import run_external
+from gnome_loop.generate.generative import prompt_formulas, propose
 from gnome_loop.generate.imported import DUPLICATE, import_structures
 from gnome_loop.generate.parents import pooled_parents
 from gnome_loop.generate.random_search import random_search
@@ -29,14 +30,15 @@ from gnome_loop.structures import Candidate, ChemicalSpace, validate_structure
 
 class Proposals(NamedTuple):
     """One generator's output in a round: its candidates (best first), the most it may
-    add (`max_candidates`), and the rejects it counted itself; the samples a generator
-    drew (or a command wrote), and an external command's failure."""
+    add (`max_candidates`), and the rejects it counted itself; a generative model's
+    samples drawn and fine-tuning, an external command's failure."""
 
     generator: str
     cap: int
     candidates: Iterable[Candidate]
     rejected: Counter
     samples: int | None = None
+    training: dict | None = None
     failure: str | None = None
 
 
@@ -48,13 +50,15 @@ def generate(ctx: StageContext, round_: int) -> Decision:
     rows, generated, rejected, valid = [], Counter(), Counter(), Counter()
     by_generator: dict[str, Counter] = {}
     marks: dict[str, str] = {}
-    samples, failures = {}, {}
+    samples, training, failures = {}, {}, {}
     for proposal in proposals(ctx, round_, marks):
         name = proposal.generator
         counts = by_generator.setdefault(name, Counter())
         counts.update(proposal.rejected)
         if proposal.samples is not None:
             samples[name] = proposal.samples
+        if proposal.training is not None:
+            training[name] = proposal.training
         if proposal.failure is not None:
             failures[name] = proposal.failure
         for candidate in proposal.candidates:
@@ -83,7 +87,7 @@ def generate(ctx: StageContext, round_: int) -> Decision:
         store.update_round_metrics(round_, {
             "generated": dict(generated), "rejected": dict(rejected), "valid": added,
             "rejected_by_generator": {name: dict(c) for name, c in by_generator.items() if c},
-            "samples_by_generator": samples,
+            "samples_by_generator": samples, "generator_training": training,
             "generator_failures": failures, **({"funnel": funnel} if funnel is not None else {})})
         store.log("generate", f"round {round_}: {added} candidates, {sum(rejected.values())} rejected")
         for name, failure in failures.items():
@@ -165,6 +169,31 @@ def _import(given: GeneratorInputs) -> Proposals | None:
     return Proposals("import", settings.max_candidates, accepted, rejects)
 
 
+def _llm(given: GeneratorInputs) -> Proposals | None:
+    return _generative(given, "llm")
+
+
+def _flow(given: GeneratorInputs) -> Proposals | None:
+    return _generative(given, "flow")
+
+
+def _generative(given: GeneratorInputs, kind: str) -> Proposals | None:
+    """The language model's or the flow's samples, fine-tuned first on the entries near
+    the hull (`generate.generative`), prompted with formulas of the space."""
+    generators = given.ctx.config.generators
+    settings = getattr(generators, kind)
+    if not settings.enabled:
+        return None
+    known = [(e["reduced_formula"], e["e_hull"]) for e in given.ctx.store.entries(with_structure=False)]
+    formulas = prompt_formulas(settings.prompts, settings.compositions, given.space, known,
+                               _composition_scorer(given.ctx) if settings.prompts != "known" else None)
+    with given.ctx.progress(f"{kind}: fine-tuning and sampling", 1) as advance:
+        made = propose(kind, generators, given.ctx.directory / "models", given.round_, given.seed,
+                       given.structures, formulas, given.space.max_atoms)
+        advance(1)
+    return Proposals(kind, settings.max_candidates, made.candidates, made.rejected, made.samples, made.training)
+
+
 def _external(given: GeneratorInputs) -> list[Proposals]:
     """Each external command's round (`generate.external`), run into generated/rNNN/<name>/."""
     space, folder = given.space, given.ctx.directory / "generated" / f"r{given.round_:03d}"
@@ -185,7 +214,7 @@ def _external(given: GeneratorInputs) -> list[Proposals]:
 #: for one with several instances, the external commands), or None when it is off. Add a
 #: generator here (and its section in `config.Generators`).
 GENERATORS: tuple[Callable[[GeneratorInputs], Proposals | list[Proposals] | None], ...] = (
-    _substitution, _saps, _random, _composition, _import, _external)
+    _substitution, _saps, _random, _composition, _import, _llm, _flow, _external)
 
 
 def proposals(ctx: StageContext, round_: int, marks: dict[str, str]) -> Iterator[Proposals]:

@@ -77,6 +77,7 @@ def round_table(store: Store) -> list[dict]:
             "rejected_by_generator": metrics.get("rejected_by_generator", {}),
             "by_generator": metrics.get("by_generator", {}),
             "samples_by_generator": metrics.get("samples_by_generator", {}),
+            "generator_training": metrics.get("generator_training", {}),
             "generator_failures": metrics.get("generator_failures", {}),
             "unique": metrics.get("unique"), "pool": metrics.get("pool"), "selected": sum(picked.values()),
             # round 0 evaluates reference phases: no selection, no threshold

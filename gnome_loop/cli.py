@@ -174,7 +174,8 @@ def _print_generators(rounds: list[dict]) -> None:
             table.add_section()
     out.print(table)
     out.print("[dim]samples: drawn by a generative model or written by a command; valid: kept as candidates; unique: "
-              "repeating no other candidate; novel: no known phase either; failed: rounds the generator failed in[/]")
+              "repeating no other candidate; novel: no known phase either (these three of the candidates made in the "
+              "round; evaluated and stable: of the round's jobs); failed: rounds the generator failed in[/]")
     for row in rounds:
         for name, failure in row["generator_failures"].items():
             out.print(f"[yellow]round {row['round']}: generator {name} failed:[/] {escape(failure)}")

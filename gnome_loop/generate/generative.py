@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from pymatgen.core import Composition, Structure
 
-from gnome_loop.config import GenerativeModelGenerator, Generators
+from gnome_loop.config import GenerativeModelGenerator, Generators, LLMGenerator
 from gnome_loop.generate.composition import balanced_formulas, score_compositions
 from gnome_loop.generate.imported import DUPLICATE
 from gnome_loop.generative import cif_lm, flow
@@ -47,8 +47,8 @@ from gnome_loop.hull import STABLE_TOL
 from gnome_loop.structures import Candidate, ChemicalSpace
 
 #: Where the shipped checkpoints go (scripts/pretrain_generative.py), by config section.
-PRETRAINED = {"llm": Path(__file__).parents[1] / "generative" / "pretrained" / "lm",
-              "flow": Path(__file__).parents[1] / "generative" / "pretrained" / "flow"}
+PRETRAINED = {kind: Path(__file__).parents[1] / "generative" / "pretrained" / folder
+              for kind, folder in (("llm", "lm"), ("flow", "flow"))}
 KINDS = tuple(PRETRAINED)
 
 
@@ -83,10 +83,15 @@ class Generator:
         return min(space_max, self.config.max_atoms) if self.kind == "flow" else space_max
 
 
+def checkpoint_folder(kind: str, checkpoint: str) -> Path:
+    """The folder a config's `checkpoint` names (`pretrained`: the one shipped for `kind`)."""
+    return PRETRAINED[kind] if checkpoint == "pretrained" else Path(checkpoint)
+
+
 def resolved_checkpoint(kind: str, checkpoint: str, elements: Sequence[str]) -> str:
     """The absolute folder of a config's `checkpoint` (`pretrained` stays as it is), after
     loading it; ValueError saying why it cannot serve the campaign's `elements`."""
-    folder = PRETRAINED[kind] if checkpoint == "pretrained" else Path(checkpoint).resolve()
+    folder = checkpoint_folder(kind, checkpoint).resolve()
     try:
         card = Generator.load(kind, folder).card
     except ValueError as error:
@@ -192,8 +197,7 @@ def round_generator(kind: str, settings: GenerativeModelGenerator, models: Path,
         return model, model.card["finetune"]
     earlier = [path.parent for path in sorted(models.glob(f"r[0-9][0-9][0-9]/{kind}/{CARD}"))
                if int(path.parent.parent.name[1:]) < round_]
-    start = earlier[-1] if earlier else PRETRAINED[kind] if settings.checkpoint == "pretrained" \
-        else Path(settings.checkpoint)
+    start = earlier[-1] if earlier else checkpoint_folder(kind, settings.checkpoint)
     model = Generator.load(kind, start)
     near_hull = [structure for _, structure, e_hull in entries
                  if e_hull is not None and e_hull <= settings.finetune_max_ehull + STABLE_TOL]
@@ -258,7 +262,7 @@ def _save_whole(model: Generator, target: Path) -> None:
     os.replace(partial, target)
 
 
-def _sample_llm(model: Generator, cells: list[Composition], settings, key: jax.Array
+def _sample_llm(model: Generator, cells: list[Composition], settings: LLMGenerator, key: jax.Array
                 ) -> tuple[list[tuple[Composition, Structure]], Counter]:
     """One CIF per prompt cell, each checked against its prompt: (cell, structure) of the
     valid ones, and the rejects by reason."""

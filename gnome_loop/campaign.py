@@ -18,6 +18,7 @@ from typing import Callable
 from pymatgen.entries.computed_entries import ComputedEntry
 
 from gnome_loop.config import CampaignConfig, ConfigError, dump_config, load_config
+from gnome_loop.generate.generative import models_in_use, resolved_checkpoint
 from gnome_loop.generate.parents import KNOWN, PROTOTYPES, check_path
 from gnome_loop.models.pretrained import architecture_mismatch
 from gnome_loop.stages import export as exporting
@@ -111,6 +112,15 @@ class Campaign:
                     raise ConfigError(f"generators.{name}.parents: " + "; ".join(problems))
                 settings.parents = [path if path in (KNOWN, PROTOTYPES) else str(Path(path).resolve())
                                     for path in settings.parents]
+        for kind in models_in_use(config.generators):
+            settings = getattr(config.generators, kind)
+            try:
+                settings.checkpoint = resolved_checkpoint(kind, settings.checkpoint, config.chemical_space.elements)
+            except ValueError as error:
+                raise ConfigError(f"generators.{kind}.checkpoint: {error}") from None
+        for entry in config.generators.external:  # a program named by a path runs from any folder (it runs in {out})
+            if "/" in entry.command[0]:
+                entry.command[0] = str(Path(entry.command[0]).absolute())  # links kept: a venv's python stays its
         if config.snapshot.source == "file":
             if not Path(config.snapshot.path).exists():
                 raise ConfigError(f"snapshot.path: {config.snapshot.path} not found")

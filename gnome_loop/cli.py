@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gnome_loop.cli_generate import generate_app
@@ -155,19 +156,33 @@ def _print_prerelax(rounds: list[dict]) -> None:
 
 
 def _print_generators(rounds: list[dict]) -> None:
-    """Totals per generator over the rounds: which generator finds stable crystals."""
-    from gnome_loop.metrics import generator_totals
+    """Per generator, round by round and in all: which generator finds stable crystals;
+    then each generator's failures and the generative models' fine-tuning."""
+    from gnome_loop.metrics import GENERATOR_COUNTS, generator_totals
 
     totals = generator_totals(rounds)
     if not totals:
         return
     table = Table(title="by generator")
-    for header in ("generator", "generated", "rejected", "evaluated", "stable", "hit%"):
+    for header in ("round", "generator", *GENERATOR_COUNTS, "hit%"):
         table.add_column(header, justify="right")
-    for name, counts in totals.items():
-        table.add_row(name, str(counts["generated"]), str(counts["rejected"]), str(counts["evaluated"]),
-                      str(counts["stable"]), fmt(counts["hit_rate"], 100, 1))
+    sections = [(str(row["round"]), generator_totals([row])) for row in rounds] + [("all", totals)]
+    for label, by_name in sections:
+        for name, counts in by_name.items():
+            table.add_row(label, name, *(fmt(counts[key]) for key in GENERATOR_COUNTS), fmt(counts["hit_rate"], 100, 1))
+        if by_name:
+            table.add_section()
     out.print(table)
+    out.print("[dim]samples: drawn by a generative model or written by a command; valid: kept as candidates; unique: "
+              "repeating no other candidate; novel: no known phase either (these three of the candidates made in the "
+              "round; evaluated and stable: of the round's jobs); failed: rounds the generator failed in[/]")
+    for row in rounds:
+        for name, failure in row["generator_failures"].items():
+            out.print(f"[yellow]round {row['round']}: generator {name} failed:[/] {escape(failure)}")
+        for name, tuned in row["generator_training"].items():
+            if tuned["steps"]:
+                out.print(f"round {row['round']}: {name} fine-tuned {tuned['steps']} steps on {tuned['structures']} "
+                          f"structures near the hull (loss {tuned['loss_first']:.3g} → {tuned['loss_last']:.3g})")
 
 
 @app.command()

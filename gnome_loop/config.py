@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gnome_loop.generate.external import PLACEHOLDERS, unknown_placeholders
 from gnome_loop.structures import ChemicalSpace, is_known_element
 
 
@@ -154,6 +155,86 @@ class ImportGenerator(_Section):
     max_candidates: int = Field(200, ge=0, description="most imported candidates per round (the rest wait)")
 
 
+class GenerativeModelGenerator(_Section):
+    """What the in-loop generative models (`llm`, `flow`) share: their checkpoint, prompts,
+    samples and per-round fine-tuning (gnome_loop.generate.generative)."""
+
+    enabled: bool = False
+    checkpoint: str = Field("pretrained", description="the model to start from: `pretrained` (the one shipped in "
+                            "gnome_loop/generative/pretrained/; none ships yet) or the folder of one saved by "
+                            "scripts/pretrain_generative.py; checked and made absolute at init")
+    max_candidates: int = Field(100, ge=0, description="most candidates per round")
+    prompts: Literal["ranked", "known", "both"] = Field(
+        "both", description="the compositions prompted: `ranked` (new charge-balanced formulas of the space, best "
+        "first as the composition generator ranks them), `known` (the campaign's formulas, nearest the hull first) "
+        "or `both` (taken in turn)")
+    compositions: int = Field(10, ge=1, description="formulas prompted per round, each at every cell size (a "
+                              "multiple of the formula) within max_atoms")
+    samples_per_prompt: int = Field(2, ge=1, description="samples drawn per formula and cell size")
+    batch_size: int = Field(32, ge=1, description="samples drawn together")
+    finetune_steps: int = Field(20, ge=0, description="fine-tuning steps before each round's sampling, from the "
+                                "round before's weights, on the entries within finetune_max_ehull of the hull "
+                                "(rejection-sampling fine-tuning); 0 keeps the checkpoint frozen")
+    finetune_max_ehull: float = Field(0.0, ge=0, description="entries at most this far above the hull (eV/atom, "
+                                      "besides GNoME's 5e-5 tolerance) are fine-tuned on")
+    finetune_learning_rate: float = Field(1e-4, gt=0, description="Adam's learning rate of the fine-tuning")
+    finetune_batch_size: int = Field(8, ge=1, description="structures per fine-tuning step")
+
+
+class LLMGenerator(GenerativeModelGenerator):
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_k: Optional[int] = Field(10, ge=1, description="draw from the k likeliest tokens only (null: all)")
+
+
+class FlowGenerator(GenerativeModelGenerator):
+    steps: int = Field(100, ge=1, description="Euler steps of the sampling ODE")
+    start: Literal["noise", "llm"] = Field("noise", description="where sampling starts: the base distribution, or "
+                                           "`llm`: the language model's valid samples of the same prompts "
+                                           "(FlowLLM; with generators.llm's checkpoint and sampling settings)")
+    start_time: float = Field(0.0, ge=0, lt=1, description="with start `llm`: the time the language model's "
+                              "structure is put at (0: FlowLLM, for a flow trained on such starts; e.g. 0.5 to "
+                              "only refine with a flow trained from noise)")
+
+
+class ExternalGenerator(_Section):
+    """An installed generative model's command line, run every round (gnome_loop.generate.external)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the generator's name in status and in "
+                      "the candidates' origin (a folder name: letters, digits, '_', '.', '-')")
+    command: list[str] = Field(min_length=1, description="the program and its arguments, run without a shell in "
+                               "a fresh folder; in arguments " + ", ".join(f"{{{key}}} ({text})"
+                                                                          for key, text in PLACEHOLDERS.items())
+                               + " are replaced")
+    max_candidates: int = Field(100, ge=0, description="most candidates per round (also {budget})")
+    timeout_s: float = Field(3600.0, gt=0, description="seconds before the command is killed (a failure)")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argument_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("command is a list of arguments, e.g. [mattergen-generate, '{out}', --batch_size, "
+                             "'{budget}'], never a shell string")
+        if isinstance(value, list):  # numbers written in YAML are arguments too
+            return [str(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else item
+                    for item in value]
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the command's program is empty")
+        unknown = sorted({name for argument in value for name in unknown_placeholders(argument)})
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; known: "
+                             + ", ".join("{" + n + "}" for n in PLACEHOLDERS))
+        return value
+
+
+#: The generators' names in the candidates table (external ones take their own).
+BUILT_IN_GENERATORS = ("substitution", "saps", "random", "composition", "import", "llm", "flow")
+
+
 class Generators(_Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -162,6 +243,27 @@ class Generators(_Section):
     random: RandomGenerator = RandomGenerator()
     composition: CompositionGenerator = CompositionGenerator()
     imported: ImportGenerator = Field(ImportGenerator(), alias="import")
+    llm: LLMGenerator = LLMGenerator()
+    flow: FlowGenerator = FlowGenerator()
+    external: list[ExternalGenerator] = Field([], description="commands of installed generative models, each "
+                                              "{name, command, max_candidates, timeout_s}; one mapping or a list")
+
+    @field_validator("external", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("external")
+    @classmethod
+    def _distinct_names(cls, value: list[ExternalGenerator]) -> list[ExternalGenerator]:
+        names = [entry.name for entry in value]
+        taken = sorted(set(names) & set(BUILT_IN_GENERATORS))
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: the name of a built-in generator; choose another name")
+        if len(set(names)) != len(names):
+            raise ValueError("two external generators have the same name")
+        return value
+
 
 
 class Model(_Section):

@@ -21,18 +21,30 @@ def hit_rate(n_stable: int, n_evaluated: int) -> float | None:
     return n_stable / n_evaluated if n_evaluated else None
 
 
+#: What the metrics stage counts per generator and round (`by_generator`).
+JUDGED = ("valid", "unique", "novel", "evaluated", "stable")
+#: What `generator_totals` counts per generator.
+GENERATOR_COUNTS = ("samples", "generated", "rejected", "failed", *JUDGED)
+
+
 def generator_totals(rounds: Sequence[dict]) -> dict[str, dict]:
-    """Per generator, by name, over the rounds of `Campaign.round_table`: generated,
-    rejected, evaluated, stable and the hit rate (None when nothing was evaluated)."""
+    """Per generator, by name, over the rounds of `Campaign.round_table`: samples drawn
+    (generative models and external commands; None for the others), candidates generated, rejected, valid,
+    unique and novel, evaluated, stable, the hit rate (None when nothing was evaluated)
+    and the rounds it failed in."""
     totals: dict[str, Counter] = {}
     for row in rounds:
         for name, n in row["generated_by"].items():
             totals.setdefault(name, Counter())["generated"] += n
+        for name, n in row["samples_by_generator"].items():
+            totals.setdefault(name, Counter())["samples"] += n
         for name, rejects in row["rejected_by_generator"].items():
             totals.setdefault(name, Counter())["rejected"] += sum(rejects.values())
+        for name in row["generator_failures"]:
+            totals.setdefault(name, Counter())["failed"] += 1
         for name, counts in row["by_generator"].items():
-            totals.setdefault(name, Counter()).update({k: counts[k] for k in ("evaluated", "stable")})
-    return {name: {**{key: counts[key] for key in ("generated", "rejected", "evaluated", "stable")},
+            totals.setdefault(name, Counter()).update({k: counts.get(k, 0) for k in JUDGED})
+    return {name: {**{key: counts[key] for key in GENERATOR_COUNTS}, "samples": counts.get("samples"),
                    "hit_rate": hit_rate(counts["stable"], counts["evaluated"])}
             for name, counts in sorted(totals.items())}
 

@@ -316,6 +316,16 @@ class Store:
             args += keys
         return self.conn.execute(query + " ORDER BY id", args).fetchall()
 
+    def generator_counts(self, round_: int) -> dict[str, dict[str, int]]:
+        """Per generator, the round's candidates as the dedup stage left them: `valid` (all),
+        `unique` (no repeat of another candidate) and `novel` (no known phase either)."""
+        rows = self.conn.execute(
+            "SELECT generator, COUNT(*) AS valid, SUM(status != 'duplicate' OR duplicate_of NOT IN"
+            " (SELECT id FROM candidates)) AS uniq, SUM(status != 'duplicate') AS novel FROM candidates"
+            " WHERE round = ? GROUP BY generator", (round_,))
+        return {row["generator"]: {"valid": row["valid"], "unique": row["uniq"], "novel": row["novel"]}
+                for row in rows}
+
     def candidate(self, candidate_id: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM candidates WHERE id = ?", (candidate_id,)).fetchone()
 

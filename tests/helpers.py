@@ -56,6 +56,22 @@ def ci_config(**sections) -> dict:
     return data
 
 
+def quick_config(**sections) -> dict:
+    """The CI EMT config cut down for tests of a generator in a campaign round: Au-Cu, 2
+    jobs a round, relaxations of the positions only (no cell filter: fast) and capped at 10 steps,
+    substitution and SAPS off (`sections` update it)."""
+    data = ci_config(rounds=0, chemical_space={"elements": ["Au", "Cu"]}, selection={"budget": 2},
+                     oracle={"max_steps": 10, "relax_cell": False},
+                     generators={"substitution": {"enabled": False}, "saps": {"enabled": False}})
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            for name, setting in value.items():
+                data[key][name] = {**data[key].get(name, {}), **setting} if isinstance(setting, dict) else setting
+        else:
+            data[key] = value
+    return data
+
+
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path

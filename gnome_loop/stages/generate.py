@@ -15,7 +15,9 @@ from pymatgen.core import Composition, Structure
 
 from gnome_loop.config import SubstitutingGenerator
 from gnome_loop.generate.composition import enumerate_candidates, placeholder_structure
-from gnome_loop.generate.imported import import_structures
+from gnome_loop.generate.external import run_external
+from gnome_loop.generate.generative import prompt_formulas, propose
+from gnome_loop.generate.imported import DUPLICATE, import_structures
 from gnome_loop.generate.parents import pooled_parents
 from gnome_loop.generate.random_search import random_search
 from gnome_loop.generate.saps import saps
@@ -28,12 +30,16 @@ from gnome_loop.structures import Candidate, ChemicalSpace, validate_structure
 
 class Proposals(NamedTuple):
     """One generator's output in a round: its candidates (best first), the most it may
-    add (`max_candidates`), and the rejects it counted itself."""
+    add (`max_candidates`), and the rejects it counted itself; a generative model's
+    samples drawn and fine-tuning, an external command's failure."""
 
     generator: str
     cap: int
     candidates: Iterable[Candidate]
     rejected: Counter
+    samples: int | None = None
+    training: dict | None = None
+    failure: str | None = None
 
 
 def generate(ctx: StageContext, round_: int) -> Decision:
@@ -41,17 +47,26 @@ def generate(ctx: StageContext, round_: int) -> Decision:
     funnel = screen(ctx, round_) if ctx.config.screening.enabled else None
     space = ctx.space()
     proposed = ctx.store.candidate_ids()
-    rows, generated, rejected = [], Counter(), Counter()
+    rows, generated, rejected, valid = [], Counter(), Counter(), Counter()
     by_generator: dict[str, Counter] = {}
     marks: dict[str, str] = {}
-    for name, cap, candidates, own_rejects in proposals(ctx, round_, marks):
-        kept = 0
+    samples, training, failures = {}, {}, {}
+    for proposal in proposals(ctx, round_, marks):
+        name = proposal.generator
         counts = by_generator.setdefault(name, Counter())
-        counts.update(own_rejects)
-        for candidate in candidates:
-            if kept >= cap:
+        counts.update(proposal.rejected)
+        if proposal.samples is not None:
+            samples[name] = proposal.samples
+        if proposal.training is not None:
+            training[name] = proposal.training
+        if proposal.failure is not None:
+            failures[name] = proposal.failure
+        for candidate in proposal.candidates:
+            if valid[name] >= proposal.cap:
                 break
             if candidate.id in proposed:
+                if proposal.samples is not None:  # a counted sample is accounted for, as the importer counts repeats
+                    counts[DUPLICATE] += 1
                 continue
             proposed.add(candidate.id)
             generated[name] += 1
@@ -59,7 +74,7 @@ def generate(ctx: StageContext, round_: int) -> Decision:
             if reason:
                 counts[reason.category] += 1
                 continue
-            kept += 1
+            valid[name] += 1
             rows.append(candidate_row(candidate.id, round_, candidate.generator, candidate.structure,
                                       candidate.parent_ids, candidate.info))
     for counts in by_generator.values():
@@ -72,8 +87,11 @@ def generate(ctx: StageContext, round_: int) -> Decision:
         store.update_round_metrics(round_, {
             "generated": dict(generated), "rejected": dict(rejected), "valid": added,
             "rejected_by_generator": {name: dict(c) for name, c in by_generator.items() if c},
-            **({"funnel": funnel} if funnel is not None else {})})
+            "samples_by_generator": samples, "generator_training": training,
+            "generator_failures": failures, **({"funnel": funnel} if funnel is not None else {})})
         store.log("generate", f"round {round_}: {added} candidates, {sum(rejected.values())} rejected")
+        for name, failure in failures.items():
+            store.log("generator-failed", f"round {round_}: {name}: {failure}")
 
     return Decision(record)
 
@@ -87,6 +105,7 @@ class GeneratorInputs(NamedTuple):
     structures: list[tuple[str, Structure, float | None]]  # (entry id, structure, E_hull)
     seed: int  # a new draw every round, the same on a re-run
     marks: dict[str, str]  # store flags to set with the round's candidates
+    round_: int
 
 
 def _substitution(given: GeneratorInputs) -> Proposals | None:
@@ -150,20 +169,61 @@ def _import(given: GeneratorInputs) -> Proposals | None:
     return Proposals("import", settings.max_candidates, accepted, rejects)
 
 
-#: The generators of the loop, in the order they run: each gives its `Proposals`, or
-#: None when it is off. Add a generator here (and its section in `config.Generators`).
-GENERATORS: tuple[Callable[[GeneratorInputs], Proposals | None], ...] = (
-    _substitution, _saps, _random, _composition, _import)
+def _llm(given: GeneratorInputs) -> Proposals | None:
+    return _generative(given, "llm")
+
+
+def _flow(given: GeneratorInputs) -> Proposals | None:
+    return _generative(given, "flow")
+
+
+def _generative(given: GeneratorInputs, kind: str) -> Proposals | None:
+    """The language model's or the flow's samples, fine-tuned first on the entries near
+    the hull (`generate.generative`), prompted with formulas of the space."""
+    generators = given.ctx.config.generators
+    settings = getattr(generators, kind)
+    if not settings.enabled:
+        return None
+    known = [(e["reduced_formula"], e["e_hull"]) for e in given.ctx.store.entries(with_structure=False)]
+    formulas = prompt_formulas(settings.prompts, settings.compositions, given.space, known,
+                               _composition_scorer(given.ctx) if settings.prompts != "known" else None)
+    with given.ctx.progress(f"{kind}: fine-tuning and sampling", 1) as advance:
+        made = propose(kind, generators, given.ctx.directory / "models", given.round_, given.seed,
+                       given.structures, formulas, given.space.max_atoms)
+        advance(1)
+    return Proposals(kind, settings.max_candidates, made.candidates, made.rejected, made.samples, made.training)
+
+
+def _external(given: GeneratorInputs) -> list[Proposals]:
+    """Each external command's round (`generate.external`), run into generated/rNNN/<name>/."""
+    space, folder = given.space, given.ctx.directory / "generated" / f"r{given.round_:03d}"
+    proposed = []
+    for entry in given.ctx.config.generators.external:
+        values = {"elements": ",".join(space.elements), "max_elements": str(space.max_elements),
+                  "max_atoms": str(space.max_atoms), "budget": str(entry.max_candidates), "seed": str(given.seed),
+                  "round": str(given.round_)}
+        with given.ctx.progress(f"external generator {entry.name}", 1) as advance:
+            result = run_external(entry.name, entry.command, entry.timeout_s, folder, values, space)
+            advance(1)
+        proposed.append(Proposals(entry.name, entry.max_candidates, result.candidates, result.rejected,
+                                  samples=result.written, failure=result.failure))
+    return proposed
+
+
+#: The generators of the loop, in the order they run: each gives its `Proposals` (a list
+#: for one with several instances, the external commands), or None when it is off. Add a
+#: generator here (and its section in `config.Generators`).
+GENERATORS: tuple[Callable[[GeneratorInputs], Proposals | list[Proposals] | None], ...] = (
+    _substitution, _saps, _random, _composition, _import, _llm, _flow, _external)
 
 
 def proposals(ctx: StageContext, round_: int, marks: dict[str, str]) -> Iterator[Proposals]:
     """Each enabled generator's proposals; `marks` collects the store flags to set."""
     known, structures = ctx.known_structures()
-    given = GeneratorInputs(ctx, ctx.space(), known, structures, ctx.config.seed * 1000 + round_, marks)
+    given = GeneratorInputs(ctx, ctx.space(), known, structures, ctx.config.seed * 1000 + round_, marks, round_)
     for generator in GENERATORS:
         proposed = generator(given)
-        if proposed is not None:
-            yield proposed
+        yield from [proposed] if isinstance(proposed, Proposals) else proposed or []
 
 
 def _composition_scorer(ctx: StageContext) -> Callable[[list[str]], list[float | None]] | None:

@@ -46,10 +46,11 @@ def metrics(ctx: StageContext, round_: int) -> Decision:
         for tag in (THRESHOLD, FILL, EXPLORE):  # below the threshold, filling the budget, at random
             flags = [s for r, s in zip(rows, stable) if r["pick"] == tag]
             values.update({f"evaluated_{tag}": len(flags), f"hit_rate_{tag}": hit_rate(sum(flags), len(flags))})
-        by_generator: dict[str, list[bool]] = {}
+        candidates = store.generator_counts(round_)
+        by_generator: dict[str, list[bool]] = {name: [] for name in candidates}
         for row, is_stable in zip(rows, stable):
             by_generator.setdefault(row["generator"], []).append(is_stable)
-        values["by_generator"] = {name: {"evaluated": len(flags), "stable": sum(flags),
+        values["by_generator"] = {name: {**candidates.get(name, {}), "evaluated": len(flags), "stable": sum(flags),
                                          "hit_rate": hit_rate(sum(flags), len(flags))}
                                   for name, flags in sorted(by_generator.items())}
 
@@ -75,6 +76,9 @@ def round_table(store: Store) -> list[dict]:
             "generated_by": generated or {}, "rejected": metrics.get("rejected", {}),
             "rejected_by_generator": metrics.get("rejected_by_generator", {}),
             "by_generator": metrics.get("by_generator", {}),
+            "samples_by_generator": metrics.get("samples_by_generator", {}),
+            "generator_training": metrics.get("generator_training", {}),
+            "generator_failures": metrics.get("generator_failures", {}),
             "unique": metrics.get("unique"), "pool": metrics.get("pool"), "selected": sum(picked.values()),
             # round 0 evaluates reference phases: no selection, no threshold
             "threshold_picks": picked.get(THRESHOLD, 0) if row["round"] else None,

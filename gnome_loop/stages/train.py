@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gnome_loop.generate.generative import KINDS as GENERATIVE_KINDS
 from gnome_loop.models.registry import make_model
 from gnome_loop.models.nequip import NequIPConfig
 from gnome_loop.models.nequip_train import average_neighbors, save_nequip, train_nequip, training_frames
@@ -22,7 +23,8 @@ from gnome_loop.structures import structure_from_json
 
 
 def train(ctx: StageContext, round_: int) -> Decision:
-    """Train the round's model into models/rNNN (and its pre-relaxer into models/rNNN/nequip)."""
+    """Train the round's model into models/rNNN (and its pre-relaxer into models/rNNN/nequip), beside the
+    generative models' weights of the round (models/rNNN/llm, flow: `generate.generative`)."""
     config = ctx.config
     entries = [e for e in ctx.store.entries() if e["structure"]]
     if not entries:
@@ -35,8 +37,11 @@ def train(ctx: StageContext, round_: int) -> Decision:
                     [e["reduced_formula"] for e in entries], **({"init": start} if start is not None else {}))
     relative = Path("models") / f"r{round_:03d}"
     target = ctx.directory / relative
-    if target.exists():
-        shutil.rmtree(target)
+    for leftover in target.glob("*"):  # a killed run's; the generators' weights of the round stay
+        if leftover.is_dir() and leftover.name not in GENERATIVE_KINDS:
+            shutil.rmtree(leftover)
+        elif leftover.is_file():
+            leftover.unlink()
     model.save(target)
     metrics = {"model_val_mae": fit.get("val_mae"), "train_size": len(entries), "model_init": how}
     if config.prerelax.kind == "nequip":

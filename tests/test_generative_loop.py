@@ -1,0 +1,208 @@
+"""The generative models in the loop: prompts from the chemical space, per-round
+fine-tuning on the entries near the hull (saved once per round, re-used on a re-run),
+checked samples with their rejects counted, FlowLLM mode, a campaign round with both
+models that is re-run after a kill without inserting anything twice, and the config
+errors at init. The models are tiny: a language model overfitted on two Au-Cu CIFs
+and an untrained flow."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from pymatgen.core import Composition, Lattice, Structure
+from typer.testing import CliRunner
+
+from gnome_loop.campaign import Campaign
+from gnome_loop.cli import app
+from gnome_loop.config import ConfigError, parse_config
+from gnome_loop.generate import generative
+from gnome_loop.generate.generative import Generator, prompt_cells, prompt_formulas, propose, round_generator
+from gnome_loop.generative import cif_lm, flow
+from gnome_loop.generative import cif_tokens as ct
+from gnome_loop.generative.training import make_optimizer
+from gnome_loop.stages.generate import generate
+from gnome_loop.store import Store
+from gnome_loop.structures import ChemicalSpace
+from tests.helpers import FCC, quick_config, write_config
+
+CU3AU = Structure(Lattice.cubic(3.75), ["Au", "Cu", "Cu", "Cu"], FCC)
+CUAU = Structure(Lattice.tetragonal(2.8, 3.7), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+CUAU3 = Structure(Lattice.cubic(3.95), ["Cu", "Au", "Au", "Au"], FCC)
+TINY_LM = cif_lm.LMConfig(max_len=160, width=64, depth=2, heads=4)
+TINY_FLOW = flow.FlowConfig(max_atoms=4, width=16, layers=1, frequencies=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Folders of a language model that writes Cu3Au's and CuAu's CIFs back (150 steps on
+    those two) and of an untrained flow with Au-Cu lattice statistics."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    tokens = cif_lm.token_batch([ct.canonical_cif(s) for s in (CU3AU, CUAU)], TINY_LM.max_len)
+    params = cif_lm.init_params(TINY_LM)
+    optimizer = make_optimizer(3e-3, 150, warmup_steps=10)
+    step, state = cif_lm.make_train_step(TINY_LM, optimizer), optimizer.init(params)
+    for _ in range(150):
+        params, state, loss = step(params, state, tokens, jax.random.PRNGKey(0))
+    assert float(loss) < 0.1
+    cif_lm.save_lm(folder / "lm", TINY_LM, params, {"elements": ["Au", "Cu"]})
+    flow.save_flow(folder / "flow", TINY_FLOW, flow.init_params(TINY_FLOW), flow.lattice_stats([CU3AU, CUAU]),
+                   {"elements": ["Au", "Cu"]})
+    return {"llm": folder / "lm", "flow": folder / "flow"}
+
+
+def generators(checkpoints: dict[str, Path], **sections) -> dict:
+    """`generators` settings of both models on the checkpoints (greedy language model)."""
+    common = {"prompts": "known", "compositions": 2, "samples_per_prompt": 2, "batch_size": 16,
+              "finetune_steps": 2, "finetune_batch_size": 2}
+    settings = {"llm": {**common, "enabled": True, "checkpoint": str(checkpoints["llm"]), "top_k": 1},
+                "flow": {**common, "enabled": True, "checkpoint": str(checkpoints["flow"]), "steps": 5}}
+    for kind, changes in sections.items():
+        settings[kind].update(changes)
+    return settings
+
+
+def test_prompts_come_from_the_space_ranked_known_or_both():
+    space = ChemicalSpace(("Co", "Li", "O"), 3, 8)
+    known = [("Li2O", 0.0), ("CoO", 0.02), ("Li", 0.0), ("LiCoO2", None), ("Co3O4", 0.01)]
+    assert prompt_formulas("known", 3, space, known) == ["Li2O", "Co3O4", "CoO"]  # compounds, nearest the hull first
+    # new charge-balanced formulas of at most 8 atoms; without a scorer the smallest first
+    assert prompt_formulas("ranked", 10, space, known) == ["Co2O3", "Li2CoO2", "Li2Co2O3", "Li3CoO3", "Li4CoO3"]
+    assert prompt_formulas("both", 5, space, known) == ["Co2O3", "Li2O", "Li2CoO2", "Co3O4", "Li2Co2O3"]
+    assert prompt_formulas("ranked", 2, space, known, scorer=lambda formulas: [-len(f) for f in formulas]) == [
+        "Li2Co2O3", "Li2CoO2"]  # the scorer's lowest first
+    assert prompt_cells(["Li2O", "LiCoO2"], 8) == [Composition("Li2O"), Composition("Li4O2"), Composition("LiCoO2"),
+                                                   Composition("Li2Co2O4")]
+
+
+@pytest.mark.parametrize("kind", ["llm", "flow"])
+def test_finetuning_on_the_entries_near_the_hull_is_saved_once_per_round(checkpoints, tmp_path, monkeypatch, kind):
+    settings = parse_config(quick_config(generators=generators(
+        checkpoints, **{kind: {"finetune_steps": 10, "finetune_learning_rate": 1e-3, "finetune_max_ehull": 0.01}})))
+    settings = getattr(settings.generators, kind)
+    models = tmp_path / "models"
+    (models / "r001" / f"{kind}.partial").mkdir(parents=True)  # left by a kill while saving
+    entries = [("e-1", CUAU3, 0.0), ("e-2", CUAU, 0.005), ("e-3", CU3AU, 0.2), ("e-4", CUAU, None)]
+    model, record = round_generator(kind, settings, models, 1, entries, seed=3)
+    assert record["steps"] == 10 and record["structures"] == 2  # CuAu3 and CuAu: within 0.01 eV/atom
+    assert record["start"] == str(checkpoints[kind]) and record["weights"] == f"models/r001/{kind}"
+    saved = Generator.load(kind, models / "r001" / kind)
+    assert saved.card["finetune"] == record and saved.card["elements"] == ["Au", "Cu"]
+    assert not (models / "r001" / f"{kind}.partial").exists()
+    for a, b in zip(jax.tree.leaves(saved.params), jax.tree.leaves(model.params)):
+        np.testing.assert_array_equal(a, b)
+    if kind == "llm":  # the stable structure became likelier
+        evaluate = cif_lm.make_eval_loss(TINY_LM)
+        tokens = cif_lm.token_batch([ct.canonical_cif(CUAU3)], TINY_LM.max_len)
+        before = Generator.load(kind, checkpoints[kind]).params
+        assert float(evaluate(model.params, tokens)) < float(evaluate(before, tokens))
+    else:  # the flow keeps its checkpoint's lattice statistics
+        np.testing.assert_array_equal(saved.stats.mean, Generator.load(kind, checkpoints[kind]).stats.mean)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained twice")
+
+    monkeypatch.setattr(generative, "finetune", no_training)
+    again, same = round_generator(kind, settings, models, 1, entries, seed=3)  # a re-run of the round
+    assert same == record
+    monkeypatch.undo()
+    _, second = round_generator(kind, settings, models, 2, entries, seed=4)
+    assert second["start"] == str(models / "r001" / kind)  # from the round before's weights
+    frozen = settings.model_copy(update={"finetune_steps": 0})
+    _, untouched = round_generator(kind, frozen, tmp_path / "other", 1, entries, seed=3)
+    assert untouched["steps"] == 0 and untouched["weights"] == str(checkpoints[kind])
+    assert not (tmp_path / "other").exists()
+
+
+def test_flowllm_refines_the_language_models_valid_samples(checkpoints, tmp_path):
+    config = parse_config(quick_config(generators=generators(
+        checkpoints, flow={"start": "llm", "start_time": 0.5, "finetune_steps": 0},
+        llm={"enabled": False, "finetune_steps": 0})))
+    made = propose("flow", config.generators, tmp_path / "models", 1, 5, [], ["Cu3Au", "CuAu"], 8)
+    # prompts within the flow's 4 atoms: Cu3Au, CuAu, Cu2Au2; greedy samples repeat, and Cu2Au2 is no CIF it knows
+    assert made.samples == 6
+    assert sum(made.rejected.values()) + len(made.candidates) == 6
+    assert made.rejected["duplicate"] >= 2 and len(made.candidates) >= 2
+    assert {c.structure.composition.reduced_formula for c in made.candidates} <= {"Cu3Au", "CuAu"}
+    assert {c.generator for c in made.candidates} == {"flow"}
+    for candidate in made.candidates:
+        assert Composition(candidate.info["prompt"]) == candidate.structure.composition
+
+
+def test_llm_and_flow_in_a_campaign_round_rerun_after_a_kill(checkpoints, tmp_path, monkeypatch):
+    """Round 1 with both models; its generate stage first runs without committing (a kill
+    before its transaction), then the campaign resumes: the weights are re-used, not
+    trained again, and the same candidates are inserted once."""
+    config = quick_config(generators=generators(checkpoints))
+    directory = tmp_path / "c"
+    Campaign.create(parse_config(config), directory).run()
+    config["rounds"] = 1
+    write_config(directory / "config.yaml", config)
+    campaign = Campaign(directory)
+    killed = generate(campaign.context, 1)
+    assert campaign.store.candidates(round_=1) == []
+    shutil.copy(directory / "campaign.db", tmp_path / "killed.db")
+    copy = Store(tmp_path / "killed.db")
+    with copy.transaction():  # what the killed run would have inserted
+        killed.record(copy)
+    killed_ids = {row["id"] for row in copy.candidates(round_=1)}
+    copy.close()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained twice")
+
+    monkeypatch.setattr(generative, "finetune", no_training)
+    assert campaign.run().status == "done"
+    rows = campaign.store.candidates(round_=1)
+    assert {row["id"] for row in rows} == killed_ids and len(rows) == len(killed_ids)
+    round_1 = campaign.round_table()[1]
+    # known prompts Cu3Au and CuAu: 2 + 4 cells (8 atoms at most), 3 within the flow's 4 atoms; 2 samples each
+    assert round_1["samples_by_generator"] == {"llm": 12, "flow": 6}
+    for kind in ("llm", "flow"):
+        rejected = sum(round_1["rejected_by_generator"].get(kind, {}).values())
+        counts = round_1["by_generator"][kind]
+        assert counts["valid"] + rejected == round_1["samples_by_generator"][kind]  # every sample accounted for
+        assert counts["valid"] == sum(row["generator"] == kind for row in rows) >= counts["unique"] >= counts["novel"]
+        training = round_1["generator_training"][kind]
+        assert training["steps"] == 2 and training["structures"] >= 3  # Cu3Au and the elements on the hull
+        card = json.loads((directory / "models" / "r001" / kind / "model_card.json").read_text())
+        assert card["finetune"] == training  # beside the energy model, which the train stage wrote after
+    assert round_1["generated_by"]["llm"] >= 2 and round_1["rejected_by_generator"]["llm"]["duplicate"] >= 2
+    assert (directory / "models" / "r001" / "model_card.json").exists()
+    assert {json.loads(row["info"])["weights"] for row in rows} == {"models/r001/llm", "models/r001/flow"}
+    result = CliRunner().invoke(app, ["status", str(directory)])
+    assert result.exit_code == 0 and "llm" in result.output and "samples" in result.output
+    assert "fine-tuned" in result.output
+
+
+@pytest.mark.parametrize("change, hint", [
+    (lambda c, paths: c["generators"]["llm"].update(checkpoint="pretrained"), "no pretrained llm ships"),
+    (lambda c, paths: c["generators"]["llm"].update(checkpoint=str(paths["flow"])), "not a 'cif-transformer'"),
+    (lambda c, paths: c["generators"]["flow"].update(checkpoint="/no/such/folder"), "no generator in /no/such"),
+    (lambda c, paths: c["generators"]["flow"].update(checkpoint=str(paths["foreign"])),
+     "trained on no structure holding Au, Cu"),
+    (lambda c, paths: c["generators"]["llm"].update(enabled=False, checkpoint="/no/such/folder")
+     or c["generators"]["flow"].update(start="llm"), "generators.llm.checkpoint: no generator"),
+])
+def test_a_checkpoint_that_cannot_serve_fails_at_init(checkpoints, tmp_path, change, hint):
+    foreign = tmp_path / "foreign"
+    shutil.copytree(checkpoints["flow"], foreign)
+    card = json.loads((foreign / "model_card.json").read_text())
+    (foreign / "model_card.json").write_text(json.dumps({**card, "elements": ["Cl", "Na"]}))
+    config = quick_config(generators=generators(checkpoints))
+    change(config, {**checkpoints, "foreign": foreign})
+    with pytest.raises(ConfigError, match="generators.(llm|flow).checkpoint") as error:
+        Campaign.create(parse_config(config), tmp_path / "c")
+    assert hint in str(error.value)
+    assert not (tmp_path / "c").exists()
+
+
+def test_generative_settings_are_checked():
+    for section, hint in (({"llm": {"prompts": "all"}}, "generators.llm.prompts"),
+                          ({"flow": {"start": "cdvae"}}, "generators.flow.start"),
+                          ({"llm": {"temperature": 0}}, "generators.llm.temperature")):
+        with pytest.raises(ConfigError, match=hint):
+            parse_config(quick_config(generators=section))
+    assert parse_config(quick_config()).generators.llm.enabled is False  # no checkpoint ships: off by default

@@ -88,10 +88,11 @@ def select(ctx: StageContext, round_: int) -> Decision:
 
 def pool(store: Store, round_: int, carry_over: bool) -> list[sqlite3.Row]:
     """The candidates a round chooses among: its unique ones, plus with `carry_over` every
-    unique candidate of an earlier round that was never selected."""
+    unique candidate of an earlier round that was never selected (not round 0's: the
+    snapshot's known phases)."""
     if not carry_over:
         return store.candidates(round_=round_, status="new")
-    return [row for row in store.candidates(status="new", selected=False) if row["round"] <= round_]
+    return [row for row in store.candidates(status="new", selected=False) if 0 < row["round"] <= round_]
 
 
 def score(ctx: StageContext, rows: list[sqlite3.Row], structures: list[Structure]) -> list[Prediction]:

@@ -177,25 +177,26 @@ def test_llm_and_flow_in_a_campaign_round_rerun_after_a_kill(checkpoints, tmp_pa
     assert "fine-tuned" in result.output
 
 
-@pytest.mark.parametrize("change, hint", [
-    (lambda c, paths: c["generators"]["llm"].update(checkpoint="pretrained"), "no pretrained llm ships"),
-    (lambda c, paths: c["generators"]["llm"].update(checkpoint=str(paths["flow"])), "not a 'cif-transformer'"),
-    (lambda c, paths: c["generators"]["flow"].update(checkpoint="/no/such/folder"), "no generator in /no/such"),
-    (lambda c, paths: c["generators"]["flow"].update(checkpoint=str(paths["foreign"])),
-     "trained on no structure holding Au, Cu"),
-    (lambda c, paths: c["generators"]["llm"].update(enabled=False, checkpoint="/no/such/folder")
-     or c["generators"]["flow"].update(start="llm"), "generators.llm.checkpoint: no generator"),
+@pytest.mark.parametrize("changes, hint", [
+    ({"llm": {"checkpoint": "pretrained"}}, "generators.llm.checkpoint: no pretrained llm ships"),
+    ({"llm": {"checkpoint": "{flow}"}}, "generators.llm.checkpoint: {flow} holds a 'crystal-flow' model, not a "
+                                        "'cif-transformer'"),
+    ({"flow": {"checkpoint": "/no/such/folder"}}, "generators.flow.checkpoint: no generator in /no/such/folder"),
+    ({"flow": {"checkpoint": "{foreign}"}}, "{foreign} was trained on no structure holding Au, Cu"),
+    ({"llm": {"enabled": False, "checkpoint": "/no/such"}, "flow": {"start": "llm"}},  # FlowLLM needs the llm
+     "generators.llm.checkpoint: no generator in /no/such"),
 ])
-def test_a_checkpoint_that_cannot_serve_fails_at_init(checkpoints, tmp_path, change, hint):
+def test_a_checkpoint_that_cannot_serve_fails_at_init(checkpoints, tmp_path, changes, hint):
     foreign = tmp_path / "foreign"
     shutil.copytree(checkpoints["flow"], foreign)
     card = json.loads((foreign / "model_card.json").read_text())
     (foreign / "model_card.json").write_text(json.dumps({**card, "elements": ["Cl", "Na"]}))
-    config = quick_config(generators=generators(checkpoints))
-    change(config, {**checkpoints, "foreign": foreign})
-    with pytest.raises(ConfigError, match="generators.(llm|flow).checkpoint") as error:
-        Campaign.create(parse_config(config), tmp_path / "c")
-    assert hint in str(error.value)
+    paths = {"flow": str(checkpoints["flow"]), "foreign": str(foreign)}
+    changes = {kind: {key: value.format(**paths) if isinstance(value, str) else value for key, value in section.items()}
+               for kind, section in changes.items()}
+    with pytest.raises(ConfigError) as error:
+        Campaign.create(parse_config(quick_config(generators=generators(checkpoints, **changes))), tmp_path / "c")
+    assert hint.format(**paths) in str(error.value)
     assert not (tmp_path / "c").exists()
 
 

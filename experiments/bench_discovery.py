@@ -32,7 +32,6 @@ the pretrained arm again after a new checkpoint).
 from __future__ import annotations
 
 import json
-import re
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from gnome_loop.campaign import Campaign
 from gnome_loop.config import parse_config
+from gnome_loop.generate.parents import FORMULA_SUM
 
 from common import DATA, RESULTS, bench_parser, write_results
 
@@ -97,8 +97,7 @@ def outside_parents(path: Path) -> Path:
 
     table = pd.read_csv(MP37K, usecols=["material_id", "formation_energy_per_atom", "cif"])
     table = table[table["formation_energy_per_atom"] < 0]
-    table["formula"] = [Composition(re.search(r"_chemical_formula_sum\s+'?([^'\n]+)", cif).group(1)).reduced_formula
-                        for cif in table["cif"]]
+    table["formula"] = [Composition(FORMULA_SUM.search(cif).group(1)).reduced_formula for cif in table["cif"]]
     ground = table.sort_values("formation_energy_per_atom").drop_duplicates("formula")
     ground[["material_id", "cif"]].to_csv(path, index=False)
     return path

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 KNOWN, PROTOTYPES = "known", "prototypes"
 #: The older spellings of `parents`, still accepted.
 ALIASES = {"known": (KNOWN,), "known+prototypes": (KNOWN, PROTOTYPES)}
-_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+['\"]?([^'\"\n]+)", re.MULTILINE)
+#: A CIF's `_chemical_formula_sum`: its formula without parsing the structure.
+FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+['\"]?([^'\"\n]+)", re.MULTILINE)
 
 
 def sources(parents: str | Sequence[str]) -> list[str]:
@@ -94,7 +95,7 @@ def read_parents(path: str, space: ChemicalSpace, threshold: float, alpha: float
     targets = tuple(sorted(set(space.elements) & set(_table_species(alpha))))
     ranked = []
     for entry in iter_sources(path):
-        match = _FORMULA_SUM.search(entry.text) if entry.fmt == "cif" else None
+        match = FORMULA_SUM.search(entry.text) if entry.fmt == "cif" else None
         try:
             formula = match.group(1) if match else parse_entry(entry.text, entry.fmt).composition.formula
             score = _score(frozenset(Composition(formula).chemical_system_set), targets, space.max_elements,

@@ -15,7 +15,11 @@ Two rules keep the substitution generators from proposing what no chemist would:
   charge-balanced compositions). Peroxides and superoxides (O2 2-, O2 -) have
   none, so oxygen atoms that sit closer than :data:`DIOXYGEN_BOND` to another
   oxygen count as -1 (peroxide) or -1/2 (superoxide) and the rest of the
-  composition is balanced against them. Candidates without anions
+  composition is balanced against them. Only the cations that form ionic
+  peroxides and superoxides (:data:`DIOXYGEN_CATIONS`: the alkali and alkaline-earth
+  metals, Zn, Cd, Hg; Greenwood & Earnshaw, *Chemistry of the Elements*, 2nd ed.,
+  §14.2.2) may balance them: a transition-metal "superoxide" such as NiO6 is an
+  artefact of substituting onto an O2-rich parent. Candidates without anions
   (intermetallics) are not checked.
 
 The anions are the elements that take a negative oxidation state in the compounds
@@ -41,6 +45,8 @@ ANION, CATION = "anion", "cation"
 #: O–O distance below which two oxygens form a peroxide or superoxide ion, Å
 #: (O2 2-: 1.49 Å, O2 -: 1.33 Å; the shortest O–O contact in an oxide is about 2.2 Å).
 DIOXYGEN_BOND = 1.6
+#: Cations of the ionic peroxides and superoxides (module docstring).
+DIOXYGEN_CATIONS = frozenset({"Li", "Na", "K", "Rb", "Cs", "Be", "Mg", "Ca", "Sr", "Ba", "Zn", "Cd", "Hg"})
 #: Charge of an oxygen atom in a peroxide and in a superoxide ion.
 DIOXYGEN_CHARGES = (-1.0, -0.5)
 #: The reject reason of a composition that cannot be charge balanced.
@@ -80,16 +86,29 @@ def charge_problem(structure: Structure) -> str | None:
 
 
 def _balanced_with_dioxygen(structure: Structure) -> bool:
-    """Whether the composition balances with its O–O paired oxygens as peroxide or superoxide."""
+    """Whether the composition balances with its O–O paired oxygens as peroxide or superoxide
+    (its other elements all among DIOXYGEN_CATIONS)."""
+    if not {el.symbol for el in structure.composition} - {"O"} <= DIOXYGEN_CATIONS:
+        return False
     oxygen = [i for i, site in enumerate(structure) if site.specie.symbol == "O"]
     distances = structure.lattice.get_all_distances(structure.frac_coords[oxygen], structure.frac_coords[oxygen])
     np.fill_diagonal(distances, np.inf)
     paired = int(np.sum(distances.min(axis=1) < DIOXYGEN_BOND))
     if not paired:
         return False
-    rest = {el.symbol: amount for el, amount in structure.composition.items() if el.symbol != "O"}
-    for charge in DIOXYGEN_CHARGES:
-        oxygen_charge = -2.0 * (len(oxygen) - paired) + charge * paired
-        if rest and Composition(rest).oxi_state_guesses(target_charge=-oxygen_charge):
-            return True
-    return False
+    rest = Composition({el.symbol: amount for el, amount in structure.composition.items() if el.symbol != "O"})
+    return any(_cations_balance(rest, 2.0 * (len(oxygen) - paired) - charge * paired)
+               for charge in DIOXYGEN_CHARGES)
+
+
+def _cations_balance(cations: Composition, charge: float) -> bool:
+    """Whether the cations' likely oxidation states sum to `charge`. pymatgen answers a
+    single element with its zero state whatever the target (LiO6 would pass as Li2(O2)6
+    superoxide), so one element is checked here: charge / amount must be one of its states."""
+    if not cations:
+        return False
+    if len(cations) == 1:
+        element, amount = next(iter(cations.items()))
+        states = element.icsd_oxidation_states or element.common_oxidation_states
+        return any(abs(state * amount - charge) < 1e-6 for state in states)
+    return bool(cations.oxi_state_guesses(target_charge=charge))

@@ -246,10 +246,6 @@ class ExternalGenerator(_Section):
         return value
 
 
-#: The generators' names in the candidates table (external ones take their own).
-BUILT_IN_GENERATORS = ("substitution", "saps", "permutation", "random", "composition", "import", "llm", "flow")
-
-
 class Generators(_Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -280,6 +276,11 @@ class Generators(_Section):
             raise ValueError("two external generators have the same name")
         return value
 
+
+#: The built-in generators' names in the candidates table: the sections of `Generators`
+#: (external ones take their own names).
+BUILT_IN_GENERATORS = tuple(field.alias or name for name, field in Generators.model_fields.items()
+                            if name != "external")
 
 
 class Model(_Section):

@@ -9,7 +9,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from gnome_loop.config import ConfigError, parse_config
-from gnome_loop.generate.permutation import permute, site_roles, swapped
+from gnome_loop.generate.permutation import permute, swapped
+from gnome_loop.generate.plausible import element_roles
 from gnome_loop.stages.context import StageContext
 from gnome_loop.stages.generate import generate
 from gnome_loop.store import Store, entry_row
@@ -65,10 +66,10 @@ def _changed_sites(parent: Structure, variant: Structure) -> list[int]:
 
 
 def test_roles_follow_the_oxidation_state_guess():
-    assert site_roles("LiCoO2") == {"Li": "cation", "Co": "cation", "O": "anion"}
-    assert site_roles("LiNO3")["N"] == "cation"  # nitrate: N5+, though N is an anion element
-    assert site_roles("Mg2OS") == {"Mg": "cation", "O": "anion", "S": "anion"}
-    assert site_roles("CuZn") == {"Cu": "cation", "Zn": "cation"}  # no guess: the elements' own roles
+    assert element_roles("LiCoO2") == {"Li": "cation", "Co": "cation", "O": "anion"}
+    assert element_roles("LiNO3")["N"] == "cation"  # nitrate: N5+, though N is an anion element
+    assert element_roles("Mg2OS") == {"Mg": "cation", "O": "anion", "S": "anion"}
+    assert element_roles("CuZn") == {"Cu": "cation", "Zn": "cation"}  # no guess: the elements' own roles
 
 
 @pytest.mark.parametrize("make, supercell", [(_spinel, [2, 1, 1]), (_layered, None), (_oxysulfide, [2, 1, 1])])
@@ -79,7 +80,7 @@ def test_variants_swap_one_same_role_pair_and_are_every_distinct_ordering(make, 
     parent = make()
     cell = parent * supercell if supercell else parent
     variants = list(permute([("p", parent)], SPACE, supercell=supercell))
-    roles = site_roles(parent.composition.reduced_formula)
+    roles = element_roles(parent.composition.reduced_formula)
     for candidate in variants:
         assert candidate.generator == "permutation" and candidate.parent_ids == ("p",)
         assert candidate.structure.composition == cell.composition

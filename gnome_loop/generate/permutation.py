@@ -8,7 +8,7 @@ one) that crossover and lattice mutation rarely reach. Here one pair of sites of
 known phase is swapped, the two of different elements but of the same role (cation
 ↔ cation or anion ↔ anion: a parent needs two cation or two anion elements); roles
 follow the signs of the parent's most likely oxidation-state guess
-(:func:`gnome_loop.generate.plausible.role`), so the nitrogen of a nitrate counts as
+(:func:`gnome_loop.generate.plausible.element_roles`), so the nitrogen of a nitrate counts as
 a cation. The composition never changes, so no charge check is needed.
 
 Pairs related by a symmetry operation of the parent give the same crystal: only one
@@ -24,26 +24,15 @@ a cap shares out among them.
 
 from __future__ import annotations
 
-import functools
 from collections import Counter, deque
 from typing import Iterator, Sequence
 
 import numpy as np
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Structure
 
-from gnome_loop.generate.plausible import role
+from gnome_loop.generate.plausible import element_roles
 from gnome_loop.generate.saps import _supercell, distinct_subsets, site_permutations
 from gnome_loop.structures import Candidate, ChemicalSpace, DuplicateIndex, symmetry_label
-
-
-@functools.lru_cache(maxsize=4096)
-def site_roles(formula: str) -> dict[str, str]:
-    """The role (ANION or CATION) of each element of a composition: the sign of its
-    state in pymatgen's most likely oxidation-state guess, else the element's own."""
-    composition = Composition(formula)
-    guesses = composition.oxi_state_guesses()
-    states = guesses[0] if guesses else {}
-    return {symbol: role(symbol, states.get(symbol)) for symbol in composition.chemical_system_set}
 
 
 def swap_pairs(structure: Structure, roles: dict[str, str], permutations: np.ndarray) -> list[tuple[int, int]]:
@@ -73,7 +62,7 @@ def _variants(key: str, parent: Structure, space: ChemicalSpace, supercell: Sequ
     cell = _supercell(parent, supercell, space.max_atoms)
     if space.max_atoms is not None and len(cell) > space.max_atoms:
         return
-    roles = site_roles(cell.composition.reduced_formula)
+    roles = element_roles(cell.composition.reduced_formula)
     if max(Counter(roles.values()).values()) < 2:
         return
     index.add(key, symmetry_label(cell, symprec), cell)

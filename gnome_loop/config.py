@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gnome_loop.generate.external import PLACEHOLDERS, unknown_placeholders
 from gnome_loop.structures import ChemicalSpace, is_known_element
@@ -81,6 +81,16 @@ class SnapshotConfig(_Section):
         return self
 
 
+def _three_positive(value: list[int] | None) -> list[int] | None:
+    if value is not None and (len(value) != 3 or min(value) < 1):
+        raise ValueError("supercell takes three positive integers, e.g. [2, 1, 1]")
+    return value
+
+
+#: A repeat of the parent cells, [a, b, c] (SAPS, permutation).
+Supercell = Annotated[Optional[list[int]], AfterValidator(_three_positive)]
+
+
 class SubstitutingGenerator(_Section):
     """What substitution and SAPS share: where their parents come from, and the plausibility rules."""
 
@@ -124,14 +134,19 @@ class SapsGenerator(SubstitutingGenerator):
     alpha: float = Field(-5.0, description="lambda of never-observed substitutions")
     max_candidates: int = Field(300, ge=0, description="most candidates per round")
     max_per_parent: int = Field(20, ge=1, description="most candidates from one parent structure")
-    supercell: Optional[list[int]] = Field(None, description="repeat parents by [a, b, c] first (within max_atoms)")
+    supercell: Supercell = Field(None, description="repeat parents by [a, b, c] first (within max_atoms)")
 
-    @field_validator("supercell")
-    @classmethod
-    def _three_positive(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (len(value) != 3 or min(value) < 1):
-            raise ValueError("supercell takes three positive integers, e.g. [2, 1, 1]")
-        return value
+
+class PermutationGenerator(_Section):
+    """USPEX's permutation: ordering variants of known phases, two sites of one role swapped
+    (gnome_loop.generate.permutation)."""
+
+    enabled: bool = False
+    max_candidates: int = Field(50, ge=0, description="most candidates per round")
+    parents_max_ehull: float = Field(0.1, ge=0, description="known phases above the hull by more than this "
+                                     "(eV/atom) are no parents")
+    supercell: Supercell = Field(None, description="repeat parents by [a, b, c] first (within max_atoms): a "
+                                 "small cell has few orderings")
 
 
 class RandomGenerator(_Section):
@@ -231,15 +246,12 @@ class ExternalGenerator(_Section):
         return value
 
 
-#: The generators' names in the candidates table (external ones take their own).
-BUILT_IN_GENERATORS = ("substitution", "saps", "random", "composition", "import", "llm", "flow")
-
-
 class Generators(_Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     substitution: SubstitutionGenerator = SubstitutionGenerator()
     saps: SapsGenerator = SapsGenerator()
+    permutation: PermutationGenerator = PermutationGenerator()
     random: RandomGenerator = RandomGenerator()
     composition: CompositionGenerator = CompositionGenerator()
     imported: ImportGenerator = Field(ImportGenerator(), alias="import")
@@ -264,6 +276,11 @@ class Generators(_Section):
             raise ValueError("two external generators have the same name")
         return value
 
+
+#: The built-in generators' names in the candidates table: the sections of `Generators`
+#: (external ones take their own names).
+BUILT_IN_GENERATORS = tuple(field.alias or name for name, field in Generators.model_fields.items()
+                            if name != "external")
 
 
 class Model(_Section):

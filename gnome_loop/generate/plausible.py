@@ -65,6 +65,16 @@ def role(symbol: str, oxidation: float | None = None) -> str:
     return ANION if symbol in ANIONS else CATION
 
 
+@functools.lru_cache(maxsize=4096)
+def element_roles(formula: str) -> dict[str, str]:
+    """The role (ANION or CATION) of each element of a composition: the sign of its
+    state in pymatgen's most likely oxidation-state guess, else the element's own."""
+    composition = Composition(formula)
+    guesses = composition.oxi_state_guesses()
+    states = guesses[0] if guesses else {}
+    return {symbol: role(symbol, states.get(symbol)) for symbol in composition.chemical_system_set}
+
+
 @functools.lru_cache(maxsize=65536)
 def has_balanced_guess(formula: str) -> bool:
     """Whether pymatgen finds charge-balanced oxidation states for a composition."""

@@ -18,7 +18,8 @@ from gnome_loop.generate.composition import enumerate_candidates, placeholder_st
 from gnome_loop.generate.external import run_external
 from gnome_loop.generate.generative import prompt_formulas, propose
 from gnome_loop.generate.imported import DUPLICATE, import_structures
-from gnome_loop.generate.parents import pooled_parents
+from gnome_loop.generate.parents import near_hull, pooled_parents
+from gnome_loop.generate.permutation import permute
 from gnome_loop.generate.random_search import random_search
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import substitute
@@ -131,6 +132,17 @@ def _substituting(given: GeneratorInputs, name: str, settings: SubstitutingGener
         max_atoms=space.max_atoms, charge_balanced=settings.charge_balanced, rejected=rejects, **options), rejects)
 
 
+def _permutation(given: GeneratorInputs) -> Proposals | None:
+    """Ordering variants of the known phases near the hull, the most stable first."""
+    settings = given.ctx.config.generators.permutation
+    if not settings.enabled:
+        return None
+    judged = sorted((known for known in given.structures if known[2] is not None), key=lambda known: known[2])
+    return Proposals("permutation", settings.max_candidates, permute(
+        near_hull(judged, settings.parents_max_ehull), given.space, seed=given.seed,
+        supercell=settings.supercell), Counter())
+
+
 def _random(given: GeneratorInputs) -> Proposals | None:
     settings = given.ctx.config.generators.random
     if not (settings.enabled and settings.compositions):
@@ -214,7 +226,7 @@ def _external(given: GeneratorInputs) -> list[Proposals]:
 #: for one with several instances, the external commands), or None when it is off. Add a
 #: generator here (and its section in `config.Generators`).
 GENERATORS: tuple[Callable[[GeneratorInputs], Proposals | list[Proposals] | None], ...] = (
-    _substitution, _saps, _random, _composition, _import, _llm, _flow, _external)
+    _substitution, _saps, _permutation, _random, _composition, _import, _llm, _flow, _external)
 
 
 def proposals(ctx: StageContext, round_: int, marks: dict[str, str]) -> Iterator[Proposals]:

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
+from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,22 @@ TABLES_V6 = [
     " msg TEXT NOT NULL)"]
 #: Elemental energies, eV/atom, of the synthetic Li-Na-O entries.
 REFERENCE = {"Li": -1.9, "Na": -1.3, "O": -4.95}
+
+
+def spinel_mgal2o4() -> Structure:
+    """MgAl2O4, Fd-3m origin choice 1, a = 8.083 Å, O at x = 0.387 (u = 0.262 in
+    origin choice 2); primitive cell Mg2Al4O8."""
+    conventional = Structure.from_spacegroup(
+        "Fd-3m", Lattice.cubic(8.083), ["Mg", "Al", "O"], [[0, 0, 0], [0.625, 0.625, 0.625], [0.387, 0.387, 0.387]]
+    )
+    return conventional.get_primitive_structure()
+
+
+def layered_licoo2() -> Structure:
+    """LiCoO2, R-3m hexagonal setting, a = 2.816 Å, c = 14.05 Å, O at z = 0.2604: Li3Co3O6."""
+    return Structure.from_spacegroup(
+        "R-3m", Lattice.hexagonal(2.816, 14.05), ["Li", "Co", "O"], [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.2604]]
+    )
 
 
 def ci_config(**sections) -> dict:

@@ -15,24 +15,9 @@ from gnome_loop.stages.context import StageContext
 from gnome_loop.stages.generate import generate
 from gnome_loop.store import Store, entry_row
 from gnome_loop.structures import ChemicalSpace, default_matcher
-from tests.helpers import quick_config
+from tests.helpers import layered_licoo2, quick_config, spinel_mgal2o4
 
 SPACE = ChemicalSpace(("Li", "Co", "Mg", "Al", "Cu", "Zn", "O", "S"), 3, 40)
-
-
-def _spinel() -> Structure:
-    """MgAl2O4, Fd-3m origin choice 1, a = 8.083 Å, O at x = 0.387; primitive cell Mg2Al4O8."""
-    conventional = Structure.from_spacegroup(
-        "Fd-3m", Lattice.cubic(8.083), ["Mg", "Al", "O"], [[0, 0, 0], [0.625, 0.625, 0.625], [0.387, 0.387, 0.387]]
-    )
-    return conventional.get_primitive_structure()
-
-
-def _layered() -> Structure:
-    """LiCoO2, R-3m hexagonal setting, a = 2.816 Å, c = 14.05 Å, O at z = 0.2604: Li3Co3O6."""
-    return Structure.from_spacegroup(
-        "R-3m", Lattice.hexagonal(2.816, 14.05), ["Li", "Co", "O"], [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.2604]]
-    )
 
 
 def _b2() -> Structure:
@@ -51,12 +36,12 @@ def _oxysulfide() -> Structure:
 
 @pytest.fixture(scope="module")
 def spinel() -> Structure:
-    return _spinel()
+    return spinel_mgal2o4()
 
 
 @pytest.fixture(scope="module")
 def layered() -> Structure:
-    return _layered()
+    return layered_licoo2()
 
 
 def _changed_sites(parent: Structure, variant: Structure) -> list[int]:
@@ -72,7 +57,8 @@ def test_roles_follow_the_oxidation_state_guess():
     assert element_roles("CuZn") == {"Cu": "cation", "Zn": "cation"}  # no guess: the elements' own roles
 
 
-@pytest.mark.parametrize("make, supercell", [(_spinel, [2, 1, 1]), (_layered, None), (_oxysulfide, [2, 1, 1])])
+@pytest.mark.parametrize("make, supercell",
+                         [(spinel_mgal2o4, [2, 1, 1]), (layered_licoo2, None), (_oxysulfide, [2, 1, 1])])
 def test_variants_swap_one_same_role_pair_and_are_every_distinct_ordering(make, supercell):
     """Each variant keeps the parent's lattice, positions and composition and differs at two
     sites of different elements of one role; together they are exactly the orderings a brute

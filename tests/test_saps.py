@@ -13,6 +13,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from gnome_loop.generate.saps import distinct_subsets, partial_substitutions, saps, site_permutations
 from gnome_loop.generate.substitution import substitution_model
+from tests.helpers import layered_licoo2, spinel_mgal2o4
 
 SPACE = ["Li", "Na", "K", "Mg", "Zn", "Al", "Ga", "Co", "Ni", "O", "S", "F", "Cl", "Br"]
 
@@ -24,22 +25,6 @@ def _rocksalt() -> Structure:
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.640), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
-def _spinel() -> Structure:
-    """MgAl2O4, Fd-3m origin choice 1, a = 8.083 Å, O at x = 0.387 (u = 0.262 in
-    origin choice 2); primitive cell Mg2Al4O8."""
-    conventional = Structure.from_spacegroup(
-        "Fd-3m", Lattice.cubic(8.083), ["Mg", "Al", "O"], [[0, 0, 0], [0.625, 0.625, 0.625], [0.387, 0.387, 0.387]]
-    )
-    return conventional.get_primitive_structure()
-
-
-def _layered() -> Structure:
-    """LiCoO2, R-3m hexagonal setting, a = 2.816 Å, c = 14.05 Å, O at z = 0.2604: Li3Co3O6."""
-    return Structure.from_spacegroup(
-        "R-3m", Lattice.hexagonal(2.816, 14.05), ["Li", "Co", "O"], [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.2604]]
-    )
-
-
 @pytest.fixture(scope="module")
 def rocksalt() -> Structure:
     return _rocksalt()
@@ -47,12 +32,12 @@ def rocksalt() -> Structure:
 
 @pytest.fixture(scope="module")
 def spinel() -> Structure:
-    return _spinel()
+    return spinel_mgal2o4()
 
 
 @pytest.fixture(scope="module")
 def layered() -> Structure:
-    return _layered()
+    return layered_licoo2()
 
 
 def _cell_matcher() -> StructureMatcher:
@@ -82,10 +67,10 @@ def _brute_force_counts(structure: Structure, old: str, new: str) -> dict[int, i
 
 CASES = {
     # name: (structure factory, supercell, old, new, expected counts per k)
-    "spinel-Al": (_spinel, None, "Al", "Ga", {1: 1, 2: 1, 3: 1}),
-    "spinel-O": (_spinel, None, "O", "S", None),
-    "layered-O": (_layered, None, "O", "F", None),
-    "layered-2x1x1-Co": (_layered, (2, 1, 1), "Co", "Ni", None),
+    "spinel-Al": (spinel_mgal2o4, None, "Al", "Ga", {1: 1, 2: 1, 3: 1}),
+    "spinel-O": (spinel_mgal2o4, None, "O", "S", None),
+    "layered-O": (layered_licoo2, None, "O", "F", None),
+    "layered-2x1x1-Co": (layered_licoo2, (2, 1, 1), "Co", "Ni", None),
     "rocksalt-conventional": (_rocksalt, None, "Na", "K", {1: 1, 2: 1, 3: 1}),
     "rocksalt-2x2x2-primitive": (lambda: _rocksalt().get_primitive_structure(), 2, "Na", "K", None),
 }

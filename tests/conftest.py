@@ -1,11 +1,12 @@
 """Shared fixtures: the reference data beside the checkout (skipped when absent) and
-the CI campaign, run once per test session."""
+the CI campaign, run once per test session; crystals several modules build."""
 
 from pathlib import Path
 
 import pytest
+from pymatgen.core import Structure
 
-from tests.helpers import CI_CONFIG, SHARED_DATA
+from tests.helpers import CI_CONFIG, SHARED_DATA, layered_licoo2, spinel_mgal2o4
 
 
 @pytest.fixture
@@ -26,3 +27,13 @@ def emt_campaign(tmp_path_factory) -> Path:
     outcome = Campaign.create(load_config(CI_CONFIG), directory).run()
     assert outcome.status == "done"
     return directory
+
+
+@pytest.fixture(scope="session")
+def spinel() -> Structure:
+    return spinel_mgal2o4()
+
+
+@pytest.fixture(scope="session")
+def layered() -> Structure:
+    return layered_licoo2()

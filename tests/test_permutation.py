@@ -34,16 +34,6 @@ def _oxysulfide() -> Structure:
     return cell
 
 
-@pytest.fixture(scope="module")
-def spinel() -> Structure:
-    return spinel_mgal2o4()
-
-
-@pytest.fixture(scope="module")
-def layered() -> Structure:
-    return layered_licoo2()
-
-
 def _changed_sites(parent: Structure, variant: Structure) -> list[int]:
     assert np.allclose(parent.lattice.matrix, variant.lattice.matrix)
     assert np.allclose(parent.frac_coords, variant.frac_coords)

@@ -30,16 +30,6 @@ def rocksalt() -> Structure:
     return _rocksalt()
 
 
-@pytest.fixture(scope="module")
-def spinel() -> Structure:
-    return spinel_mgal2o4()
-
-
-@pytest.fixture(scope="module")
-def layered() -> Structure:
-    return layered_licoo2()
-
-
 def _cell_matcher() -> StructureMatcher:
     """Equivalence of two orderings of one cell: a lattice-preserving isometry that
     maps one onto the other. No reduction to primitive cells (that would also merge

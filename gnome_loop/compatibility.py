@@ -12,11 +12,16 @@ from __future__ import annotations
 import functools
 import warnings
 
+from pymatgen.core import Composition, Element
 from pymatgen.entries.compatibility import CompatibilityError, MaterialsProject2020Compatibility
 from pymatgen.entries.computed_entries import ComputedEntry
 from pymatgen.io.vasp.sets import MPRelaxSet
 
+from gnome_loop.generate.plausible import DIOXYGEN_CATIONS
+
 MP_RUN_TYPES = ("GGA", "GGA+U")
+#: Charge of one oxygen atom in each kind of oxygen anion MP2020 corrects differently.
+OXYGEN_ANION_CHARGES = {"oxide": -2.0, "peroxide": -1.0, "superoxide": -0.5, "ozonide": -1.0 / 3.0}
 
 
 @functools.cache
@@ -103,3 +108,77 @@ def mp2020_correct_all(entries: list[ComputedEntry]) -> tuple[list[ComputedEntry
         else:
             kept.append(corrected)
     return kept, rejected
+
+
+def mp_parameters(composition: Composition) -> dict:
+    """The run parameters of MP's calculation of `composition`: GGA+U with MP's U values
+    where the most electronegative element is O or F and a U element is present, plain
+    GGA otherwise (MP's mixing rule), and MP's POTCARs."""
+    anion = max(composition.elements, key=lambda el: el.X).symbol
+    u_values = MPRelaxSet.CONFIG["INCAR"]["LDAUU"].get(anion, {})
+    hubbards = {el.symbol: float(u_values.get(el.symbol, 0)) for el in composition.elements}
+    plus_u = any(hubbards.values())
+    symbols = [mp_potcar_symbol(el.symbol) for el in composition.elements]
+    return {"run_type": "GGA+U" if plus_u else "GGA", "is_hubbard": plus_u, "hubbards": hubbards if plus_u else {},
+            "potcar_symbols": [f"PBE {symbol}" for symbol in symbols],
+            "potcar_spec": [{"titel": f"PAW_PBE {symbol}", "hash": None} for symbol in symbols]}
+
+
+def _guesses(composition: Composition, target_charge: float = 0.0) -> tuple:
+    """pymatgen's oxidation-state guesses as MP2020 makes them (max_sites -20), or none
+    where the composition is too large for that."""
+    try:
+        return composition.oxi_state_guesses(target_charge=target_charge, max_sites=-20)
+    except ValueError:
+        return ()
+
+
+def oxide_type_of(composition: Composition) -> str:
+    """The oxygen anion of a composition without a structure: "oxide" where the rest
+    balances O2-; where every other element forms ionic peroxides and superoxides
+    (`plausible.DIOXYGEN_CATIONS`), the first of peroxide, superoxide and ozonide
+    that it balances, or "superoxide" where O outnumbers what superoxide ions could
+    balance (O2 molecules in the cell); else "oxide" (unusual oxidation states).
+
+    MP2020 tells them apart by O–O bond lengths; this is the fallback where no
+    structure is known (pymatgen's own knows a dozen formulas only)."""
+    symbols = {el.symbol for el in composition.elements} - {"O"}
+    if _guesses(composition) or not symbols <= DIOXYGEN_CATIONS:
+        return "oxide"
+    rest = Composition({el: amount for el, amount in composition.items() if el.symbol != "O"})
+    for kind in ("peroxide", "superoxide", "ozonide"):
+        charge = -OXYGEN_ANION_CHARGES[kind] * composition["O"]
+        if len(rest) > 1 and _guesses(rest, target_charge=charge):
+            return kind
+        if len(rest) == 1:
+            element, amount = next(iter(rest.items()))
+            states = element.icsd_oxidation_states or element.common_oxidation_states
+            if any(abs(state * amount - charge) < 1e-6 for state in states):
+                return kind
+    most = sum(amount * max(el.icsd_oxidation_states or el.common_oxidation_states or (0,))
+               for el, amount in rest.items())
+    # more O than superoxide ions could hold: O2 molecules in the cell (LiO8), which MP's
+    # bond-length rule counts as superoxide
+    return "superoxide" if composition["O"] > 2 * most else "oxide"
+
+
+def mp2020_energy(composition: Composition, uncorrected_energy: float, oxide_type: str | None = None,
+                  entry_id: str | None = None) -> float:
+    """The MP2020-corrected total energy (eV) of MP's uncorrected GGA/GGA+U energy of
+    `composition`, with MP's parameters (`mp_parameters`) and the oxygen anion
+    `oxide_type` (from `oxide_type_of` where not given). Sulfur counts as sulfide only
+    where it is an anion in pymatgen's oxidation-state guess (a sulfate's S6+ is not)."""
+    data: dict = {}
+    if Element("O") in composition:
+        data["oxide_type"] = oxide_type or oxide_type_of(composition)
+    if Element("S") in composition and len(composition) > 1:
+        guesses = _guesses(composition)
+        sulfur = guesses[0].get("S", 0) if guesses else None
+        anion = sulfur < 0 if sulfur is not None else max(composition.elements, key=lambda el: el.X).symbol == "S"
+        data["sulfide_type"] = "sulfide" if anion else "sulfate"
+    entry = ComputedEntry(composition, uncorrected_energy, parameters=mp_parameters(composition), data=data,
+                          entry_id=entry_id)
+    corrected, reason = mp2020_correct(entry)
+    if corrected is None:
+        raise ValueError(f"{entry_id or composition.reduced_formula}: {reason}")
+    return corrected.energy

@@ -154,7 +154,9 @@ def read_energy_table(path: str | Path) -> tuple[list[ComputedEntry], Counter]:
     composition is unreadable or holds an unknown element, or whose energy is
     missing or not finite, is skipped; a row without an id is named `row-N`. A
     table without a composition or energy column is a ValueError. Repeated ids are
-    kept (a `Hull` or the snapshot refuses them by name).
+    kept (a `Hull` or the snapshot refuses them by name). Beware GNoME's release of MP's
+    summary: its "Corrected Energy" is MP's uncorrected energy (the shipped table,
+    `gnome_loop/data/mp_stable_phases.csv.gz`, is that release with MP2020's corrections).
     """
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     columns = {key: next((name for name in names if name in frame.columns), None)

@@ -1,9 +1,11 @@
 """The embedded reference hull: the Materials Project's stable phases, shipped in the package.
 
-`gnome_loop/data/mp_stable_phases.csv.gz` holds the 31,840 phases on MP's convex hull
-(composition, material id, MP2020-corrected total energy; no structures), built by
-`scripts/build_reference_hull.py` from GNoME's data release; its card beside it names
-the source, licence (CC BY 4.0, Materials Project data) and attribution. Nothing is
+`gnome_loop/data/mp_stable_phases.csv.gz` holds the 31,840 phases of MP's convex hull
+that GNoME's data release lists (composition, material id, MP's uncorrected and
+MP2020-corrected total energies; no structures), built by
+`scripts/build_reference_hull.py`, which applies the MP2020 corrections the release
+leaves out; its card beside it names the source, licence (CC BY 4.0, Materials
+Project data), attribution and caveats (rows the release lacks, such as MgO). Nothing is
 downloaded at run time. Energies on MP's scale (VASP with MP's settings, CHGNet, a
 potential declared MP2020-compatible) are judged against it as matbench-discovery
 judges them.

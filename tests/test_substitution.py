@@ -75,6 +75,17 @@ def test_intermetallic_parent_uses_element_level_weights(cu3au):
     assert by_formula["Ag3Au"].info["probability"] == pytest.approx(cu_to_ag * au_stays)
 
 
+def test_an_intermetallic_swap_scales_the_cell_by_the_elements_volumes(cu3au):
+    """Zen's law: Cu3Au (13.2 Å^3/atom) made Ni3Au takes the parent's volume times the ratio
+    of the summed elemental volumes (Ni 10.9, Cu 11.9, Au 17.1 Å^3/atom), not of atomic radii."""
+    volume = {"Cu": 7.11, "Ni": 6.59, "Au": 10.21}  # molar volumes, cm^3/mol (pymatgen's)
+    candidates = substitute([("cu3au", cu3au)], EMT_SPACE, known_formulas={"Cu3Au"})
+    ni3au = next(c.structure for c in candidates if _formula(c) == "Ni3Au")
+    expected = cu3au.volume * (3 * volume["Ni"] + volume["Au"]) / (3 * volume["Cu"] + volume["Au"])
+    assert ni3au.volume == pytest.approx(expected, rel=0.01)
+    assert Element("Ni").molar_volume == pytest.approx(volume["Ni"], abs=0.01)
+
+
 def test_candidates_stay_in_the_space_and_are_new():
     known = {phase.composition.reduced_formula for phase in load_prototypes(ChemicalSpace(IONIC_SPACE, 3, 20))}
     threshold = 0.002

@@ -168,9 +168,26 @@ def _assignments(options: Sequence[Sequence[Option]], threshold: float) -> Itera
     yield from visit(0, (), 1.0)
 
 
+#: Avogadro's number, per mol (molar volumes in cm^3/mol to Å^3 per atom).
+AVOGADRO = 6.02214076e23
+
+
+@functools.lru_cache(maxsize=None)
+def _atomic_volume(symbol: str) -> float | None:
+    """Volume per atom of the element's solid, Å^3 (pymatgen's molar volume), or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns where it has no molar volume
+        molar = Element(symbol).molar_volume
+    return float(molar) * 1e24 / AVOGADRO if molar else None
+
+
 def _radii(element: str, oxidation: float | None, target: Option) -> tuple[float, float]:
-    """Radii of a site before and after the swap, both ionic when both ions have a
-    Shannon radius, else both atomic (van der Waals for noble gases), in Å."""
+    """Radii of a site before and after the swap, in Å: both ionic when both ions have a
+    Shannon radius; else, between two metals, the cube roots of their elemental
+    volumes per atom (Zen's law: an intermetallic's volume is close to the sum of its
+    elements'; atomic radii put a Fe7W6 template turned Al6Si7 at half the volume it
+    relaxes to, and a model then reads the squeezed cell as strongly bound); else both
+    atomic (van der Waals for noble gases)."""
     if oxidation is not None and target.oxidation is not None:
         with warnings.catch_warnings():  # pymatgen warns for ions without a radius
             warnings.simplefilter("ignore")
@@ -178,6 +195,10 @@ def _radii(element: str, oxidation: float | None, target: Option) -> tuple[float
         if None not in pair:
             return float(pair[0]), float(pair[1])
     before, after = Element(element), Element(target.element)
+    if not holds_anion((element, target.element)):
+        volumes = _atomic_volume(element), _atomic_volume(target.element)
+        if None not in volumes:
+            return volumes[0] ** (1 / 3), volumes[1] ** (1 / 3)
     return (
         float(before.atomic_radius or before.van_der_waals_radius),
         float(after.atomic_radius or after.van_der_waals_radius),

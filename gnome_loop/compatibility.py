@@ -17,7 +17,7 @@ from pymatgen.entries.compatibility import CompatibilityError, MaterialsProject2
 from pymatgen.entries.computed_entries import ComputedEntry
 from pymatgen.io.vasp.sets import MPRelaxSet
 
-from gnome_loop.generate.plausible import DIOXYGEN_CATIONS
+from gnome_loop.generate.plausible import DIOXYGEN_CATIONS, cations_balance
 
 MP_RUN_TYPES = ("GGA", "GGA+U")
 #: Charge of one oxygen atom in each kind of oxygen anion MP2020 corrects differently.
@@ -42,7 +42,7 @@ def _u_problems(entry: ComputedEntry, u_settings: dict) -> list[str]:
     (`u_settings` is keyed by that anion); any other compound is plain GGA.
     """
     composition = entry.composition
-    anion = sorted(composition.elements, key=lambda el: el.X)[-1].symbol  # as MP2020 picks it
+    anion = most_electronegative(composition)
     expected = u_settings.get(anion, {})
     used = entry.parameters.get("hubbards") or {}
     problems = []
@@ -110,11 +110,16 @@ def mp2020_correct_all(entries: list[ComputedEntry]) -> tuple[list[ComputedEntry
     return kept, rejected
 
 
+def most_electronegative(composition: Composition) -> str:
+    """The element MP2020 treats as the anion: the highest Pauling electronegativity."""
+    return sorted(composition.elements, key=lambda el: el.X)[-1].symbol
+
+
 def mp_parameters(composition: Composition) -> dict:
     """The run parameters of MP's calculation of `composition`: GGA+U with MP's U values
     where the most electronegative element is O or F and a U element is present, plain
     GGA otherwise (MP's mixing rule), and MP's POTCARs."""
-    anion = max(composition.elements, key=lambda el: el.X).symbol
+    anion = most_electronegative(composition)
     u_values = MPRelaxSet.CONFIG["INCAR"]["LDAUU"].get(anion, {})
     hubbards = {el.symbol: float(u_values.get(el.symbol, 0)) for el in composition.elements}
     plus_u = any(hubbards.values())
@@ -124,11 +129,11 @@ def mp_parameters(composition: Composition) -> dict:
             "potcar_spec": [{"titel": f"PAW_PBE {symbol}", "hash": None} for symbol in symbols]}
 
 
-def _guesses(composition: Composition, target_charge: float = 0.0) -> tuple:
+def _guesses(composition: Composition) -> tuple:
     """pymatgen's oxidation-state guesses as MP2020 makes them (max_sites -20), or none
     where the composition is too large for that."""
     try:
-        return composition.oxi_state_guesses(target_charge=target_charge, max_sites=-20)
+        return composition.oxi_state_guesses(max_sites=-20)
     except ValueError:
         return ()
 
@@ -147,14 +152,8 @@ def oxide_type_of(composition: Composition) -> str:
         return "oxide"
     rest = Composition({el: amount for el, amount in composition.items() if el.symbol != "O"})
     for kind in ("peroxide", "superoxide", "ozonide"):
-        charge = -OXYGEN_ANION_CHARGES[kind] * composition["O"]
-        if len(rest) > 1 and _guesses(rest, target_charge=charge):
+        if cations_balance(rest, -OXYGEN_ANION_CHARGES[kind] * composition["O"]):
             return kind
-        if len(rest) == 1:
-            element, amount = next(iter(rest.items()))
-            states = element.icsd_oxidation_states or element.common_oxidation_states
-            if any(abs(state * amount - charge) < 1e-6 for state in states):
-                return kind
     most = sum(amount * max(el.icsd_oxidation_states or el.common_oxidation_states or (0,))
                for el, amount in rest.items())
     # more O than superoxide ions could hold: O2 molecules in the cell (LiO8), which MP's
@@ -174,7 +173,7 @@ def mp2020_energy(composition: Composition, uncorrected_energy: float, oxide_typ
     if Element("S") in composition and len(composition) > 1:
         guesses = _guesses(composition)
         sulfur = guesses[0].get("S", 0) if guesses else None
-        anion = sulfur < 0 if sulfur is not None else max(composition.elements, key=lambda el: el.X).symbol == "S"
+        anion = sulfur < 0 if sulfur is not None else most_electronegative(composition) == "S"
         data["sulfide_type"] = "sulfide" if anion else "sulfate"
     entry = ComputedEntry(composition, uncorrected_energy, parameters=mp_parameters(composition), data=data,
                           entry_id=entry_id)

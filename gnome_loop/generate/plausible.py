@@ -107,14 +107,15 @@ def _balanced_with_dioxygen(structure: Structure) -> bool:
     if not paired:
         return False
     rest = Composition({el.symbol: amount for el, amount in structure.composition.items() if el.symbol != "O"})
-    return any(_cations_balance(rest, 2.0 * (len(oxygen) - paired) - charge * paired)
+    return any(cations_balance(rest, 2.0 * (len(oxygen) - paired) - charge * paired)
                for charge in DIOXYGEN_CHARGES)
 
 
-def _cations_balance(cations: Composition, charge: float) -> bool:
-    """Whether the cations' likely oxidation states sum to `charge`. pymatgen answers a
-    single element with its zero state whatever the target (LiO6 would pass as Li2(O2)6
-    superoxide), so one element is checked here: charge / amount must be one of its states."""
+def cations_balance(cations: Composition, charge: float) -> bool:
+    """Whether the cations' likely oxidation states sum to `charge` (what balances an
+    anion; `compatibility.oxide_type_of` asks it too). pymatgen answers a single element
+    with its zero state whatever the target (LiO6 would pass as Li2(O2)6 superoxide), so
+    one element is checked here: charge / amount must be one of its states."""
     if not cations:
         return False
     if len(cations) == 1:

@@ -179,9 +179,10 @@ def main() -> None:
     rows, basis = corrected_rows(source, STRUCTURES)
     table = table_bytes(rows)
     check = own_hull_check(rows)
+    about = card(source, table, len(rows), basis, check)  # before writing: its commit is then clean
     TABLE.parent.mkdir(parents=True, exist_ok=True)
     TABLE.write_bytes(table)
-    CARD.write_text(json.dumps(card(source, table, len(rows), basis, check), indent=2) + "\n")
+    CARD.write_text(json.dumps(about, indent=2) + "\n")
     print(f"wrote {len(rows)} rows to {TABLE} ({len(table) / 1e6:.2f} MB) and {CARD.name}; oxygen anions "
           f"{dict(basis)}; {check['rows_above_own_hull']} rows above their own hull (worst {check['worst']})")
 

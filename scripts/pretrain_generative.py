@@ -9,9 +9,10 @@ The training state is saved to `--workdir` every `--checkpoint-minutes`, after e
 epoch and when `--hours` runs out; the same command again (after a kill, or in a later
 session) resumes at the next batch and ends after the same number of steps. When all
 epochs are done, or with `--export`, the weights go to
-`gnome_loop/generative/pretrained/<kind>/` (or `--out`) with a model card naming the
-data, their licence, this script, the commit and the metrics. JAX uses a GPU where
-one is installed.
+`gnome_loop/generative/pretrained/<kind>/` (mp37k: the models a campaign's
+`checkpoint: pretrained` loads) or `<kind>-<dataset>/` (a genbench set: the
+benchmarks' models), or `--out`, with a model card naming the data, their licence,
+this script, the commit and the metrics. JAX uses a GPU where one is installed.
 
 Data (`../shared/data`): mp37k's cells of at most `--max-atoms` atoms, with the rules
 of the energy models' pretraining (`scripts/pretrain.py`): phases of three or more
@@ -19,7 +20,9 @@ elements of Li-Co-Ni-O and every formula of MP-20's validation subset are left o
 Or a genbench training split (perov_5, carbon_24: CDVAE's splits). The language model
 reads each structure as our symmetrised CIF, augmented every epoch (random Wyckoff
 representatives and site order: the same structure in other words); the flow reads
-the Niggli cell. Validation: GNoME's split by MD5 of the reduced formula (15 %).
+the Niggli cell, in batches of crystals of one size (padded to that size only: the
+all-pairs network's cost grows with the square of the padding). Validation: GNoME's
+split by MD5 of the reduced formula (15 %).
 """
 
 from __future__ import annotations
@@ -50,14 +53,14 @@ from gnome_loop.generative import cif_lm, cif_tokens, flow  # noqa: E402
 from gnome_loop.generative.checks import check_samples  # noqa: E402
 from gnome_loop.generative.training import (fit, initial_fit_state, load_fit_state,  # noqa: E402
                                             make_optimizer)
-from gnome_loop.models.split import split_indices  # noqa: E402
+from gnome_loop.models.split import is_train, split_indices  # noqa: E402
 
 PRETRAINED_DIR = ROOT / "gnome_loop" / "generative" / "pretrained"
 #: Settings of each shipped generator (a checkpoint resumes only under the same ones).
 SETTINGS = {
     "lm": {"max_len": 512, "width": 256, "depth": 4, "heads": 8, "epochs": 40, "batch_size": 32,
            "learning_rate": 1e-3, "warmup_steps": 500, "seed": 0},
-    "flow": {"max_atoms": 20, "width": 128, "layers": 4, "frequencies": 8, "epochs": 300, "batch_size": 64,
+    "flow": {"width": 128, "layers": 4, "frequencies": 8, "epochs": 300, "batch_size": 64,
              "learning_rate": 1e-3, "warmup_steps": 500, "seed": 0},
 }
 SOURCES = {
@@ -97,6 +100,17 @@ def lm_texts(structures: list[Structure], max_len: int) -> tuple[list, list[Stru
     return crystals, kept, dict(dropped)
 
 
+def split(structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation indices: GNoME's split by MD5 of the reduced formula, or,
+    for a set of one formula (carbon_24: all carbon, which that split keeps whole in
+    training), by MD5 of each structure's position in the set."""
+    formulas = [s.composition.reduced_formula for s in structures]
+    if len(set(formulas)) > 1:
+        return split_indices(formulas)
+    mask = np.array([is_train(str(index)) for index in range(len(structures))], dtype=bool)
+    return np.flatnonzero(mask), np.flatnonzero(~mask)
+
+
 def batched(indices: np.ndarray, size: int) -> list[np.ndarray]:
     return [indices[i:i + size] for i in range(0, len(indices), size)]
 
@@ -120,7 +134,7 @@ def lm_run(settings: dict, structures: list[Structure], n_eval: int) -> Run:
     """The language model's step, batches, validation and end-of-run metrics (validity)."""
     config = cif_lm.LMConfig(**{k: settings[k] for k in ("max_len", "width", "depth", "heads")})
     crystals, structures, dropped = lm_texts(structures, config.max_len)
-    train, val = split_indices([s.composition.reduced_formula for s in structures])
+    train, val = split(structures)
     size = settings["batch_size"]
 
     def batches(epoch: int) -> list[np.ndarray]:
@@ -151,27 +165,23 @@ def lm_run(settings: dict, structures: list[Structure], n_eval: int) -> Run:
 
 def flow_run(settings: dict, structures: list[Structure], n_eval: int) -> Run:
     """The flow's step, batches, validation and end-of-run metrics (CSP match rate)."""
-    config = flow.FlowConfig(**{k: settings[k] for k in ("max_atoms", "width", "layers", "frequencies")})
-    train, val = split_indices([s.composition.reduced_formula for s in structures])
+    config = flow.FlowConfig(max_atoms=max(map(len, structures)),
+                             **{k: settings[k] for k in ("width", "layers", "frequencies")})
+    train, val = split(structures)
     stats = flow.lattice_stats([structures[i] for i in train])
     data = flow.crystal_batch(structures, stats, config.max_atoms)
-    size = settings["batch_size"]
-
-    def rows(indices: np.ndarray) -> flow.CrystalBatch:
-        padded = np.concatenate([indices, np.full(size - len(indices), -1)]).astype(int)
-        return flow.CrystalBatch(*(np.where((padded >= 0).reshape(-1, *[1] * (x.ndim - 1)), x[padded], 0)
-                                   for x in data))
+    sizes, size = data.mask.sum(axis=1).astype(int), settings["batch_size"]
 
     def batches(epoch: int) -> list[flow.CrystalBatch]:
-        order = np.random.default_rng([settings["seed"], epoch]).permutation(train)
-        return [rows(chunk) for chunk in batched(order, size)]
+        rng = np.random.default_rng([settings["seed"], epoch])
+        return [flow.take(data, chunk, size) for chunk in flow.size_groups(sizes, rng.permutation(train), size, rng)]
 
     eval_loss = flow.make_eval_loss(config)
 
     def evaluate(params) -> float:
         key = jax.random.PRNGKey(settings["seed"])
-        losses = [eval_loss(params, rows(chunk), jax.random.fold_in(key, i))
-                  for i, chunk in enumerate(batched(val, size))]
+        losses = [eval_loss(params, flow.take(data, chunk, size), jax.random.fold_in(key, i))
+                  for i, chunk in enumerate(flow.size_groups(sizes, val, size, np.random.default_rng(0)))]
         return float(np.mean(losses)) if losses else float("nan")
 
     def metrics(params) -> dict:
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped at epoch {state.epoch}, step {state.step}: run the same command again to resume from "
               f"{checkpoint}")
         return 0
-    out = args.out or PRETRAINED_DIR / args.kind
+    out = args.out or PRETRAINED_DIR / (args.kind if args.dataset == "mp37k" else f"{args.kind}-{args.dataset}")
     source, licence = SOURCES[args.dataset]
     card = {"data": source, "dataset": args.dataset, "licence": licence, "samples": len(structures),
             "training_samples": run.n_train, "left_out": dropped, "script": "scripts/pretrain_generative.py",

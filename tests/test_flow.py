@@ -70,6 +70,44 @@ def test_vector_field_permutation_translation_and_rotation(field):
     np.testing.assert_allclose(r_lattice, v_lattice, atol=1e-4)
 
 
+def test_padding_never_changes_the_field(field):
+    """A crystal's velocities are the same padded to its own size or to any wider batch,
+    beside other crystals or alone, and `take` cuts a batch to its largest crystal."""
+    apply, stats = field
+    structures = [triclinic(), rocksalt(5.6, 0.1)]
+    t = np.array([0.4, 0.4], np.float32)
+    wide = flow.crystal_batch(structures, stats, 12)
+    w_frac, w_lattice = map(np.asarray, apply(wide, t))
+    for indices, width in (([0], 5), ([1], 2), ([1, 0], 5)):
+        narrow = flow.take(wide, np.array(indices), slots=3)
+        assert narrow.species.shape == (3, width) and narrow.mask[len(indices):].sum() == 0
+        n_frac, n_lattice = map(np.asarray, apply(narrow, np.full(3, 0.4, np.float32)))
+        for row, index in enumerate(indices):
+            np.testing.assert_allclose(n_frac[row], w_frac[index, :width], atol=1e-5)
+            np.testing.assert_allclose(n_lattice[row], w_lattice[index], atol=1e-5)
+
+
+def test_pair_update_is_a_dense_layer_on_the_concatenation():
+    rng = np.random.default_rng(0)
+    h, pair, g = rng.normal(size=(2, 3, 8)), rng.normal(size=(2, 3, 3, 8)), rng.normal(size=(2, 8))
+    layer = flow.PairUpdate(8)
+    params = layer.init(jax.random.PRNGKey(0), h, pair, g)
+    inner = params["params"]
+    concatenated = np.concatenate([np.repeat(h[:, :, None], 3, 2), np.repeat(h[:, None], 3, 1), pair,
+                                   np.broadcast_to(g[:, None, None], pair.shape)], -1)
+    first = jax.nn.swish(concatenated @ inner["kernel"] + inner["bias"])
+    expected = first @ inner["Dense_0"]["kernel"] + inner["Dense_0"]["bias"]
+    np.testing.assert_allclose(layer.apply(params, h, pair, g), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_size_groups_batch_crystals_of_one_size():
+    sizes = np.array([5, 8, 5, 5, 8, 2, 5])
+    chunks = flow.size_groups(sizes, np.arange(7), 2, np.random.default_rng(0))
+    assert sorted(int(i) for chunk in chunks for i in chunk) == list(range(7))
+    assert all(len(set(sizes[chunk])) == 1 and len(chunk) <= 2 for chunk in chunks)
+    assert len(chunks) == 4  # 5-atom: 2 + 2 crystals, 8-atom: 2, 2-atom: 1
+
+
 def test_lattice_features_round_trip():
     for structure in (triclinic(), rocksalt(5.64, 0)):
         cell = flow.reduced(structure)

@@ -6,7 +6,12 @@ errors at init. The models are tiny: a language model overfitted on two Au-Cu CI
 and an untrained flow."""
 
 import json
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -109,7 +114,7 @@ def test_finetuning_on_the_entries_near_the_hull_is_saved_once_per_round(checkpo
     assert same == record
     monkeypatch.undo()
     _, second = round_generator(kind, settings, models, 2, entries, seed=4)
-    assert second["start"] == str(models / "r001" / kind)  # from the round before's weights
+    assert second["start"] == f"models/r001/{kind}"  # the round before's weights, by their path in the campaign
     frozen = settings.model_copy(update={"finetune_steps": 0})
     _, untouched = round_generator(kind, frozen, tmp_path / "other", 1, entries, seed=3)
     assert untouched["steps"] == 0 and untouched["weights"] == str(checkpoints[kind])
@@ -175,6 +180,47 @@ def test_llm_and_flow_in_a_campaign_round_rerun_after_a_kill(checkpoints, tmp_pa
     result = CliRunner().invoke(app, ["status", str(directory)])
     assert result.exit_code == 0 and "llm" in result.output and "samples" in result.output
     assert "fine-tuned" in result.output
+
+
+@pytest.mark.slow
+def test_kill_9_during_generation_then_resume_inserts_each_candidate_once(checkpoints, tmp_path):
+    """`gnome-loop run` killed with SIGKILL at random moments of rounds 1 and 2's
+    generate stage (fine-tuning both models, then sampling), then resumed: the same
+    candidates as an unbroken campaign, each inserted once, and the same samples counted."""
+    sections = {kind: {"finetune_steps": 40} for kind in ("llm", "flow")}
+    config = quick_config(rounds=2, generators=generators(checkpoints, **sections))
+    reference, directory = tmp_path / "reference", tmp_path / "killed"
+    Campaign.create(parse_config(config), reference).run()
+    Campaign.create(parse_config(config), directory)
+    watcher, rng, kills = Store(directory / "campaign.db"), random.Random(5), []
+    for _ in range(12):
+        process = subprocess.Popen([sys.executable, "-m", "gnome_loop.cli", "run", str(directory)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            current = watcher.current_round()
+            if len(kills) < 4 and current and current[0] >= 1 and current[1] == "generate":
+                time.sleep(rng.uniform(0.5, 6.0))  # inside the stage: loading, fine-tuning or sampling
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills.append(watcher.current_round())
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            pytest.fail("the campaign neither finished nor was killed in 10 minutes")
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, f"a run failed on its own (exit {process.returncode})"
+    assert process.returncode == 0 and len(kills) == 4
+    assert sum(stage == "generate" for _, stage in kills) >= 2, kills  # the kills landed in the stage
+    resumed, unbroken = Campaign(directory), Campaign(reference)
+    for round_ in (1, 2):
+        rows = [row["id"] for row in resumed.store.candidates(round_=round_)]
+        assert len(rows) == len(set(rows)) > 0
+        assert set(rows) == {row["id"] for row in unbroken.store.candidates(round_=round_)}
+        mine, theirs = resumed.round_table()[round_], unbroken.round_table()[round_]
+        for key in ("samples_by_generator", "by_generator", "rejected_by_generator", "generator_training"):
+            assert mine[key] == theirs[key], key
 
 
 @pytest.mark.parametrize("changes, hint", [

@@ -203,7 +203,8 @@ def round_generator(kind: str, settings: GenerativeModelGenerator, models: Path,
                  if e_hull is not None and e_hull <= settings.finetune_max_ehull + STABLE_TOL]
     tuned, record = finetune(model, near_hull, settings.finetune_steps, settings.finetune_learning_rate,
                              settings.finetune_batch_size, seed)
-    record = {"round": round_, "start": str(start), "weights": str(start), **record}
+    named = str(Path(models.name) / start.relative_to(models)) if start.is_relative_to(models) else str(start)
+    record = {"round": round_, "start": named, "weights": named, **record}  # the campaign's folders by their inner path
     if record["steps"]:
         record["weights"] = str(Path(models.name) / target.parent.name / kind)
         _save_whole(replace(tuned, card={**tuned.card, "finetune": record}), target)
@@ -228,7 +229,7 @@ def finetune(model: Generator, structures: Sequence[Structure], steps: int, lear
         chosen = [items[i] for i in rng.choice(len(items), batch_size)]
         if model.kind == "llm":  # every step other Wyckoff representatives and site orders (augmentation)
             return [cif_lm.token_batch([write_cif(crystal, rng) for crystal in chosen], model.config.max_len)]
-        return [flow.crystal_batch(chosen, model.stats, model.config.max_atoms)]
+        return [flow.crystal_batch(chosen, model.stats, max(map(len, chosen)))]  # padded to its largest cell
 
     optimizer = _optimizer(learning_rate, steps)
     make_step = cif_lm.make_train_step if model.kind == "llm" else flow.make_train_step

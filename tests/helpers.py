@@ -3,9 +3,15 @@
 import gzip
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
+import pytest
 import yaml
 from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
@@ -102,3 +108,32 @@ def load_mp(path: Path) -> tuple[list[ComputedStructureEntry], dict[str, dict]]:
         raw = json.load(handle)
     entries = [ComputedStructureEntry.from_dict(item) for item in raw]
     return entries, {item["entry_id"]: item for item in raw}
+
+
+def run_with_kills(directory: Path, kill_at: Callable[[int, tuple[int, str] | None], bool],
+                   delay: Callable[[], float], max_runs: int = 20) -> list[tuple[int, str] | None]:
+    """`gnome-loop run directory` again and again until the campaign finishes; run k is
+    killed with SIGKILL `delay()` seconds after `kill_at(k, (round, stage))` first holds.
+    The (round, stage) at each kill, in order. Fails when a run exits on its own with an
+    error, or neither finishes nor is killed within 10 minutes."""
+    from gnome_loop.store import Store
+
+    watcher, kills = Store(directory / "campaign.db"), []
+    for run in range(max_runs):
+        process = subprocess.Popen([sys.executable, "-m", "gnome_loop.cli", "run", str(directory)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            if kill_at(run, watcher.current_round()):
+                time.sleep(delay())
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills.append(watcher.current_round())
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            pytest.fail("a run neither finished the campaign nor was killed in 10 minutes")
+        if process.returncode == 0:
+            return kills
+        assert process.returncode == -signal.SIGKILL, f"a run failed on its own (exit {process.returncode})"
+    pytest.fail(f"the campaign did not finish in {max_runs} runs")

@@ -4,11 +4,7 @@ locking, failing jobs and bad configs."""
 import csv
 import json
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -28,7 +24,7 @@ from gnome_loop.config import load_config, parse_config
 from gnome_loop.export import STABLE_CSV_COLUMNS
 from gnome_loop.oracle.jobfolder import run_job
 from gnome_loop.store import SCHEMA_VERSION, SCREENING_SCHEMA_V6, Store, campaign_lock
-from tests.helpers import CI_CONFIG, TABLES_V6, ci_config, write_config
+from tests.helpers import CI_CONFIG, TABLES_V6, ci_config, run_with_kills, write_config
 
 runner = CliRunner()
 
@@ -235,31 +231,16 @@ def stage_position(round_stage: tuple[int, str] | None) -> int:
 def test_kill_9_at_random_moments_then_resume_matches_uninterrupted(tmp_path, emt_campaign):
     directory = tmp_path / "campaign"
     Campaign.create(load_config(CI_CONFIG), directory)
-    watcher = Store(directory / "campaign.db")
     rng = random.Random(7)
     # each run is killed soon after the campaign reaches its target stage, so kills land in every
     # slow stage of every round, whatever the speed of the machine
     targets = [(0, "submit"), (0, "train"), (1, "generate"), (1, "select"), (1, "submit"), (1, "train"),
                (2, "generate"), (2, "submit"), (2, "hull"), (3, "generate"), (3, "submit"), (3, "metrics")]
-    interrupted_stages = []
-    for target in targets + [None]:  # the last run goes to the end
-        process = subprocess.Popen([sys.executable, "-m", "gnome_loop.cli", "run", str(directory)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 600
-        while process.poll() is None and time.monotonic() < deadline:
-            if target and stage_position(watcher.current_round()) >= stage_position(target):
-                time.sleep(rng.uniform(0.0, 0.5))  # somewhere inside the stage
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                interrupted_stages.append(watcher.current_round())
-            time.sleep(0.05)
-        if process.poll() is None:
-            process.kill()
-            pytest.fail(f"the campaign neither reached {target} nor finished in 10 minutes")
-        if process.returncode == 0:
-            break
-        assert process.returncode == -signal.SIGKILL, f"a run failed on its own (exit {process.returncode})"
-    assert process.returncode == 0, "the last run did not finish the campaign"
+
+    def kill_at(run: int, current: tuple[int, str] | None) -> bool:
+        return run < len(targets) and stage_position(current) >= stage_position(targets[run])
+
+    interrupted_stages = run_with_kills(directory, kill_at, lambda: rng.uniform(0.0, 0.5))  # inside the stage
     assert len(interrupted_stages) >= 8, interrupted_stages
     assert {"generate", "submit"} <= {stage for _, stage in interrupted_stages}, interrupted_stages
 

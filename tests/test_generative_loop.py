@@ -8,10 +8,6 @@ and an untrained flow."""
 import json
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -31,7 +27,7 @@ from gnome_loop.generative.training import make_optimizer
 from gnome_loop.stages.generate import generate
 from gnome_loop.store import Store
 from gnome_loop.structures import ChemicalSpace
-from tests.helpers import FCC, quick_config, write_config
+from tests.helpers import FCC, quick_config, run_with_kills, write_config
 
 CU3AU = Structure(Lattice.cubic(3.75), ["Au", "Cu", "Cu", "Cu"], FCC)
 CUAU = Structure(Lattice.tetragonal(2.8, 3.7), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
@@ -192,26 +188,14 @@ def test_kill_9_during_generation_then_resume_inserts_each_candidate_once(checkp
     reference, directory = tmp_path / "reference", tmp_path / "killed"
     Campaign.create(parse_config(config), reference).run()
     Campaign.create(parse_config(config), directory)
-    watcher, rng, kills = Store(directory / "campaign.db"), random.Random(5), []
-    for _ in range(12):
-        process = subprocess.Popen([sys.executable, "-m", "gnome_loop.cli", "run", str(directory)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 600
-        while process.poll() is None and time.monotonic() < deadline:
-            current = watcher.current_round()
-            if len(kills) < 4 and current and current[0] >= 1 and current[1] == "generate":
-                time.sleep(rng.uniform(0.5, 6.0))  # inside the stage: loading, fine-tuning or sampling
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                kills.append(watcher.current_round())
-            time.sleep(0.05)
-        if process.poll() is None:
-            process.kill()
-            pytest.fail("the campaign neither finished nor was killed in 10 minutes")
-        if process.returncode == 0:
-            break
-        assert process.returncode == -signal.SIGKILL, f"a run failed on its own (exit {process.returncode})"
-    assert process.returncode == 0 and len(kills) == 4
+    rng = random.Random(5)
+
+    def kill_at(run: int, current: tuple[int, str] | None) -> bool:
+        return run < 4 and current is not None and current[0] >= 1 and current[1] == "generate"
+
+    # each kill lands inside the stage: loading, fine-tuning or sampling
+    kills = run_with_kills(directory, kill_at, lambda: rng.uniform(0.5, 6.0))
+    assert len(kills) == 4
     assert sum(stage == "generate" for _, stage in kills) >= 2, kills  # the kills landed in the stage
     resumed, unbroken = Campaign(directory), Campaign(reference)
     for round_ in (1, 2):

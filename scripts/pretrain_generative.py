@@ -52,7 +52,7 @@ from pretrain import LICENCE, commit, parse_run, structure_data  # noqa: E402
 from gnome_loop.generative import cif_lm, cif_tokens, flow  # noqa: E402
 from gnome_loop.generative.checks import check_samples  # noqa: E402
 from gnome_loop.generative.training import (fit, initial_fit_state, load_fit_state,  # noqa: E402
-                                            make_optimizer)
+                                            make_optimizer, size_groups)
 from gnome_loop.models.split import is_train, split_indices  # noqa: E402
 
 PRETRAINED_DIR = ROOT / "gnome_loop" / "generative" / "pretrained"
@@ -71,6 +71,8 @@ SOURCES = {
     "carbon_24": ("CDVAE's carbon_24 train split via usnistgov/jarvis_leaderboard (Pickard 2020, AIRSS)",
                   "NIST terms of use (jarvis_leaderboard); CDVAE splits, MIT (txie-93/cdvae)"),
 }
+#: The language model's batches are padded to a multiple of this many tokens.
+LENGTH_BUCKET = 32
 #: CSP matching of the generative benchmarks (CDVAE, DiffCSP, FlowMM).
 BENCH_MATCHER = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
 
@@ -136,19 +138,22 @@ def lm_run(settings: dict, structures: list[Structure], n_eval: int) -> Run:
     crystals, structures, dropped = lm_texts(structures, config.max_len)
     train, val = split(structures)
     size = settings["batch_size"]
+    # batches of CIFs of one length bucket, padded to its end: augmentation keeps a CIF's length
+    buckets = np.array([(len(cif_tokens.encode(cif_tokens.write_cif(c))) + 1) // LENGTH_BUCKET for c in crystals])
+
+    def tokens(chunk: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        return cif_lm.token_batch([cif_tokens.write_cif(crystals[i], rng) for i in chunk], config.max_len,
+                                  multiple=LENGTH_BUCKET)
 
     def batches(epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([settings["seed"], epoch])
-        order = rng.permutation(train)
-        return [cif_lm.token_batch([cif_tokens.write_cif(crystals[i], rng) for i in chunk], config.max_len)
-                for chunk in batched(order, size)]
+        return [tokens(chunk, rng) for chunk in size_groups(buckets, rng.permutation(train), size, rng)]
 
-    val_tokens = [cif_lm.token_batch([cif_tokens.write_cif(crystals[i]) for i in chunk], config.max_len)
-                  for chunk in batched(val, size)]
+    val_tokens = [tokens(chunk, None) for chunk in size_groups(buckets, val, size, np.random.default_rng(0))]
     eval_loss = cif_lm.make_eval_loss(config)
 
     def evaluate(params) -> float:
-        return float(np.mean([eval_loss(params, tokens) for tokens in val_tokens])) if val_tokens else float("nan")
+        return float(np.mean([eval_loss(params, batch) for batch in val_tokens])) if val_tokens else float("nan")
 
     def metrics(params) -> dict:
         rows = (val if len(val) else train)[:n_eval]
@@ -174,14 +179,14 @@ def flow_run(settings: dict, structures: list[Structure], n_eval: int) -> Run:
 
     def batches(epoch: int) -> list[flow.CrystalBatch]:
         rng = np.random.default_rng([settings["seed"], epoch])
-        return [flow.take(data, chunk, size) for chunk in flow.size_groups(sizes, rng.permutation(train), size, rng)]
+        return [flow.take(data, chunk, size) for chunk in size_groups(sizes, rng.permutation(train), size, rng)]
 
     eval_loss = flow.make_eval_loss(config)
 
     def evaluate(params) -> float:
         key = jax.random.PRNGKey(settings["seed"])
         losses = [eval_loss(params, flow.take(data, chunk, size), jax.random.fold_in(key, i))
-                  for i, chunk in enumerate(flow.size_groups(sizes, val, size, np.random.default_rng(0)))]
+                  for i, chunk in enumerate(size_groups(sizes, val, size, np.random.default_rng(0)))]
         return float(np.mean(losses)) if losses else float("nan")
 
     def metrics(params) -> dict:

@@ -36,6 +36,18 @@ def overfit():
     return params, float(loss), structures, texts
 
 
+def test_padding_a_batch_to_its_longest_cif_keeps_the_loss(overfit):
+    params, _, _, texts = overfit
+    texts = texts[:2]  # NaCl and CsCl: shorter than max_len
+    full = cif_lm.token_batch(texts, TINY.max_len)
+    short = cif_lm.token_batch(texts, TINY.max_len, multiple=32)
+    longest = max(len(ct.encode(text)) + 1 for text in texts)
+    assert short.shape == (2, -(-longest // 32) * 32) and short.shape[1] < TINY.max_len
+    np.testing.assert_array_equal(short, full[:, :short.shape[1]])
+    loss = cif_lm.make_eval_loss(TINY)
+    np.testing.assert_allclose(loss(params, short), loss(params, full), rtol=1e-5)
+
+
 def test_tiny_model_overfits_and_samples_the_cifs_back(overfit):
     params, loss, structures, texts = overfit
     assert loss < 0.1

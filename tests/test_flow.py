@@ -13,7 +13,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
 from gnome_loop.generative import flow
-from gnome_loop.generative.training import fit, initial_fit_state, load_fit_state, make_optimizer
+from gnome_loop.generative.training import fit, initial_fit_state, load_fit_state, make_optimizer, size_groups
 from gnome_loop.structures import validate_structure
 
 SMALL = flow.FlowConfig(max_atoms=6, width=32, layers=2, frequencies=4)
@@ -102,7 +102,7 @@ def test_pair_update_is_a_dense_layer_on_the_concatenation():
 
 def test_size_groups_batch_crystals_of_one_size():
     sizes = np.array([5, 8, 5, 5, 8, 2, 5])
-    chunks = flow.size_groups(sizes, np.arange(7), 2, np.random.default_rng(0))
+    chunks = size_groups(sizes, np.arange(7), 2, np.random.default_rng(0))
     assert sorted(int(i) for chunk in chunks for i in chunk) == list(range(7))
     assert all(len(set(sizes[chunk])) == 1 and len(chunk) <= 2 for chunk in chunks)
     assert len(chunks) == 4  # 5-atom: 2 + 2 crystals, 8-atom: 2, 2-atom: 1

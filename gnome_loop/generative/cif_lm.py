@@ -84,14 +84,19 @@ def init_params(config: LMConfig, seed: int = 0) -> Any:
     return CifTransformer(config).init(jax.random.PRNGKey(seed), jnp.zeros((1, config.max_len), jnp.int32))
 
 
-def token_batch(texts: Sequence[str], max_len: int) -> np.ndarray:
-    """Texts as (n, max_len) token ids, each ended by EOS and padded; ValueError for a
+def token_batch(texts: Sequence[str], max_len: int, multiple: int | None = None) -> np.ndarray:
+    """Texts as token ids, each ended by EOS and padded, `max_len` columns or, with
+    `multiple`, the longest row's length rounded up to a multiple of it (the network
+    takes any length up to `max_len`: less padding, the same loss); ValueError for a
     text that does not fit."""
-    out = np.full((len(texts), max_len), PAD_ID, np.int32)
-    for row, text in enumerate(texts):
-        ids = encode(text) + [EOS_ID]
+    rows = [encode(text) + [EOS_ID] for text in texts]
+    for ids in rows:
         if len(ids) > max_len:
             raise ValueError(f"{len(ids)} tokens do not fit max_len {max_len}")
+    longest = max(map(len, rows), default=1)
+    width = min(max_len, -(-longest // multiple) * multiple) if multiple else max_len
+    out = np.full((len(texts), width), PAD_ID, np.int32)
+    for row, ids in enumerate(rows):
         out[row, : len(ids)] = ids
     return out
 

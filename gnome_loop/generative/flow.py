@@ -320,15 +320,6 @@ def composition_batch(compositions: Sequence[Composition | str], max_atoms: int)
                         mask)
 
 
-def size_groups(sizes: np.ndarray, indices: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """`indices` in batches of crystals of one size each (in their given order within a
-    size), the batches shuffled: padding to a batch's largest crystal then costs nothing,
-    and there are as many compiled shapes as sizes."""
-    groups = [indices[sizes[indices] == n] for n in np.unique(sizes[indices])]
-    chunks = [group[i:i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
-    return [chunks[i] for i in rng.permutation(len(chunks))]
-
-
 def sample(config: FlowConfig, params: Any, stats: LatticeStats, compositions: Sequence[Composition | str],
            key: jax.Array, steps: int = 100, speedup: float = 0.0) -> list[Structure]:
     """One structure per cell composition, integrated from the base distribution."""

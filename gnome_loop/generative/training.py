@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+import numpy as np
 import optax
 
 from gnome_loop.models.train import read_checkpoint, write_checkpoint
@@ -115,3 +116,12 @@ def fit(step: StepFn, state: FitState, batches: Callable[[int], Sequence], epoch
         save(state)
         on_epoch(state)
     return state
+
+
+def size_groups(sizes: np.ndarray, indices: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`indices` in batches of items of one size each (in their given order within a
+    size), the batches shuffled: padding a batch to its largest item (a crystal's atoms,
+    a CIF's tokens) then costs nothing, and there are as many compiled shapes as sizes."""
+    groups = [indices[sizes[indices] == n] for n in np.unique(sizes[indices])]
+    chunks = [group[i:i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
+    return [chunks[i] for i in rng.permutation(len(chunks))]

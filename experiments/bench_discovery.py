@@ -14,6 +14,13 @@ as in GNoME. Three arms run with the same seeds, generators and oracle budget:
 - scratch: the GNoME GNN ensemble trained from random members on the campaign's data;
 - pretrained: the shipped pretrained ensemble, fine-tuned on the campaign's data.
 
+Two more arms (not run by default) measure a generative model in the loop: the
+shipped flow (`generators.flow`, checkpoint `pretrained`) as the only generator,
+prompted with the space's ranked new formulas and its known compounds, picked by the
+pretrained ensemble, either fine-tuned each round on the oracle's stable results
+(`flow-finetuned`, 20 steps) or kept frozen (`flow-frozen`); reported as the hit rate
+of the flow's evaluated candidates per round (`hit_rate_generated_finetuned|frozen`).
+
 Reported per round and cumulatively: hit rate (oracle E_hull <= 0 against the
 campaign's hull), DAF against random, filter MAE on the evaluated candidates, and
 how many MP ternaries/quaternaries on MP's hull or within 50 meV/atom of it were
@@ -54,6 +61,8 @@ MP37K = DATA / "mp37k" / "mp37k_eform.csv.gz"
 #: MP phases within this distance of MP's hull count as rediscoverable, eV/atom.
 TARGET_EHULL = 0.05
 ARMS = ("random", "scratch", "pretrained")
+#: The generative arms: the flow alone, fine-tuned each round or frozen (name -> key suffix).
+GENERATIVE_ARMS = {"flow-finetuned": "finetuned", "flow-frozen": "frozen"}
 
 
 def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: int = 0) -> dict:
@@ -61,14 +70,20 @@ def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: 
     and SAPS draw on the known phases, the prototypes and `parents` (crystals of other
     elements), so that the pool is much larger than the budget, as in GNoME."""
     sources = ["known", "prototypes", str(parents)]
-    model = {"kind": "gnome", "init": "pretrained" if arm == "pretrained" else "scratch",
+    model = {"kind": "gnome", "init": "scratch" if arm == "scratch" else "pretrained",
              "epochs": 60 if quick else 150, "patience": 30}
+    generators = {"substitution": {"max_candidates": 2000, "parents": sources, "max_outside_parents": 5000},
+                  "saps": {"max_candidates": 500, "parents": sources}}
+    if arm in GENERATIVE_ARMS:  # the flow alone, ~10 candidates per pick
+        generators = {"substitution": {"enabled": False}, "saps": {"enabled": False},
+                      "flow": {"enabled": True, "checkpoint": "pretrained", "prompts": "both", "compositions": 40,
+                               "samples_per_prompt": 4, "max_candidates": 200,
+                               "finetune_steps": 20 if arm == "flow-finetuned" else 0}}
     return {
         "name": f"discovery-{arm}", "seed": seed, "rounds": 2 if quick else 3,
         "chemical_space": {"elements": ["Li", "Co", "Ni", "O"], "max_elements": 4, "max_atoms": 16},
         "snapshot": {"source": "file", "path": str(snapshot), "reevaluate": "never"},
-        "generators": {"substitution": {"max_candidates": 2000, "parents": sources, "max_outside_parents": 5000},
-                       "saps": {"max_candidates": 500, "parents": sources}},
+        "generators": generators,
         # the random arm never reads its model: the cheap baseline keeps it fast
         "model": {"kind": "linear"} if arm == "random" else model,
         "selection": {"budget": 8 if quick else 16, "per_composition": 2,
@@ -231,7 +246,21 @@ def summary(runs: dict, quick: bool) -> dict:
         "oracle_minus_dft_mean": mean_of([gap for runs_ in arms.values() for run in runs_
                                           for gap in run.get("oracle_minus_dft", {}).values()]),
         "seconds": {arm: sum(run["seconds"] for run in arms[arm]) for arm in arms},
+        **{f"hit_rate_generated_{label}": generated_hit_rates(sorted(runs[arm].values(), key=lambda r: r["seed"]))
+           if runs.get(arm) else None for arm, label in GENERATIVE_ARMS.items()},
     }
+
+
+def generated_hit_rates(runs: list[dict], generator: str = "flow") -> list[float | None]:
+    """Per round, the stable share of the generator's evaluated candidates, seeds pooled."""
+    rounds = max(len(run["rounds"]) for run in runs)
+    out = []
+    for index in range(rounds):
+        counts = [run["rounds"][index].get("by_generator", {}).get(generator, {}) for run in runs
+                  if index < len(run["rounds"])]
+        evaluated = sum(c.get("evaluated", 0) for c in counts)
+        out.append(sum(c.get("stable", 0) for c in counts) / evaluated if evaluated else None)
+    return out
 
 
 def mean_of(values: list) -> float | None:
@@ -255,19 +284,24 @@ def print_table(result: dict, targets: int) -> None:
     print("round-1 model vs MP DFT on the hidden phases, MAE: " + ", ".join(
         f"{arm} {fmt(result[f'round1_model_dft_mae_{arm}'])}" for arm in ("scratch", "pretrained"))
           + f"; oracle minus DFT on the rediscovered phases, mean: {fmt(result['oracle_minus_dft_mean'])}")
+    for label in GENERATIVE_ARMS.values():
+        rates = result[f"hit_rate_generated_{label}"]
+        if rates:
+            print(f"flow {label}: hit rate of its candidates per round " + ", ".join(map(fmt, rates)))
 
 
 def main() -> int:
     parser = bench_parser(__doc__, "bench_discovery", "2 rounds of 8 jobs, fewer epochs")
     parser.add_argument("--arms", default=",".join(ARMS),
-                        help="arms to run, comma-separated; the others are kept from an earlier run in --json")
+                        help="arms to run, comma-separated (also: " + ", ".join(GENERATIVE_ARMS) + "); the "
+                             "others are kept from an earlier run in --json")
     parser.add_argument("--seeds", default="0", help="seeds to run each arm with, comma-separated (pooled)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the arms' campaigns in this folder (to study them)")
     args = parser.parse_args()
     if not (SYSTEM.is_file() and MP37K.is_file()):
         print(f"skipped: {SYSTEM} or {MP37K} not found (the reference data lie beside the dev checkout)")
         return 0
-    chosen = [arm for arm in ARMS if arm in args.arms.split(",")]
+    chosen = [arm for arm in (*ARMS, *GENERATIVE_ARMS) if arm in args.arms.split(",")]
     seeds = [int(seed) for seed in args.seeds.split(",")]
     started = time.perf_counter()
     known, targets = split_system(loadfn(SYSTEM))

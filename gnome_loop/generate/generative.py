@@ -174,7 +174,8 @@ def propose(kind: str, generators: Generators, models: Path, round_: int, seed: 
     else:
         drawn, rejected = list(zip(rows, _in_batches(
             lambda chunk, index: flow.sample(model.config, model.params, model.stats, chunk,
-                                             jax.random.fold_in(key, index), settings.steps),
+                                             jax.random.fold_in(key, index), settings.steps,
+                                             settings.anti_annealing),
             rows, settings.batch_size))), Counter()
     candidates: dict[str, Candidate] = {}
     for cell, structure in drawn:

@@ -7,10 +7,12 @@
 Crystal structure prediction (CDVAE's task, the figures DiffCSP and FlowMM report): for
 each structure of a genbench validation split, one sample for its cell composition;
 a match is pymatgen's StructureMatcher at stol 0.5, angle_tol 10°, ltol 0.3, and RMSE
-is its normalised root-mean-square displacement over the matched pairs; a sample with
-two atoms closer than 0.5 Å is invalid and matches nothing (CDVAE's protocol, whose
-evaluation counts a match where `get_rms_dist` finds one; `match_rate_fit` is the
-stricter count of `StructureMatcher.fit`). Published
+is its normalised root-mean-square displacement over the matched pairs. CDVAE's
+protocol, as DiffCSP and FlowMM run it: a match is where `get_rms_dist` finds one
+(`match_rate_fit` is the stricter count of `StructureMatcher.fit`), and only between a
+valid sample and a valid target: no two atoms closer than 0.5 Å, and a composition
+that passes SMACT's charge-neutrality and Pauling tests (or is one element, or metals
+only); 51 of perov_5's reported targets fail that test and can never match. Published
 match rates (test split; ours is CDVAE's validation split, the test split is not in
 the shared data): perov_5 45 % CDVAE, 52 % DiffCSP, 54 % FlowMM; carbon_24 17 % CDVAE,
 17 % DiffCSP, 23 % FlowMM.
@@ -18,14 +20,13 @@ the shared data): perov_5 45 % CDVAE, 52 % DiffCSP, 54 % FlowMM; carbon_24 17 % 
 FlowMM's inference anti-annealing (coordinates' velocity × (1 + s t)) is tuned on the
 first `TUNE_ROWS` validation structures and the match rate reported on the others.
 
-S.U.N. (MatterGen's measure): of N samples per source, the share that is valid
-(no two atoms closer than 0.5 Å; a charge-balanced composition by
-`generate.plausible`), unique (no earlier valid sample of the source matches it,
-`structures.default_matcher`), new (no mp37k structure of its formula matches it) and
-stable: E_hull ≤ 0.1 eV/atom (MatterGen's threshold; ≤ 0 also reported) after a CHGNet
-relaxation (FIRE, cell relaxed), against MP's stable phases with MP2020 corrections
-(the embedded reference hull, from ../shared/data/mp_reference; CHGNet's energies are
-on that scale). The sources: the published models' outputs in ../shared/data/generated
+S.U.N. (MatterGen's measure): of the first N samples per source as written (one that
+does not parse counts as invalid), the share that is valid (CDVAE's validity, above),
+then relaxed by CHGNet (FIRE, cell relaxed) unique (no earlier relaxed sample of the
+source matches it, `structures.default_matcher`), new (no mp37k structure of its
+formula matches it) and stable: E_hull ≤ 0.1 eV/atom (MatterGen's threshold; ≤ 0 also
+reported) against MP's stable phases with MP2020 corrections (the embedded reference
+hull, from ../shared/data/mp_reference; CHGNet's energies are on that scale). The sources: the published models' outputs in ../shared/data/generated
 (CDVAE, CrystaLLM, MatterGen and Random of matgen_baselines; crystal-text-llm), and,
 prompted with the MatterGen set's compositions (so that they answer the same
 question: a structure for each of those compositions), the shipped flow and pyxtal
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import sys
 import time
@@ -45,16 +47,17 @@ from pathlib import Path
 import jax
 import numpy as np
 import pandas as pd
+import smact
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 from pymatgen.entries.computed_entries import ComputedEntry
+from smact.screening import pauling_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import DATA, bench_parser, write_results  # noqa: E402
-from gnome_loop.generate.imported import import_structures  # noqa: E402
+from gnome_loop.generate.imported import iter_sources, parse_entry  # noqa: E402
 from gnome_loop.generate.parents import FORMULA_SUM  # noqa: E402
-from gnome_loop.generate.plausible import charge_problem  # noqa: E402
 from gnome_loop.generate.random_search import random_structures  # noqa: E402
 from gnome_loop.generative import flow  # noqa: E402
 from gnome_loop.hull import Hull, e_above_hull_many  # noqa: E402
@@ -87,6 +90,32 @@ def structurally_valid(structure: Structure) -> bool:
     return len(structure) < 2 or bool(distances[np.triu_indices(len(structure), 1)].min() > 0.5)
 
 
+def composition_valid(composition: Composition) -> bool:
+    """SMACT validity as CDVAE and DiffCSP define it: one element, or metals only (an
+    alloy), or oxidation states from SMACT's lists that balance the cell's counts
+    (divided by their gcd) and pass SMACT's Pauling test (cations less electronegative
+    than anions; an element without an electronegativity passes)."""
+    symbols = [element.symbol for element in composition]
+    if len(symbols) == 1 or all(symbol in smact.metals for symbol in symbols):
+        return True
+    counts = np.array([int(round(composition[symbol])) for symbol in symbols])
+    counts //= np.gcd.reduce(counts)
+    elements = [smact.Element(symbol) for symbol in symbols]
+    for charges in itertools.product(*(element.oxidation_states for element in elements)):
+        if int(np.dot(charges, counts)) == 0:
+            try:
+                if pauling_test(charges, [element.pauling_eneg for element in elements]):
+                    return True
+            except TypeError:  # an electronegativity is missing
+                return True
+    return False
+
+
+def valid(structure: Structure) -> bool:
+    """CDVAE's validity of a sample: structural and compositional."""
+    return structurally_valid(structure) and composition_valid(structure.composition)
+
+
 def match(samples: list[Structure], targets: list[Structure]) -> dict:
     """CDVAE's CSP metrics: a valid sample matches when `StructureMatcher.get_rms_dist`
     finds a mapping (the protocol behind the published figures); `match_rate_fit` counts
@@ -95,7 +124,7 @@ def match(samples: list[Structure], targets: list[Structure]) -> dict:
     matcher = StructureMatcher(**MATCHER)
     distances, fits = [], 0
     for sample, target in zip(samples, targets):
-        if not structurally_valid(sample):
+        if not (valid(sample) and valid(target)):  # DiffCSP's rule: both valid
             continue
         try:
             rms = matcher.get_rms_dist(sample, target)
@@ -106,7 +135,7 @@ def match(samples: list[Structure], targets: list[Structure]) -> dict:
             fits += bool(rms[0] <= MATCHER["stol"] and matcher.fit(sample, target))
     n = max(len(targets), 1)
     return {"match_rate": len(distances) / n, "match_rate_fit": fits / n,
-            "valid": sum(map(structurally_valid, samples)) / max(len(samples), 1),
+            "valid": sum(map(valid, samples)) / max(len(samples), 1),
             "rmse": float(np.mean(distances)) if distances else float("nan")}
 
 
@@ -143,24 +172,34 @@ IMPORTED = {"CDVAE": "matgen_baselines/CDVAE.zip", "CrystaLLM": "matgen_baseline
 STABLE = (0.1, 0.0)
 
 
-def imported(name: str, n: int) -> list[Structure]:
-    """The first `n` structures of a published generator's output that the importer accepts."""
-    report = import_structures(DATA / "generated" / IMPORTED[name], source=name)
-    return [candidate.structure for candidate in report.accepted[:n]]
+def imported(name: str, n: int) -> list[Structure | None]:
+    """The first `n` entries of a published generator's output as it wrote them (None
+    where one does not parse: an invalid sample, not a skipped one)."""
+    out: list[Structure | None] = []
+    for source in itertools.islice(iter_sources(DATA / "generated" / IMPORTED[name]), n):
+        try:
+            out.append(parse_entry(source.text, source.fmt))
+        except ValueError:
+            out.append(None)
+    return out
 
 
-def prompted(compositions: list, n: int, seed: int = 0) -> dict[str, list[Structure]]:
-    """The shipped flow's and pyxtal random search's structure for each cell composition."""
-    out: dict[str, list[Structure]] = {}
+def prompted(compositions: list[Composition], seed: int = 0) -> dict[str, list[Structure | None]]:
+    """The shipped flow's and pyxtal random search's structure for each cell composition
+    (None where it gives none: a cell over the flow's size, a search that found nothing)."""
+    out: dict[str, list[Structure | None]] = {}
     if (PRETRAINED / "flow").is_dir():
         config, params, stats, _ = flow.load_flow(PRETRAINED / "flow")
-        fits = [c for c in compositions if c.num_atoms <= config.max_atoms][:n]
-        out["flow (ours)"] = flow.sample(config, params, stats, fits, jax.random.PRNGKey(seed), speedup=5.0)
-    searched = []
-    for index, composition in enumerate(compositions[:n]):
+        fits = [c for c in compositions if c.num_atoms <= config.max_atoms]
+        drawn = iter(flow.sample(config, params, stats, fits, jax.random.PRNGKey(seed), speedup=5.0))
+        out["flow (ours)"] = [next(drawn) if c.num_atoms <= config.max_atoms else None for c in compositions]
+    else:
+        print(f"no flow at {PRETRAINED / 'flow'}: its S.U.N. row is left out (scripts/pretrain_generative.py flow)")
+    searched: list[Structure | None] = []
+    for index, composition in enumerate(compositions):
         found = random_structures(composition, 1, formula_units=[1], max_atoms=int(composition.num_atoms),
                                   seed=seed + index, time_limit=10.0)
-        searched += [candidate.structure for candidate in found]
+        searched.append(found[0].structure if found else None)
     out["pyxtal random search"] = searched
     return out
 
@@ -177,49 +216,53 @@ def known_structures(formulas: set[str]) -> dict[str, list[Structure]]:
     return out
 
 
-def judged_e_hull(structures: list[Structure], max_steps: int = 300) -> list[float | None]:
-    """E_hull (eV/atom) of each structure after a CHGNet relaxation, against MP's hull;
-    None where the relaxation fails or the hull cannot judge it."""
+def relaxed_e_hull(structures: list[Structure], max_steps: int = 300) -> list[tuple[Structure, float | None] | None]:
+    """Each structure after a CHGNet relaxation with its E_hull (eV/atom) against MP's
+    hull (None where the hull cannot judge it); None where the relaxation fails."""
     oracle = AseRelaxOracle("chgnet", fmax=0.05, max_steps=max_steps, relax_cell=True, max_seconds=300)
-    entries, judged = [], []
+    relaxed: list[Structure | None] = []
+    entries = []
     for index, structure in enumerate(structures):
         try:
             result = oracle.relax(structure)
         except Exception:  # a relaxation that blows up judges nothing
-            continue
-        if result.ok and np.isfinite(result.energy):
+            result = None
+        if result is not None and result.ok and np.isfinite(result.energy):
+            relaxed.append(result.structure)
             entries.append(ComputedEntry(result.structure.composition, result.energy, entry_id=f"s{index}"))
-            judged.append(index)
-    e_hull: list[float | None] = [None] * len(structures)
-    for index, result in zip(judged, e_above_hull_many(entries, Hull(mp_reference_entries()))):
-        e_hull[index] = result.e_above_hull
-    return e_hull
+        else:
+            relaxed.append(None)
+    e_hull = iter(e_above_hull_many(entries, Hull(mp_reference_entries())))
+    return [(structure, next(e_hull).e_above_hull) if structure is not None else None for structure in relaxed]
 
 
-def sun(structures: list[Structure], known: dict[str, list[Structure]]) -> dict:
-    """Validity, uniqueness, novelty and stability counts of one source's samples."""
-    valid = [s for s in structures if structurally_valid(s) and charge_problem(s) is None]
-    items = [(str(i), symmetry_label(s), s) for i, s in enumerate(valid)]
+def sun(samples: list[Structure | None], known: dict[str, list[Structure]]) -> dict:
+    """Of a source's samples (None: a sample it failed to give): valid (`valid`), then
+    relaxed by CHGNet, unique among the relaxed valid ones, new against `known`, and
+    stable; each count and the S.U.N. rates over all samples (MatterGen's order:
+    uniqueness and novelty of the relaxed structures)."""
+    ok = [s for s in samples if s is not None and valid(s)]
+    judged = [row for row in relaxed_e_hull(ok) if row is not None]
+    items = [(str(i), symmetry_label(structure), structure) for i, (structure, _) in enumerate(judged)]
     repeats = find_duplicates(items)
-    unique = [s for (i, _, s) in items if i not in repeats]
+    unique = [row for (i, _, _), row in zip(items, judged) if i not in repeats]
     matcher = default_matcher()
-    new = [s for s in unique if not any(matcher.fit(s, k) for k in known.get(s.composition.reduced_formula, []))]
-    e_hull = judged_e_hull(new)
-    n = max(len(structures), 1)
-    out = {"samples": len(structures), "valid": len(valid), "unique": len(unique), "new": len(new),
-           "judged": sum(e is not None for e in e_hull)}
+    new = [(structure, e) for structure, e in unique
+           if not any(matcher.fit(structure, k) for k in known.get(structure.composition.reduced_formula, []))]
+    n = max(len(samples), 1)
+    out = {"samples": len(samples), "valid": len(ok), "relaxed": len(judged), "unique": len(unique), "new": len(new)}
     for threshold in STABLE:
-        out[f"sun_{threshold}"] = sum(e is not None and e <= threshold + 1e-9 for e in e_hull)
+        out[f"sun_{threshold}"] = sum(e is not None and e <= threshold + 1e-9 for _, e in new)
         out[f"sun_rate_{threshold}"] = out[f"sun_{threshold}"] / n
     return out
 
 
 def sun_rates(n: int) -> dict:
-    """S.U.N. of `n` samples per source."""
+    """S.U.N. of `n` samples per source; the flow and random search answer the first `n`
+    cell compositions of the MatterGen set."""
     sources = {name: imported(name, n) for name in IMPORTED}
-    prompts = [s.composition for s in sources["MatterGen"]]
-    sources.update(prompted(prompts, n))
-    formulas = {s.composition.reduced_formula for samples in sources.values() for s in samples}
+    sources.update(prompted([s.composition for s in sources["MatterGen"] if s is not None]))
+    formulas = {s.composition.reduced_formula for samples in sources.values() for s in samples if s is not None}
     known = known_structures(formulas)
     rows = {}
     for name, samples in sources.items():
@@ -244,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if "csp" in parts:
-            results["csp"] = {}
+            results.setdefault("csp", {})
             for dataset in args.datasets.split(","):
                 directory = PRETRAINED / f"flow-{dataset}"
                 if not directory.is_dir():

@@ -22,7 +22,8 @@ reads each structure as our symmetrised CIF, augmented every epoch (random Wycko
 representatives and site order: the same structure in other words); the flow reads
 the Niggli cell, in batches of crystals of one size (padded to that size only: the
 all-pairs network's cost grows with the square of the padding). Validation: GNoME's
-split by MD5 of the reduced formula (15 %).
+split by MD5 of the reduced formula (15 %), or for a set of one formula (carbon_24) by
+MD5 of each structure's position.
 """
 
 from __future__ import annotations
@@ -113,10 +114,6 @@ def split(structures: list[Structure]) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
-def batched(indices: np.ndarray, size: int) -> list[np.ndarray]:
-    return [indices[i:i + size] for i in range(0, len(indices), size)]
-
-
 class Run(NamedTuple):
     """What training one kind of generator needs, and how to export it."""
 
@@ -139,7 +136,8 @@ def lm_run(settings: dict, structures: list[Structure], n_eval: int) -> Run:
     train, val = split(structures)
     size = settings["batch_size"]
     # batches of CIFs of one length bucket, padded to its end: augmentation keeps a CIF's length
-    buckets = np.array([(len(cif_tokens.encode(cif_tokens.write_cif(c))) + 1) // LENGTH_BUCKET for c in crystals])
+    # (a CIF of n tokens and its end token are padded to ceil((n + 1) / B) * B: bucket n // B)
+    buckets = np.array([len(cif_tokens.encode(cif_tokens.write_cif(c))) // LENGTH_BUCKET for c in crystals])
 
     def tokens(chunk: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         return cif_lm.token_batch([cif_tokens.write_cif(crystals[i], rng) for i in chunk], config.max_len,

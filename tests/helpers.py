@@ -127,8 +127,8 @@ def run_with_kills(directory: Path, kill_at: Callable[[int, tuple[int, str] | No
             if kill_at(run, watcher.current_round()):
                 time.sleep(delay())
                 process.send_signal(signal.SIGKILL)
-                process.wait()
-                kills.append(watcher.current_round())
+                if process.wait() == -signal.SIGKILL:  # not when it finished during the delay
+                    kills.append(watcher.current_round())
             time.sleep(0.05)
         if process.poll() is None:
             process.kill()

@@ -225,12 +225,13 @@ def finetune(model: Generator, structures: Sequence[Structure], steps: int, lear
     if not (steps and items):
         return model, {"steps": 0, "structures": len(items)}
     rng = np.random.default_rng(seed)
+    widest = max(len(s) for s in items) if model.kind == "flow" else 0  # one padded shape, one compile
 
     def batch(_: int) -> list:
         chosen = [items[i] for i in rng.choice(len(items), batch_size)]
         if model.kind == "llm":  # every step other Wyckoff representatives and site orders (augmentation)
             return [cif_lm.token_batch([write_cif(crystal, rng) for crystal in chosen], model.config.max_len)]
-        return [flow.crystal_batch(chosen, model.stats, max(map(len, chosen)))]  # padded to its largest cell
+        return [flow.crystal_batch(chosen, model.stats, widest)]
 
     optimizer = _optimizer(learning_rate, steps)
     make_step = cif_lm.make_train_step if model.kind == "llm" else flow.make_train_step

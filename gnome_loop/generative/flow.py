@@ -129,7 +129,7 @@ def crystal_batch(structures: Sequence[Structure], stats: LatticeStats, max_atom
 def take(batch: CrystalBatch, indices: np.ndarray, slots: int) -> CrystalBatch:
     """The crystals `indices` of `batch` as a batch of `slots` (empty slots after them),
     its atom axis cut to the largest of them: every batch of one size has one shape."""
-    n = max(int(batch.mask[indices].sum(axis=1).max(initial=1)), 1)
+    n = int(batch.mask[indices].sum(axis=1).max(initial=1))
     rows = np.concatenate([indices, np.full(slots - len(indices), -1)]).astype(int)
     real = rows >= 0
 

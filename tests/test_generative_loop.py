@@ -237,3 +237,19 @@ def test_generative_settings_are_checked():
         with pytest.raises(ConfigError, match=hint):
             parse_config(quick_config(generators=section))
     assert parse_config(quick_config()).generators.llm.enabled is False  # no checkpoint ships: off by default
+
+
+def test_the_shipped_flow_writes_cells_of_the_right_density_for_a_prompt(tmp_path):
+    """`checkpoint: pretrained` loads the flow trained on mp37k (no Au-Cu ternaries held
+    out); frozen, it writes Cu3Au and CuAu cells near their real density (Cu3Au: 13.2
+    Å³/atom) with metallic bond lengths, not noise."""
+    config = parse_config(quick_config(generators={"flow": {
+        "enabled": True, "checkpoint": "pretrained", "finetune_steps": 0, "samples_per_prompt": 2}}))
+    made = propose("flow", config.generators, tmp_path / "models", 1, 20, [], ["Cu3Au", "CuAu"], 8)
+    assert made.samples == 12 and len(made.candidates) >= 10  # 6 cells of at most 8 atoms, 2 samples each
+    for candidate in made.candidates:
+        structure = candidate.structure
+        assert Composition(candidate.info["prompt"]) == structure.composition
+        assert 11.0 < structure.volume / len(structure) < 17.5
+    nearest = [min(s.distance_matrix[np.triu_indices(len(s), 1)]) for s in (c.structure for c in made.candidates)]
+    assert np.median(nearest) > 2.3

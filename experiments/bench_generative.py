@@ -30,12 +30,14 @@ hull, from ../shared/data/mp_reference; CHGNet's energies are on that scale). Th
 (CDVAE, CrystaLLM, MatterGen and Random of matgen_baselines; crystal-text-llm), and,
 prompted with the MatterGen set's compositions (so that they answer the same
 question: a structure for each of those compositions), the shipped flow and pyxtal
-random search.
+random search. The CHGNet relaxations are cached by structure (`--sun-cache`): a
+killed run resumes, and a later run with more samples relaxes only the new ones.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import itertools
 import json
@@ -59,7 +61,8 @@ from experiments.common import DATA, bench_parser, write_results  # noqa: E402
 from gnome_loop.generate.imported import iter_sources, parse_entry  # noqa: E402
 from gnome_loop.generate.parents import FORMULA_SUM  # noqa: E402
 from gnome_loop.generate.random_search import random_structures  # noqa: E402
-from gnome_loop.generative import flow  # noqa: E402
+from gnome_loop.generative import cif_lm, cif_tokens, flow  # noqa: E402
+from gnome_loop.generative.checks import Reject, check_sample  # noqa: E402
 from gnome_loop.hull import Hull, e_above_hull_many  # noqa: E402
 from gnome_loop.oracle.ase_relax import AseRelaxOracle  # noqa: E402
 from gnome_loop.snapshot.reference import mp_reference_entries  # noqa: E402
@@ -71,6 +74,8 @@ MATCHER = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
 #: Validation structures on which the anti-annealing strength is chosen (not reported).
 TUNE_ROWS = 200
 SPEEDUPS = (0.0, 2.0, 5.0, 10.0)
+#: FlowLLM's start times tried (the time at which the language model's structure enters the flow).
+START_TIMES = (0.0, 0.5, 0.8)
 PUBLISHED = {"perov_5": {"CDVAE": 0.4504, "DiffCSP": 0.5202, "FlowMM": 0.5358},
              "carbon_24": {"CDVAE": 0.1709, "DiffCSP": 0.1754, "FlowMM": 0.2289}}
 
@@ -116,15 +121,17 @@ def valid(structure: Structure) -> bool:
     return structurally_valid(structure) and composition_valid(structure.composition)
 
 
-def match(samples: list[Structure], targets: list[Structure]) -> dict:
+def match(samples: list[Structure | None], targets: list[Structure]) -> dict:
     """CDVAE's CSP metrics: a valid sample matches when `StructureMatcher.get_rms_dist`
     finds a mapping (the protocol behind the published figures); `match_rate_fit` counts
     only those `StructureMatcher.fit` also accepts (its RMS within stol: stricter).
-    RMSE: mean normalised RMS displacement over the matches (NaN with none)."""
+    RMSE: mean normalised RMS displacement over the matches (NaN with none). A sample
+    of None (a language model's text that is no valid CIF) is invalid."""
     matcher = StructureMatcher(**MATCHER)
     distances, fits = [], 0
-    for sample, target in zip(samples, targets):
-        if not (valid(sample) and valid(target)):  # DiffCSP's rule: both valid
+    ok = [sample is not None and valid(sample) for sample in samples]
+    for sample, target, sample_ok in zip(samples, targets, ok):
+        if not (sample_ok and valid(target)):  # DiffCSP's rule: both valid
             continue
         try:
             rms = matcher.get_rms_dist(sample, target)
@@ -134,34 +141,81 @@ def match(samples: list[Structure], targets: list[Structure]) -> dict:
             distances.append(rms[0])
             fits += bool(rms[0] <= MATCHER["stol"] and matcher.fit(sample, target))
     n = max(len(targets), 1)
-    return {"match_rate": len(distances) / n, "match_rate_fit": fits / n,
-            "valid": sum(map(valid, samples)) / max(len(samples), 1),
+    return {"match_rate": len(distances) / n, "match_rate_fit": fits / n, "valid": sum(ok) / max(len(samples), 1),
             "rmse": float(np.mean(distances)) if distances else float("nan")}
 
 
+def chunks(targets: list[Structure], size: int = 256):
+    """(offset, part) of `targets` in parts of `size`: each part gets its own random key."""
+    return ((start, targets[start:start + size]) for start in range(0, len(targets), size))
+
+
 def flow_csp(directory: Path, targets: list[Structure], speedup: float, seed: int = 0,
-             steps: int = 100, chunk: int = 256) -> list[Structure]:
+             steps: int = 100) -> list[Structure]:
     """One flow sample per target's cell composition."""
     config, params, stats, _ = flow.load_flow(directory)
-    out = []
-    for start in range(0, len(targets), chunk):
-        part = targets[start:start + chunk]
-        out += flow.sample(config, params, stats, [s.composition for s in part],
-                           jax.random.fold_in(jax.random.PRNGKey(seed), start), steps=steps, speedup=speedup)
+    return [structure for start, part in chunks(targets)
+            for structure in flow.sample(config, params, stats, [s.composition for s in part],
+                                         jax.random.fold_in(jax.random.PRNGKey(seed), start), steps=steps,
+                                         speedup=speedup)]
+
+
+def lm_csp(directory: Path, targets: list[Structure], seed: int = 0) -> list[Structure | None]:
+    """One language-model CIF per target, prompted with its cell formula (CrystaLLM's
+    sampling: temperature 1, top 10 tokens), checked as in a campaign (None: rejected)."""
+    config, params, _ = cif_lm.load_lm(directory)
+    out: list[Structure | None] = []
+    for start, part in chunks(targets):
+        texts = cif_lm.sample(config, params, [cif_tokens.prompt(s.composition) for s in part],
+                              jax.random.fold_in(jax.random.PRNGKey(seed), start), top_k=10)
+        for (text, finished), target in zip(texts, part):
+            outcome = check_sample(text, finished, target.composition)
+            out.append(None if isinstance(outcome, Reject) else outcome)
     return out
 
 
-def csp(dataset: str, directory: Path, limit: int | None) -> dict:
-    """Match rate of the flow at `directory` on `dataset`'s validation split."""
+def flowllm_csp(lm_samples: list[Structure | None], directory: Path, t_start: float) -> list[Structure | None]:
+    """FlowLLM mode: the flow at `directory` carries each valid language-model sample from
+    `t_start` to 1 (the flows here were trained from noise, so `t_start` is tuned)."""
+    config, params, stats, _ = flow.load_flow(directory)
+    starts = [s for s in lm_samples if s is not None]
+    refined = iter([r for _, part in chunks(starts) for r in flow.refine(config, params, stats, part, t_start=t_start)])
+    return [next(refined) if s is not None else None for s in lm_samples]
+
+
+def csp(dataset: str, model: str, limit: int | None) -> dict | None:
+    """Match rate of `model` (flow, llm or flowllm: the shipped `<kind>-<dataset>`
+    checkpoints) on `dataset`'s validation split, its one setting (the flow's
+    anti-annealing, FlowLLM's start time) chosen on the first TUNE_ROWS structures; None
+    where a checkpoint it needs is missing."""
+    folders = {kind: PRETRAINED / f"{kind}-{dataset}" for kind in ("flow", "lm")}
+    needed = {"flow": ["flow"], "llm": ["lm"], "flowllm": ["lm", "flow"]}[model]
+    missing = [str(folders[kind]) for kind in needed if not folders[kind].is_dir()]
+    if missing:
+        print(f"{dataset} {model}: no model at {', '.join(missing)} (scripts/pretrain_generative.py)")
+        return None
     targets = validation_structures(dataset)
     tune, report = targets[:TUNE_ROWS], targets[TUNE_ROWS:][:limit]
-    tuning = {s: match(flow_csp(directory, tune, s), tune)["match_rate"] for s in SPEEDUPS}
-    best = max(SPEEDUPS, key=lambda s: (tuning[s], -s))
+    if model == "llm":
+        def generate(rows, _):
+            return lm_csp(folders["lm"], rows)
+        settings = (None,)
+    elif model == "flow":
+        def generate(rows, speedup):
+            return flow_csp(folders["flow"], rows, speedup)
+        settings = SPEEDUPS
+    else:
+        def generate(rows, t_start):
+            return flowllm_csp(lm_csp(folders["lm"], rows), folders["flow"], t_start)
+        settings = START_TIMES
+    tuning = {setting: match(generate(tune, setting), tune)["match_rate"] for setting in settings} \
+        if len(settings) > 1 else {}
+    best = max(settings, key=lambda s: (tuning[s], -s)) if tuning else None
     started = time.time()
-    metrics = match(flow_csp(directory, report, best), report)
-    return {"model": str(directory.relative_to(PRETRAINED.parents[2])), "structures": len(report), **metrics,
-            "speedup": best, "tuning_match_rates": tuning, "seconds": round(time.time() - started),
-            "published": PUBLISHED[dataset]}
+    metrics = match(generate(report, best), report)
+    return {"models": [str(folders[kind].relative_to(PRETRAINED.parents[2])) for kind in needed],
+            "structures": len(report), **metrics, "setting": best, "tuning_match_rates": tuning,
+            "seconds": round(time.time() - started), "published": PUBLISHED[dataset]}
 
 
 #: Published generators' outputs (../shared/data/generated), by source name.
@@ -184,15 +238,25 @@ def imported(name: str, n: int) -> list[Structure | None]:
     return out
 
 
+#: The flow answers S.U.N.'s compositions in chunks of this many, each with its own key:
+#: a composition's sample does not depend on how many are asked for (the cache below).
+CHUNK = 50
+
+
 def prompted(compositions: list[Composition], seed: int = 0) -> dict[str, list[Structure | None]]:
     """The shipped flow's and pyxtal random search's structure for each cell composition
     (None where it gives none: a cell over the flow's size, a search that found nothing)."""
     out: dict[str, list[Structure | None]] = {}
     if (PRETRAINED / "flow").is_dir():
         config, params, stats, _ = flow.load_flow(PRETRAINED / "flow")
-        fits = [c for c in compositions if c.num_atoms <= config.max_atoms]
-        drawn = iter(flow.sample(config, params, stats, fits, jax.random.PRNGKey(seed), speedup=5.0))
-        out["flow (ours)"] = [next(drawn) if c.num_atoms <= config.max_atoms else None for c in compositions]
+        drawn: list[Structure | None] = []
+        for start in range(0, len(compositions), CHUNK):
+            chunk = compositions[start:start + CHUNK]
+            fits = [c for c in chunk if c.num_atoms <= config.max_atoms]
+            made = iter(flow.sample(config, params, stats, fits, jax.random.fold_in(jax.random.PRNGKey(seed), start),
+                                    speedup=5.0) if fits else [])
+            drawn += [next(made) if c.num_atoms <= config.max_atoms else None for c in chunk]
+        out["flow (ours)"] = drawn
     else:
         print(f"no flow at {PRETRAINED / 'flow'}: its S.U.N. row is left out (scripts/pretrain_generative.py flow)")
     searched: list[Structure | None] = []
@@ -216,33 +280,61 @@ def known_structures(formulas: set[str]) -> dict[str, list[Structure]]:
     return out
 
 
-def relaxed_e_hull(structures: list[Structure], max_steps: int = 300) -> list[tuple[Structure, float | None] | None]:
-    """Each structure after a CHGNet relaxation with its E_hull (eV/atom) against MP's
-    hull (None where the hull cannot judge it); None where the relaxation fails."""
+def structure_key(structure: Structure) -> str:
+    """A structure's content hash: the relaxation cache's key."""
+    return hashlib.sha1(json.dumps(structure.as_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def relaxed(structures: list[Structure], cache: Path, max_steps: int = 300) -> list[tuple[Structure, float] | None]:
+    """Each structure after a CHGNet relaxation (FIRE, cell relaxed) with its total energy
+    (eV), None where the relaxation fails. Results are appended to `cache` (JSON lines by
+    the input's hash) as they come and read back from it: a killed run, or a later one
+    with more samples, relaxes nothing twice."""
+    done: dict[str, dict] = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            done[row["key"]] = row
     oracle = AseRelaxOracle("chgnet", fmax=0.05, max_steps=max_steps, relax_cell=True, max_seconds=300)
-    relaxed: list[Structure | None] = []
-    entries = []
-    for index, structure in enumerate(structures):
-        try:
-            result = oracle.relax(structure)
-        except Exception:  # a relaxation that blows up judges nothing
-            result = None
-        if result is not None and result.ok and np.isfinite(result.energy):
-            relaxed.append(result.structure)
-            entries.append(ComputedEntry(result.structure.composition, result.energy, entry_id=f"s{index}"))
-        else:
-            relaxed.append(None)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    out: list[tuple[Structure, float] | None] = []
+    for structure in structures:
+        key = structure_key(structure)
+        if key not in done:
+            try:
+                result = oracle.relax(structure)
+            except Exception:  # a relaxation that blows up judges nothing
+                result = None
+            ok = result is not None and result.ok and np.isfinite(result.energy)
+            done[key] = {"key": key, "structure": result.structure.as_dict() if ok else None,
+                         "energy": float(result.energy) if ok else None}
+            with cache.open("a") as handle:
+                handle.write(json.dumps(done[key]) + "\n")
+        row = done[key]
+        out.append((Structure.from_dict(row["structure"]), row["energy"]) if row["structure"] else None)
+    return out
+
+
+def relaxed_e_hull(structures: list[Structure], cache: Path) -> list[tuple[Structure, float | None] | None]:
+    """Each structure after a CHGNet relaxation (`relaxed`) with its E_hull (eV/atom)
+    against MP's hull (None where the hull cannot judge it); None where the relaxation fails."""
+    rows = relaxed(structures, cache)
+    entries = [ComputedEntry(row[0].composition, row[1], entry_id=f"s{index}")
+               for index, row in enumerate(rows) if row is not None]
     e_hull = iter(e_above_hull_many(entries, Hull(mp_reference_entries())))
-    return [(structure, next(e_hull).e_above_hull) if structure is not None else None for structure in relaxed]
+    return [(row[0], next(e_hull).e_above_hull) if row is not None else None for row in rows]
 
 
-def sun(samples: list[Structure | None], known: dict[str, list[Structure]]) -> dict:
+def sun(samples: list[Structure | None], known: dict[str, list[Structure]], cache: Path) -> dict:
     """Of a source's samples (None: a sample it failed to give): valid (`valid`), then
     relaxed by CHGNet, unique among the relaxed valid ones, new against `known`, and
     stable; each count and the S.U.N. rates over all samples (MatterGen's order:
     uniqueness and novelty of the relaxed structures)."""
     ok = [s for s in samples if s is not None and valid(s)]
-    judged = [row for row in relaxed_e_hull(ok) if row is not None]
+    judged = [row for row in relaxed_e_hull(ok, cache) if row is not None]
     items = [(str(i), symmetry_label(structure), structure) for i, (structure, _) in enumerate(judged)]
     repeats = find_duplicates(items)
     unique = [row for (i, _, _), row in zip(items, judged) if i not in repeats]
@@ -257,17 +349,18 @@ def sun(samples: list[Structure | None], known: dict[str, list[Structure]]) -> d
     return out
 
 
-def sun_rates(n: int) -> dict:
+def sun_rates(n: int, cache: Path) -> dict:
     """S.U.N. of `n` samples per source; the flow and random search answer the first `n`
-    cell compositions of the MatterGen set."""
+    cell compositions of the MatterGen set (relaxations cached in `cache`)."""
     sources = {name: imported(name, n) for name in IMPORTED}
-    sources.update(prompted([s.composition for s in sources["MatterGen"] if s is not None]))
+    compositions = [s.composition for s in imported("MatterGen", -(-n // CHUNK) * CHUNK) if s is not None]
+    sources.update({name: samples[:n] for name, samples in prompted(compositions).items()})
     formulas = {s.composition.reduced_formula for samples in sources.values() for s in samples if s is not None}
     known = known_structures(formulas)
     rows = {}
     for name, samples in sources.items():
         started = time.time()
-        rows[name] = {**sun(samples, known), "seconds": round(time.time() - started)}
+        rows[name] = {**sun(samples, known, cache), "seconds": round(time.time() - started)}
         print(f"{name}: {rows[name]}", flush=True)
     return rows
 
@@ -276,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, "bench_generative", "300 validation structures per data set, S.U.N. of 50")
     parser.add_argument("--parts", default="csp,sun", help="csp, sun or both")
     parser.add_argument("--datasets", default="perov_5,carbon_24", help="CSP's data sets")
+    parser.add_argument("--models", default="flow,llm,flowllm", help="CSP's models (those with a checkpoint run)")
     parser.add_argument("--sun-samples", type=int, default=None, help="samples per source (500; quick: 50)")
+    parser.add_argument("--sun-cache", type=Path, default=Path.home() / ".cache" / "gnome_loop" / "sun_relaxations.jsonl",
+                        help="CHGNet relaxations done so far (JSON lines; resumes a killed or a larger run)")
     args = parser.parse_args(argv)
     if not (DATA / "genbench").is_dir():
         print(f"no genbench data at {DATA}: nothing to benchmark", file=sys.stderr)
@@ -289,16 +385,14 @@ def main(argv: list[str] | None = None) -> int:
         if "csp" in parts:
             results.setdefault("csp", {})
             for dataset in args.datasets.split(","):
-                directory = PRETRAINED / f"flow-{dataset}"
-                if not directory.is_dir():
-                    print(f"{dataset}: no flow at {directory} (scripts/pretrain_generative.py flow --dataset "
-                          f"{dataset})")
-                    continue
-                results["csp"][dataset] = csp(dataset, directory, 300 if args.quick else None)
-                results[f"{dataset.replace('_', '')}_match_rate_flow"] = results["csp"][dataset]["match_rate"]
+                for model in args.models.split(","):
+                    row = csp(dataset, model, 300 if args.quick else None)
+                    if row is not None:
+                        results["csp"].setdefault(dataset, {})[model] = row
+                        results[f"{dataset.replace('_', '')}_match_rate_{model}"] = row["match_rate"]
         if "sun" in parts:
             n = args.sun_samples or (50 if args.quick else 500)
-            results["sun"] = sun_rates(n)
+            results["sun"] = sun_rates(n, args.sun_cache)
             results["sun_rate"] = {name: row["sun_rate_0.1"] for name, row in results["sun"].items()}
     print_tables(results)
     write_results(args.json, results)
@@ -307,12 +401,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_tables(results: dict) -> None:
     if results.get("csp"):
-        print(f"{'data set':10} {'structures':>10} {'valid':>6} {'match rate':>10} {'(fit)':>6} {'RMSE':>6} "
-              f"{'s':>3}  published")
-        for dataset, row in results["csp"].items():
-            published = ", ".join(f"{k} {v:.0%}" for k, v in row["published"].items())
-            print(f"{dataset:10} {row['structures']:10d} {row['valid']:6.1%} {row['match_rate']:10.1%} "
-                  f"{row['match_rate_fit']:6.1%} {row['rmse']:6.3f} {row['speedup']:3.0f}  {published}")
+        print(f"{'data set':10} {'model':8} {'structures':>10} {'valid':>6} {'match rate':>10} {'(fit)':>6} "
+              f"{'RMSE':>6} {'setting':>7}  published")
+        for dataset, rows in results["csp"].items():
+            for model, row in rows.items():
+                published = ", ".join(f"{k} {v:.0%}" for k, v in row["published"].items())
+                print(f"{dataset:10} {model:8} {row['structures']:10d} {row['valid']:6.1%} {row['match_rate']:10.1%} "
+                      f"{row['match_rate_fit']:6.1%} {row['rmse']:6.3f} {str(row['setting']):>7}  {published}")
     if results.get("sun"):
         print(f"\n{'source':28} {'samples':>7} {'valid':>6} {'unique':>6} {'new':>5} {'S.U.N. 0.1':>10} {'S.U.N. 0':>9}")
         for name, row in results["sun"].items():

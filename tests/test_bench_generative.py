@@ -1,5 +1,5 @@
-"""The CSP protocol of experiments/bench_generative.py: CDVAE's validity (structural and
-SMACT) and a match only between a valid sample and a valid target."""
+"""experiments/bench_generative.py: the CSP protocol, CDVAE's validity (structural and
+SMACT) and a match only between a valid sample and a valid target; the S.U.N. relaxation cache."""
 
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
@@ -31,3 +31,39 @@ def test_a_match_needs_a_valid_sample_and_a_valid_target():
     wrong = Structure(Lattice.cubic(4.0), ["Na", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0.5, 0.5]])
     assert match([wrong], [wrong])["match_rate"] == 0.0  # an invalid target never matches
     assert np.isnan(match([wrong], [wrong])["rmse"])
+    none = match([None, shifted], [NACL, NACL])  # a rejected language-model sample is an invalid one
+    assert none["match_rate"] == 0.5 and none["valid"] == 0.5
+
+
+def test_relaxations_are_cached_by_structure_and_survive_a_cut_line(tmp_path, monkeypatch):
+    """A second run relaxes only what the first did not; a line cut by a kill is redone."""
+    from experiments import bench_generative
+    from gnome_loop.oracle.base import OracleResult
+
+    calls = []
+
+    class FakeOracle:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def relax(self, structure):
+            calls.append(structure.composition.reduced_formula)
+            if structure.composition.reduced_formula == "NaCl3":
+                raise RuntimeError("blew up")
+            shrunk = structure.copy()
+            shrunk.scale_lattice(structure.volume * 0.9)
+            return OracleResult(ok=True, energy=-3.0 * len(structure), structure=shrunk)
+
+    monkeypatch.setattr(bench_generative, "AseRelaxOracle", FakeOracle)
+    cache = tmp_path / "cache.jsonl"
+    kcl = NACL.copy()
+    kcl.replace_species({"Na": "K"})
+    bad = Structure(Lattice.cubic(5.0), ["Na", "Cl", "Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                                                                  [0, 0.5, 0.5]])
+    first = bench_generative.relaxed([NACL, bad], cache)
+    assert calls == ["NaCl", "NaCl3"] and first[1] is None
+    assert first[0][1] == -24.0 and np.isclose(first[0][0].volume, NACL.volume * 0.9)
+    cache.write_text(cache.read_text() + '{"key": "cut by a ki')
+    second = bench_generative.relaxed([NACL, bad, kcl], cache)
+    assert calls == ["NaCl", "NaCl3", "KCl"]  # only the new one
+    assert second[:2] == first and second[2][1] == -24.0

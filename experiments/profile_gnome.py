@@ -1,0 +1,140 @@
+"""Where the structure GNN's time goes: per-part timings on realistic batches.
+
+The batch is what `StructureEnsemble.predict` feeds the network for the MP-20
+structures of `bench_filter.py` (packed into one padded shape); training's batch is
+the one `fit` pads to. For width 64 and 256 it times, each jitted on its own:
+the whole forward pass of 4 members (vmap), one training step, and the parts of a
+message-passing step (the edge layer's matmuls, the gathers of node projections onto
+edges, the elementwise ops, the segment sum of messages, the node MLP); next to a
+plain float32 matmul that measures this machine's reachable peak in the same run.
+FLOPs are XLA's own count (`cost_analysis`) for the compiled program, real work is
+the analytic count on unpadded nodes and edges (`bench_filter.network_flops`).
+
+    python experiments/profile_gnome.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gnome_loop.models.ensemble import StructureEnsemble
+from gnome_loop.models.gnome import StructureGNN, gaussian_basis
+from gnome_loop.models.graph import crystal_graph
+from gnome_loop.models.train import init_ensemble, make_predict, make_train_step, OPTIMIZER
+
+from bench_filter import candidate_structures, network_flops
+from common import DATA, bench_parser, write_results
+
+
+def seconds(function: Callable, *args, repeats: int = 5) -> float:
+    """Best wall time of `function(*args)` over `repeats` calls after one warm-up call."""
+    jax.block_until_ready(function(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(function(*args))
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def xla_flops(function: Callable, *args) -> float:
+    """FLOPs of the compiled program by XLA's cost analysis (padding included)."""
+    analysis = jax.jit(function).lower(*args).compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return float(analysis.get("flops", float("nan")))
+
+
+def matmul_peak(n: int = 2048) -> float:
+    """FLOP/s of an n × n float32 matmul: the machine's reachable peak for this run."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    product = jax.jit(lambda x, y: x @ y)
+    return 2.0 * n**3 / seconds(product, a, a)
+
+
+def parts(batch, width: int, members: int) -> dict[str, tuple[Callable, tuple, float]]:
+    """The pieces of one message-passing step over `members` members, each with its
+    arguments and its real FLOPs on this batch."""
+    rng = np.random.default_rng(0)
+    n_edges, n_nodes = len(batch.senders), len(batch.species)
+
+    def array(*shape):
+        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+    e, h = array(members, n_edges, width), array(members, n_nodes, width)
+    kernel, projected = array(members, width, width), array(members, n_nodes, width)
+    senders, receivers = jnp.asarray(batch.senders), jnp.asarray(batch.receivers)
+    return {
+        "edge matmul (E,w)x(w,w)": (jax.jit(lambda e, k: jnp.einsum("mew,mwv->mev", e, k)), (e, kernel),
+                                    2.0 * members * n_edges * width * width),
+        "gather node projections to edges": (jax.jit(lambda p: p[:, senders] + p[:, receivers]), (projected,), 0.0),
+        "swish + residual (edges)": (jax.jit(lambda e: e + jax.nn.swish(e)), (e,), 0.0),
+        "segment sum of messages": (jax.jit(jax.vmap(lambda e: jax.ops.segment_sum(
+            e, receivers, n_nodes, indices_are_sorted=True))), (e,), 0.0),
+        "node matmul (N,3w)x(3w,w)": (jax.jit(lambda h, k: jnp.einsum("mnw,mwv->mnv", h, k)),
+                                      (jnp.concatenate([h, h, h], -1), array(members, 3 * width, width)),
+                                      2.0 * members * n_nodes * 3 * width * width),
+        "gaussian basis (edges)": (jax.jit(lambda d: gaussian_basis(d, 4.0)), (jnp.asarray(batch.distances),), 0.0),
+    }
+
+
+def profile(structures, width: int, members: int = 4, batch_size: int = 64) -> dict:
+    model = StructureEnsemble(members=members, width=width, steps=3, cutoff=4.0, epochs=1, batch_size=batch_size)
+    graphs = [crystal_graph(s, 4.0) for s in structures]
+    inference = [batch for _, batch in model._inference_batches(graphs)]
+    batch = max(inference, key=lambda b: int(b.node_mask.sum()))  # a full batch of the one padded shape
+    real_nodes, real_edges = int(batch.node_mask.sum()), int(batch.edge_mask.sum())
+    module = StructureGNN(width=width, steps=3, cutoff=4.0, avg_coordination=10.0)
+    params = init_ensemble(module, batch, members, 0)
+    predict = make_predict(module)
+    forward_s = seconds(predict, params, batch)
+    n_graphs = int(batch.graph_mask.sum())
+    real = network_flops(model, real_nodes, real_edges, n_graphs)
+    padded = network_flops(model, len(batch.species), len(batch.senders), len(batch.graph_mask))
+
+    step = make_train_step(module)
+    opt_state = jax.vmap(OPTIMIZER.init)(params)
+    targets = jnp.zeros(len(batch.graph_mask), jnp.float32)
+    train_s = seconds(lambda p, o: step(p, o, batch, targets, 1e-4), params, opt_state)
+    rows = {name: {"seconds": seconds(fn, *args), "real_flops": flops}
+            for name, (fn, args, flops) in parts(batch, width, members).items()}
+    return {"width": width, "members": members, "graphs": n_graphs, "nodes_real": real_nodes,
+            "nodes_padded": len(batch.species), "edges_real": real_edges, "edges_padded": len(batch.senders),
+            "forward_s": forward_s, "forward_gflops_per_s": real / forward_s / 1e9,
+            "forward_xla_flops": xla_flops(lambda p: predict(p, batch), params), "forward_real_flops": real,
+            "forward_padded_flops": padded, "train_step_s": train_s,
+            "train_gflops_per_s": 3 * real / train_s / 1e9, "parts": rows}
+
+
+def main() -> int:
+    parser = bench_parser(__doc__, "profile_gnome", "500 structures")
+    args = parser.parse_args()
+    if not (DATA / "mp20_subset").is_dir():
+        print(f"skipped: reference data not found at {DATA}")
+        return 0
+    structures = candidate_structures(500 if args.quick else 2000)
+    peak = matmul_peak()
+    result = {"device": str(jax.devices()[0]), "cores": len(os.sched_getaffinity(0)),
+              "matmul_gflops_per_s": peak / 1e9, "widths": [profile(structures, w) for w in (64, 256)]}
+    print(f"{result['device']}, {result['cores']} cores: plain 2048² matmul {peak / 1e9:.1f} GFLOP/s")
+    for row in result["widths"]:
+        print(f"\nwidth {row['width']}: {row['graphs']} graphs, nodes {row['nodes_real']}/{row['nodes_padded']}, "
+              f"edges {row['edges_real']}/{row['edges_padded']} (real/padded)")
+        print(f"  forward {1e3 * row['forward_s']:.1f} ms = {row['forward_gflops_per_s']:.1f} GFLOP/s real work "
+              f"({row['forward_real_flops'] / row['forward_xla_flops']:.0%} of XLA's count); train step "
+              f"{1e3 * row['train_step_s']:.1f} ms = {row['train_gflops_per_s']:.1f} GFLOP/s (3x forward)")
+        for name, part in row["parts"].items():
+            rate = f"{part['real_flops'] / part['seconds'] / 1e9:7.1f} GFLOP/s" if part["real_flops"] else ""
+            print(f"  {name:36} {1e3 * part['seconds']:8.2f} ms  {rate}")
+    write_results(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

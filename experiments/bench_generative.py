@@ -106,7 +106,8 @@ def composition_valid(composition: Composition) -> bool:
     counts = np.array([int(round(composition[symbol])) for symbol in symbols])
     counts //= np.gcd.reduce(counts)
     elements = [smact.Element(symbol) for symbol in symbols]
-    for charges in itertools.product(*(element.oxidation_states for element in elements)):
+    # an element without SMACT oxidation states (noble gases, Pm, Ra ...) balances nothing
+    for charges in itertools.product(*(element.oxidation_states or () for element in elements)):
         if int(np.dot(charges, counts)) == 0:
             try:
                 if pauling_test(charges, [element.pauling_eneg for element in elements]):

@@ -18,6 +18,7 @@ def test_smact_validity_of_compositions():
     assert composition_valid(Composition("BaTiO3"))
     assert not composition_valid(Composition("NaCl2"))  # no charges balance 1:2
     assert not composition_valid(Composition("Na2O2Cl"))  # no SMACT charges balance 2:2:1
+    assert not composition_valid(Composition("Ar1F2"))  # SMACT lists no oxidation states for Ar
 
 
 def test_a_match_needs_a_valid_sample_and_a_valid_target():

@@ -146,9 +146,9 @@ def match(samples: list[Structure | None], targets: list[Structure]) -> dict:
             "rmse": float(np.mean(distances)) if distances else float("nan")}
 
 
-def chunks(targets: list[Structure], size: int = 256):
-    """(offset, part) of `targets` in parts of `size`: each part gets its own random key."""
-    return ((start, targets[start:start + size]) for start in range(0, len(targets), size))
+def chunks(items: list, size: int = 256):
+    """(offset, part) of `items` in parts of `size`: each part gets its own random key."""
+    return ((start, items[start:start + size]) for start in range(0, len(items), size))
 
 
 def flow_csp(directory: Path, targets: list[Structure], speedup: float, seed: int = 0,
@@ -206,8 +206,12 @@ def csp(dataset: str, model: str, limit: int | None) -> dict | None:
             return flow_csp(folders["flow"], rows, speedup)
         settings = SPEEDUPS
     else:
-        def generate(rows, t_start):
-            return flowllm_csp(lm_csp(folders["lm"], rows), folders["flow"], t_start)
+        drafts: dict[int, list[Structure | None]] = {}
+
+        def generate(rows, t_start):  # the language model drafts each row set once; each start time refines them
+            if id(rows) not in drafts:
+                drafts[id(rows)] = lm_csp(folders["lm"], rows)
+            return flowllm_csp(drafts[id(rows)], folders["flow"], t_start)
         settings = START_TIMES
     tuning = {setting: match(generate(tune, setting), tune)["match_rate"] for setting in settings} \
         if len(settings) > 1 else {}
@@ -251,8 +255,7 @@ def prompted(compositions: list[Composition], seed: int = 0) -> dict[str, list[S
     if (PRETRAINED / "flow").is_dir():
         config, params, stats, _ = flow.load_flow(PRETRAINED / "flow")
         drawn: list[Structure | None] = []
-        for start in range(0, len(compositions), CHUNK):
-            chunk = compositions[start:start + CHUNK]
+        for start, chunk in chunks(compositions, CHUNK):
             fits = [c for c in chunk if c.num_atoms <= config.max_atoms]
             made = iter(flow.sample(config, params, stats, fits, jax.random.fold_in(jax.random.PRNGKey(seed), start),
                                     speedup=5.0) if fits else [])

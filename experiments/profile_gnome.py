@@ -7,6 +7,8 @@ the whole forward pass of 4 members (vmap), one training step, and the parts of 
 message-passing step (the edge layer's matmuls, the gathers of node projections onto
 edges, the elementwise ops, the segment sum of messages, the node MLP); next to a
 plain float32 matmul that measures this machine's reachable peak in the same run.
+Then throughput against batch size: structures/s of scoring and of training steps
+for batches of more and more graphs (a GPU needs thousands of graphs a call).
 FLOPs are XLA's own count (`cost_analysis`) for the compiled program, real work is
 the analytic count on unpadded nodes and edges (`bench_filter.network_flops`).
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from gnome_loop.models.ensemble import StructureEnsemble
 from gnome_loop.models.gnome import StructureGNN, gaussian_basis
-from gnome_loop.models.graph import crystal_graph
+from gnome_loop.models.graph import batch_graphs, crystal_graph
 from gnome_loop.models.train import init_ensemble, make_predict, make_train_step, OPTIMIZER
 
 from bench_filter import candidate_structures, network_flops
@@ -51,8 +53,9 @@ def xla_flops(function: Callable, *args) -> float:
     return float(analysis.get("flops", float("nan")))
 
 
-def matmul_peak(n: int = 2048) -> float:
-    """FLOP/s of an n × n float32 matmul: the machine's reachable peak for this run."""
+def matmul_peak(n: int) -> float:
+    """FLOP/s of an n × n float32 matmul (JAX's default precision: TF32 on a recent GPU):
+    the machine's reachable peak for this run."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
     product = jax.jit(lambda x, y: x @ y)
     return 2.0 * n**3 / seconds(product, a, a)
@@ -112,6 +115,35 @@ def profile(structures, width: int, members: int = 4, batch_size: int = 64) -> d
             "train_gflops_per_s": 3 * real / train_s / 1e9, "parts": rows}
 
 
+#: Graphs per call of the throughput rows, (scoring, training), by platform.
+SLOTS = {"cpu": ((64, 256), (64,)), "gpu": ((64, 1024, 16384), (64, 1024, 4096))}
+
+
+def throughput(graphs, width: int, platform: str, members: int = 4) -> list[dict]:
+    """Structures/s of scoring and of one training step for batches of more and more
+    graphs (`graphs` cycled), with the real work's FLOP rate."""
+    module = StructureGNN(width=width, steps=3, cutoff=4.0, avg_coordination=10.0)
+    model = StructureEnsemble(members=members, width=width, steps=3, cutoff=4.0)
+    predict, step = make_predict(module), make_train_step(module)
+    scoring, training = SLOTS.get(platform, SLOTS["cpu"])
+    rows = []
+    for slots in sorted(set(scoring) | set(training)):
+        chosen = [graphs[i % len(graphs)] for i in range(slots)]
+        batch = batch_graphs(chosen, slots, 4.0)
+        real = network_flops(model, sum(g.n_node for g in chosen), sum(g.n_edge for g in chosen), slots)
+        params = init_ensemble(module, batch, members, 0)
+        row = {"width": width, "graphs": slots, "edges_padded": len(batch.senders)}
+        if slots in scoring:
+            forward_s = seconds(predict, params, batch, repeats=3)
+            row.update(structures_per_s=slots / forward_s, forward_gflops_per_s=real / forward_s / 1e9)
+        if slots in training:
+            opt_state, targets = jax.vmap(OPTIMIZER.init)(params), jnp.zeros(slots + 1, jnp.float32)
+            train_s = seconds(lambda p, o: step(p, o, batch, targets, 1e-4), params, opt_state, repeats=3)
+            row.update(train_structures_per_s=slots / train_s, train_gflops_per_s=3 * real / train_s / 1e9)
+        rows.append(row)
+    return rows
+
+
 def main() -> int:
     parser = bench_parser(__doc__, "profile_gnome", "500 structures")
     args = parser.parse_args()
@@ -119,10 +151,14 @@ def main() -> int:
         print(f"skipped: reference data not found at {DATA}")
         return 0
     structures = candidate_structures(500 if args.quick else 2000)
-    peak = matmul_peak()
-    result = {"device": str(jax.devices()[0]), "cores": len(os.sched_getaffinity(0)),
-              "matmul_gflops_per_s": peak / 1e9, "widths": [profile(structures, w) for w in (64, 256)]}
-    print(f"{result['device']}, {result['cores']} cores: plain 2048² matmul {peak / 1e9:.1f} GFLOP/s")
+    platform = jax.devices()[0].platform
+    size = 8192 if platform == "gpu" else 2048
+    peak = matmul_peak(size)
+    graphs = [crystal_graph(s, 4.0) for s in structures]
+    result = {"device": str(jax.devices()[0]), "cores": len(os.sched_getaffinity(0)), "matmul_size": size,
+              "matmul_gflops_per_s": peak / 1e9, "widths": [profile(structures, w) for w in (64, 256)],
+              "throughput": [row for w in (64, 256) for row in throughput(graphs, w, platform)]}
+    print(f"{result['device']}, {result['cores']} cores: plain {size}² matmul {peak / 1e9:.1f} GFLOP/s")
     for row in result["widths"]:
         print(f"\nwidth {row['width']}: {row['graphs']} graphs, nodes {row['nodes_real']}/{row['nodes_padded']}, "
               f"edges {row['edges_real']}/{row['edges_padded']} (real/padded)")
@@ -132,6 +168,12 @@ def main() -> int:
         for name, part in row["parts"].items():
             rate = f"{part['real_flops'] / part['seconds'] / 1e9:7.1f} GFLOP/s" if part["real_flops"] else ""
             print(f"  {name:36} {1e3 * part['seconds']:8.2f} ms  {rate}")
+    print(f"\n{'width':>5} {'graphs':>7} {'scoring/s':>11} {'GFLOP/s':>9} {'training/s':>11} {'GFLOP/s':>9}")
+    for row in result["throughput"]:
+        cells = [f"{row[k]:>{n}.1f}" if k in row else " " * n for k, n in (
+            ("structures_per_s", 11), ("forward_gflops_per_s", 9), ("train_structures_per_s", 11),
+            ("train_gflops_per_s", 9))]
+        print(f"{row['width']:>5} {row['graphs']:>7} " + " ".join(cells))
     write_results(args.json, result)
     return 0
 

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from pretrain import LICENCE, commit, parse_run, structure_data  # noqa: E402
+from pretrain import LICENCE, commit, parallel_map, parse_run, structure_data  # noqa: E402
 
 from gnome_loop.generative import cif_lm, cif_tokens, flow  # noqa: E402
 from gnome_loop.generative.checks import check_samples  # noqa: E402
@@ -89,13 +89,20 @@ def genbench_structures(data: Path, name: str, limit: int | None) -> tuple[list[
     return [Poscar.from_str(text.replace("\\n", "\n")).structure for text in poscars], {}
 
 
-def lm_texts(structures: list[Structure], max_len: int) -> tuple[list, list[Structure], dict]:
-    """Each structure's symmetrised crystal (for augmentation) where its CIF fits `max_len`."""
+def symmetrised(structure: Structure) -> cif_tokens.SymmetrisedCrystal | None:
+    """`cif_tokens.symmetrise(structure)`, or None where that fails."""
+    try:
+        return cif_tokens.symmetrise(structure)
+    except ValueError:
+        return None
+
+
+def lm_texts(structures: list[Structure], max_len: int, jobs: int = 1) -> tuple[list, list[Structure], dict]:
+    """Each structure's symmetrised crystal (for augmentation) where its CIF fits `max_len`
+    (symmetry found in `jobs` processes)."""
     crystals, kept, dropped = [], [], Counter()
-    for structure in structures:
-        try:
-            crystal = cif_tokens.symmetrise(structure)
-        except ValueError:
+    for structure, crystal in zip(structures, parallel_map(symmetrised, structures, jobs)):
+        if crystal is None:
             dropped["symmetrisation failed"] += 1
             continue
         if len(cif_tokens.encode(cif_tokens.write_cif(crystal))) + 1 > max_len:
@@ -132,10 +139,10 @@ class Run(NamedTuple):
     save: Callable[[Path, Any, dict], None]  # (folder, params, card)
 
 
-def lm_run(settings: dict, structures: list[Structure], n_eval: int) -> Run:
+def lm_run(settings: dict, structures: list[Structure], n_eval: int, jobs: int = 1) -> Run:
     """The language model's step, batches, validation and end-of-run metrics (validity)."""
     config = cif_lm.LMConfig(**{k: settings[k] for k in ("max_len", "width", "depth", "heads")})
-    crystals, structures, dropped = lm_texts(structures, config.max_len)
+    crystals, structures, dropped = lm_texts(structures, config.max_len, jobs)
     train, val = split(structures)
     size = settings["batch_size"]
     # batches of CIFs of one length bucket, padded to its end: augmentation keeps a CIF's length
@@ -216,11 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if args.dataset == "mp37k":
-            structures, _, dropped = structure_data(args.data, args.max_atoms, args.limit)
+            structures, _, dropped = structure_data(args.data, args.max_atoms, args.limit, args.jobs)
         else:
             structures, dropped = genbench_structures(args.data, args.dataset, args.limit)
         if args.kind == "lm":
-            run = lm_run(settings, structures, args.eval_samples)
+            run = lm_run(settings, structures, args.eval_samples, args.jobs)
         else:
             run = flow_run(settings, structures, args.eval_samples)
     dropped, structures = {**dropped, **run.dropped}, run.structures

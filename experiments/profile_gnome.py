@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Callable
 
 import jax
@@ -31,19 +30,8 @@ from gnome_loop.models.gnome import StructureGNN, gaussian_basis
 from gnome_loop.models.graph import batch_graphs, crystal_graph
 from gnome_loop.models.train import init_ensemble, make_predict, make_train_step, OPTIMIZER
 
-from bench_filter import candidate_structures, network_flops
+from bench_filter import best_seconds as seconds, candidate_structures, matmul_peak, network_flops
 from common import DATA, bench_parser, write_results
-
-
-def seconds(function: Callable, *args, repeats: int = 5) -> float:
-    """Best wall time of `function(*args)` over `repeats` calls after one warm-up call."""
-    jax.block_until_ready(function(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(function(*args))
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def xla_flops(function: Callable, *args) -> float:
@@ -51,14 +39,6 @@ def xla_flops(function: Callable, *args) -> float:
     analysis = jax.jit(function).lower(*args).compile().cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     return float(analysis.get("flops", float("nan")))
-
-
-def matmul_peak(n: int) -> float:
-    """FLOP/s of an n × n float32 matmul (JAX's default precision: TF32 on a recent GPU):
-    the machine's reachable peak for this run."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    product = jax.jit(lambda x, y: x @ y)
-    return 2.0 * n**3 / seconds(product, a, a)
 
 
 def parts(batch, width: int, members: int) -> dict[str, tuple[Callable, tuple, float]]:
@@ -140,6 +120,7 @@ def throughput(graphs, width: int, platform: str, members: int = 4) -> list[dict
             opt_state, targets = jax.vmap(OPTIMIZER.init)(params), jnp.zeros(slots + 1, jnp.float32)
             train_s = seconds(lambda p, o: step(p, o, batch, targets, 1e-4), params, opt_state, repeats=3)
             row.update(train_structures_per_s=slots / train_s, train_gflops_per_s=3 * real / train_s / 1e9)
+        print(row, flush=True)
         rows.append(row)
     return rows
 

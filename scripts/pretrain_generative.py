@@ -58,15 +58,15 @@ from gnome_loop.models.split import is_train, split_indices  # noqa: E402
 
 PRETRAINED_DIR = ROOT / "gnome_loop" / "generative" / "pretrained"
 #: Settings of each shipped generator (a checkpoint resumes only under the same ones).
+#: The language model is CPU-sized (an epoch of mp37k: about 8 min on one core; perov_5's
+#: CIFs are under 230 tokens): a GPU trains GNoME-scale widths in minutes (the perov_5
+#: model took 4.9 min on an H200, compilation included), a 2-core CPU does not.
 SETTINGS = {
-    "lm": {"max_len": 512, "width": 256, "depth": 4, "heads": 8, "epochs": 40, "batch_size": 32,
+    "lm": {"max_len": 512, "width": 128, "depth": 4, "heads": 4, "epochs": 20, "batch_size": 32,
            "learning_rate": 1e-3, "warmup_steps": 500, "seed": 0},
     "flow": {"width": 128, "layers": 4, "frequencies": 8, "epochs": 300, "batch_size": 64,
              "learning_rate": 1e-3, "warmup_steps": 500, "seed": 0},
 }
-#: The language model of a genbench set, small enough for a CPU: perov_5's CIFs are
-#: under 230 tokens, and its 10^4 cells need a fraction of mp37k's capacity.
-GENBENCH_LM = {"width": 128, "depth": 4, "heads": 4, "epochs": 20}
 SOURCES = {
     "mp37k": ("kdmsit/crysxpp and kdmsit/MEGNet (mp37k_eform.csv.gz)",
               LICENCE.format(source="kdmsit/crysxpp and kdmsit/MEGNet")),
@@ -217,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--eval-samples", type=int, default=32, help="samples drawn for the card's metrics")
 
     args, settings = parse_run(argv, __doc__.split("\n\n")[0], SETTINGS, more_options)
-    if args.kind == "lm" and args.dataset != "mp37k":
-        settings = {**settings, **GENBENCH_LM, **({"epochs": args.epochs} if args.epochs else {})}
     started = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

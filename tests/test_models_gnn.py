@@ -220,6 +220,27 @@ def test_inference_batches_keep_to_the_edge_cap(monkeypatch):
     np.testing.assert_allclose(model.member_predictions(pool), uncapped, atol=1e-5)
 
 
+def test_inference_calls_are_closed_by_their_edges(monkeypatch):
+    """Graph slots and the node budget follow the edge budget, not the training batch
+    size, so the edges close a call: nearly every edge a call computes is a real one
+    (a padding edge costs as much), and the numbers are those of one graph at a time."""
+    import gnome_loop.models.ensemble as ensemble
+
+    model = StructureEnsemble(members=2, width=16, steps=2, cutoff=CUTOFF, epochs=1, batch_size=4)
+    structures = _training_set()
+    model.fit(structures, np.array([-0.01 * s.volume / len(s) for s in structures]))
+    pool = [s * (repeat, 1, 1) for repeat in (1, 2) for s in structures] * 3
+    graphs = model._features(pool)
+    monkeypatch.setattr(ensemble, "MAX_BATCH_EDGES", 2048)
+    calls = list(model._inference_batches(graphs))
+    assert len(calls) > 3 and sum(len(chunk) for chunk, _ in calls) == len(pool)
+    assert max(len(chunk) for chunk, _ in calls) > model.settings["batch_size"]
+    real = sum(g.n_edge for g in graphs)
+    assert real / sum(len(batch.senders) for _, batch in calls) > 0.8
+    alone = np.concatenate([model.member_predictions([s]) for s in pool[:6]], axis=1)
+    np.testing.assert_allclose(model.member_predictions(pool)[:, :6], alone, atol=1e-5)
+
+
 def test_models_foresee_their_refusals():
     """Each model says in advance (`input_error`) why `predict` would refuse a structure,
     which `predict_each` uses to set such structures aside before the batch call."""

@@ -129,13 +129,14 @@ def _decoder(config: LMConfig, top_k: int | None):
     """(batch, max_len) -> an empty cache; and one jitted decoding step at `position`:
     every row's token there goes in, the row's token at `position + 1` comes out (the
     prompt's while it lasts, else drawn from the logits scaled by the temperature and
-    cut to the top k; padding once the row has ended)."""
+    cut to the top k; padding once the row has ended). The cache and the tokens are
+    donated: updated in place, not copied every token."""
     model = CifTransformer(config, decode=True)
 
     def empty_cache(rows: int):
         return model.init(jax.random.PRNGKey(0), jnp.zeros((rows, config.max_len), jnp.int32))["cache"]
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(1, 2))
     def step(params, cache, tokens, prompt_lengths, finished, position, key, temperature):
         token = jax.lax.dynamic_slice_in_dim(tokens, position, 1, axis=1)
         logits, variables = model.apply({**params, "cache": cache}, token, position, mutable=["cache"])

@@ -39,10 +39,15 @@ PARAMS_FILE = "params.msgpack"
 SETTINGS_FILE = "ensemble.json"
 #: Training batches hold up to this multiple of an average batch's nodes and edges.
 PACKING_SLACK = 1.1
-#: Edges of one inference batch, unless a single graph has more: the activations of a
-#: call grow with its edges (about 4 kB an edge at 4 members of width 64, measured on
-#: CPU), so dense cells get fewer graphs a call rather than a larger call.
-MAX_BATCH_EDGES = 32768
+#: Edges of one inference call on a CPU, unless a single graph has more: the activations
+#: of a call grow with its edges (about 4 kB an edge at 4 members of width 64), so dense
+#: cells get fewer graphs a call rather than a larger call. A CPU scores as many
+#: structures a second at 64 graphs a call as at 256 (docs/performance.md).
+MAX_BATCH_EDGES = 16384
+#: The same on an accelerator, which is busy only with large calls: on an H200, calls of
+#: 1,024 MP-20 graphs (~200,000 edges) scored 344,000 structures/s, calls of 64 graphs
+#: 75,000 (experiments/results/profile_gnome_h200.json).
+MAX_BATCH_EDGES_ACCELERATOR = 262144
 #: Settings that fix a network's shape: a trained ensemble fine-tunes only into the same ones.
 ARCHITECTURE = ("members", "width", "steps", "cutoff")
 #: How strongly fine-tuning keeps each per-element reference at its prior, in pure-element
@@ -335,21 +340,26 @@ class StructureEnsemble(GNNEnsemble):
         return energies
 
     def _inference_batches(self, features):
-        """Graphs packed, in order, into batches of one padded shape per call whose node
-        and edge budgets are powers of two (about PACKING_SLACK average batches, at most
-        MAX_BATCH_EDGES edges, never less than the largest graph). Every new shape is a
-        compiled program of about 10 MB kept for the life of the process: a worker
-        screening millions of candidates of every size compiles a handful this way, not
-        one per bucket pair."""
+        """Graphs packed, in order, into calls of one padded shape filled to an edge
+        budget: the graphs' edges up to MAX_BATCH_EDGES (MAX_BATCH_EDGES_ACCELERATOR on a
+        GPU), never less than the largest graph, rounded up to a power of two. Padding
+        edges cost as much as real ones, so the node budget and the graph slots follow
+        the edges with slack and the edges close a call (padding nodes and slots cost
+        little). Every new shape is a compiled program of about 10 MB kept for the life
+        of the process: a worker screening millions of candidates of every size compiles
+        a handful this way, not one per bucket pair."""
         if not features:
             return
-        size, cutoff = self.settings["batch_size"], self.settings["cutoff"]
+        cutoff = self.settings["cutoff"]
         nodes = np.array([g.n_node for g in features])
         edges = np.array([g.n_edge for g in features])
-        max_nodes = power_of_two(max(PACKING_SLACK * size * nodes.mean(), nodes.max() + 1))
-        max_edges = power_of_two(max(min(PACKING_SLACK * size * edges.mean(), MAX_BATCH_EDGES), edges.max(), 1))
-        for chunk in pack_graphs(features, np.arange(len(features)), size, max_nodes, max_edges):
-            yield chunk, batch_graphs([features[i] for i in chunk], size, cutoff, max_nodes, max_edges)
+        cap = MAX_BATCH_EDGES if jax.default_backend() == "cpu" else MAX_BATCH_EDGES_ACCELERATOR
+        max_edges = power_of_two(max(min(edges.sum(), cap), edges.max(), 1))
+        nodes_per_edge = nodes.sum() / max(edges.sum(), 1)
+        max_nodes = power_of_two(max(PACKING_SLACK * max_edges * nodes_per_edge, nodes.max()) + 1)
+        slots = min(power_of_two(PACKING_SLACK * max_edges / max(edges.mean(), 1.0)), max_nodes)
+        for chunk in pack_graphs(features, np.arange(len(features)), slots, max_nodes, max_edges):
+            yield chunk, batch_graphs([features[i] for i in chunk], slots, cutoff, max_nodes, max_edges)
 
     def _chunks(self, features, order, fixed):
         if not fixed:

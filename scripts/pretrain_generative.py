@@ -60,7 +60,7 @@ PRETRAINED_DIR = ROOT / "gnome_loop" / "generative" / "pretrained"
 #: Settings of each shipped generator (a checkpoint resumes only under the same ones).
 #: The language model is CPU-sized (an epoch of mp37k: about 8 min on one core; perov_5's
 #: CIFs are under 230 tokens): a GPU trains GNoME-scale widths in minutes (the perov_5
-#: model took 4.9 min on an H200, compilation included), a 2-core CPU does not.
+#: model took 5.1 min on an H200, data and compilation included), a 2-core CPU does not.
 SETTINGS = {
     "lm": {"max_len": 512, "width": 128, "depth": 4, "heads": 4, "epochs": 20, "batch_size": 32,
            "learning_rate": 1e-3, "warmup_steps": 500, "seed": 0},

@@ -210,6 +210,7 @@ def test_inference_batches_keep_to_the_edge_cap(monkeypatch):
     graphs = model._features(pool)
     uncapped = model.member_predictions(pool)
     monkeypatch.setattr(ensemble, "MAX_BATCH_EDGES", 300)
+    monkeypatch.setattr(ensemble, "MAX_BATCH_EDGES_ACCELERATOR", 300)
     largest = max(g.n_edge for g in graphs)
     assert largest > 300 and sum(g.n_edge for g in graphs[:8]) > 600  # the cap binds
     chunks = list(model._inference_batches(graphs))
@@ -232,6 +233,7 @@ def test_inference_calls_are_closed_by_their_edges(monkeypatch):
     pool = [s * (repeat, 1, 1) for repeat in (1, 2) for s in structures] * 3
     graphs = model._features(pool)
     monkeypatch.setattr(ensemble, "MAX_BATCH_EDGES", 2048)
+    monkeypatch.setattr(ensemble, "MAX_BATCH_EDGES_ACCELERATOR", 2048)
     calls = list(model._inference_batches(graphs))
     assert len(calls) > 3 and sum(len(chunk) for chunk, _ in calls) == len(pool)
     assert max(len(chunk) for chunk, _ in calls) > model.settings["batch_size"]
@@ -239,6 +241,21 @@ def test_inference_calls_are_closed_by_their_edges(monkeypatch):
     assert real / sum(len(batch.senders) for _, batch in calls) > 0.8
     alone = np.concatenate([model.member_predictions([s]) for s in pool[:6]], axis=1)
     np.testing.assert_allclose(model.member_predictions(pool)[:, :6], alone, atol=1e-5)
+
+
+def test_graphs_without_edges_are_scored_in_calls_of_their_size():
+    """Isolated atoms (cells wider than the cutoff) have no edges: their calls hold all of
+    them, not a node budget scaled by a near-zero edge count."""
+    model = StructureEnsemble(members=2, width=8, steps=1, cutoff=CUTOFF, epochs=1, batch_size=4)
+    structures = _training_set()
+    model.fit(structures, np.array([-0.01 * s.volume / len(s) for s in structures]))
+    lonely = [Structure(Lattice.cubic(5.0 + 0.01 * i), ["Na"], [[0, 0, 0]]) for i in range(300)]
+    graphs = model._features(lonely)
+    assert all(g.n_edge == 0 for g in graphs)
+    calls = list(model._inference_batches(graphs))
+    assert len(calls) == 1 and len(calls[0][1].species) == 512 and len(calls[0][1].graph_mask) == 513
+    together = model.member_predictions(lonely)
+    np.testing.assert_allclose(together[:, :3], model.member_predictions(lonely[:3]), atol=1e-5)
 
 
 def test_models_foresee_their_refusals():

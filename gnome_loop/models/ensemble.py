@@ -343,9 +343,9 @@ class StructureEnsemble(GNNEnsemble):
         """Graphs packed, in order, into calls of one padded shape filled to an edge
         budget: the graphs' edges up to MAX_BATCH_EDGES (MAX_BATCH_EDGES_ACCELERATOR on a
         GPU), never less than the largest graph, rounded up to a power of two. Padding
-        edges cost as much as real ones, so the node budget and the graph slots follow
-        the edges with slack and the edges close a call (padding nodes and slots cost
-        little). Every new shape is a compiled program of about 10 MB kept for the life
+        edges cost as much as real ones, so the node budget follows the edges with slack
+        and the graph slots the nodes, and the edges close a call (padding nodes and
+        slots cost little). Every new shape is a compiled program of about 10 MB kept for the life
         of the process: a worker screening millions of candidates of every size compiles
         a handful this way, not one per bucket pair."""
         if not features:
@@ -355,9 +355,12 @@ class StructureEnsemble(GNNEnsemble):
         edges = np.array([g.n_edge for g in features])
         cap = MAX_BATCH_EDGES if jax.default_backend() == "cpu" else MAX_BATCH_EDGES_ACCELERATOR
         max_edges = power_of_two(max(min(edges.sum(), cap), edges.max(), 1))
+        # nodes in proportion to the edges, with slack; at most all of them (graphs without
+        # edges: isolated atoms) and at most as many as the edge cap
         nodes_per_edge = nodes.sum() / max(edges.sum(), 1)
-        max_nodes = power_of_two(max(PACKING_SLACK * max_edges * nodes_per_edge, nodes.max()) + 1)
-        slots = min(power_of_two(PACKING_SLACK * max_edges / max(edges.mean(), 1.0)), max_nodes)
+        wanted = min(PACKING_SLACK * max_edges * nodes_per_edge, nodes.sum(), cap)
+        max_nodes = power_of_two(max(wanted, nodes.max()) + 1)
+        slots = min(power_of_two(PACKING_SLACK * wanted / nodes.mean()), max_nodes)
         for chunk in pack_graphs(features, np.arange(len(features)), slots, max_nodes, max_edges):
             yield chunk, batch_graphs([features[i] for i in chunk], slots, cutoff, max_nodes, max_edges)
 

@@ -58,7 +58,7 @@ from gnome_loop.models.split import is_train, split_indices  # noqa: E402
 
 PRETRAINED_DIR = ROOT / "gnome_loop" / "generative" / "pretrained"
 #: Settings of each shipped generator (a checkpoint resumes only under the same ones).
-#: The language model is CPU-sized (an epoch of mp37k: about 8 min on one core; perov_5's
+#: The language model is CPU-sized (an epoch of mp37k: about 11 min on one core; perov_5's
 #: CIFs are under 230 tokens): a GPU trains GNoME-scale widths in minutes (the perov_5
 #: model took 5.1 min on an H200, data and compilation included), a 2-core CPU does not.
 SETTINGS = {

@@ -69,6 +69,11 @@ def network_flops(model: StructureEnsemble, n_nodes: int, n_edges: int, n_graphs
 ASSUMED_PEAK = 160e9
 
 
+def graphs_flops(model: StructureEnsemble, graphs: list) -> float:
+    """`network_flops` of one forward pass over `graphs` (their real nodes and edges)."""
+    return network_flops(model, sum(g.n_node for g in graphs), sum(g.n_edge for g in graphs), len(graphs))
+
+
 def best_seconds(function, *args, repeats: int = 5) -> float:
     """Best wall time of `function(*args)` over `repeats` calls after one warm-up call."""
     jax.block_until_ready(function(*args))
@@ -78,6 +83,11 @@ def best_seconds(function, *args, repeats: int = 5) -> float:
         jax.block_until_ready(function(*args))
         best = min(best, time.perf_counter() - started)
     return best
+
+
+def matmul_size() -> int:
+    """The side of the peak's matmul: large enough to keep this backend's device busy."""
+    return 8192 if jax.devices()[0].platform == "gpu" else 2048
 
 
 def matmul_peak(n: int) -> float:
@@ -90,8 +100,7 @@ def matmul_peak(n: int) -> float:
 def network_rate(model: StructureEnsemble, graphs: list) -> float:
     """FLOP/s of real work of the network alone over `graphs` (prebuilt; batching
     included), best of three passes after a compiling one."""
-    flops = network_flops(model, sum(g.n_node for g in graphs), sum(g.n_edge for g in graphs), len(graphs))
-    return flops / best_seconds(model._network_energies, graphs, repeats=3)
+    return graphs_flops(model, graphs) / best_seconds(model._network_energies, graphs, repeats=3)
 
 
 def training_rate(model: StructureEnsemble, structures: list[Structure]) -> tuple[float, float]:
@@ -108,8 +117,7 @@ def training_rate(model: StructureEnsemble, structures: list[Structure]) -> tupl
             params, opt_state, loss = step(params, opt_state, batch, padded_targets, 1e-4)
         jax.block_until_ready(loss)
         seconds = time.perf_counter() - started
-    flops = 3 * network_flops(model, sum(g.n_node for g in graphs), sum(g.n_edge for g in graphs), len(graphs))
-    return len(graphs) / seconds, flops / seconds
+    return len(graphs) / seconds, 3 * graphs_flops(model, graphs) / seconds
 
 
 def main() -> int:
@@ -137,7 +145,7 @@ def main() -> int:
     total_s = time.perf_counter() - started  # predict builds the graphs again
     network_s = max(total_s - graph_s, 1e-9)
     gnn_rate = n / total_s
-    flops = network_flops(model, sum(g.n_node for g in graphs), sum(g.n_edge for g in graphs), n)
+    flops = graphs_flops(model, graphs)
 
     chgnet_rate, sample = None, []
     if not args.no_chgnet:
@@ -156,8 +164,8 @@ def main() -> int:
     wide_flops = network_rate(wide, graphs[:500])
 
     cores = len(os.sched_getaffinity(0))
-    platform = jax.devices()[0].platform
-    peak = matmul_peak(8192 if platform == "gpu" else 2048)
+    platform, size = jax.devices()[0].platform, matmul_size()
+    peak = matmul_peak(size)
     network_rate_flops = flops / network_s
     result = {
         "structures": n, "gnn_structures_per_s": gnn_rate, "gnn_first_pass_structures_per_s": n / cold_s,
@@ -165,7 +173,7 @@ def main() -> int:
         "ratio_vs_chgnet": gnn_rate / chgnet_rate if chgnet_rate else None, "chgnet_sample": len(sample),
         "graph_share": graph_s / total_s, "network_share": network_s / total_s,
         "network_gflops_per_s": network_rate_flops / 1e9, "peak_gflops_measured": peak / 1e9,
-        "peak_basis": f"{8192 if platform == 'gpu' else 2048}² float32 matmul, same run, {cores} cores",
+        "peak_basis": f"{size}² float32 matmul, same run, {cores} cores",
         "peak_fraction": network_rate_flops / peak,
         "peak_fraction_assumed": network_rate_flops / ASSUMED_PEAK if platform == "cpu" else None,
         "train_structures_per_s": train_rate, "train_seconds_per_1000_per_epoch": 1000 / train_rate,
@@ -182,10 +190,10 @@ def main() -> int:
     print(f"{'training (width 64)':<28}{train_rate:>14.1f}   ({1000 / train_rate:.1f} s per 1,000 per epoch)")
     print(f"on {result['device']}: time in graph building {100 * result['graph_share']:.0f} %, "
           f"network {100 * result['network_share']:.0f} %; peak {peak / 1e9:.0f} GFLOP/s ({result['peak_basis']})")
-    for name, key in (("scoring, width 64", "network_"), ("training, width 64", "train_"),
-                      ("scoring, width 256", "width256_")):
-        fraction = result[f"{key.replace('network_', '')}peak_fraction"]
-        print(f"  {name:20} {result[f'{key}gflops_per_s']:8.1f} GFLOP/s = {100 * fraction:5.1f} % of the peak")
+    for name, rate, fraction in (("scoring, width 64", "network_gflops_per_s", "peak_fraction"),
+                                 ("training, width 64", "train_gflops_per_s", "train_peak_fraction"),
+                                 ("scoring, width 256", "width256_gflops_per_s", "width256_peak_fraction")):
+        print(f"  {name:20} {result[rate]:8.1f} GFLOP/s = {100 * result[fraction]:5.1f} % of the peak")
     write_results(args.json, result)
     return 0
 

@@ -30,7 +30,8 @@ from gnome_loop.models.gnome import StructureGNN, gaussian_basis
 from gnome_loop.models.graph import batch_graphs, crystal_graph
 from gnome_loop.models.train import init_ensemble, make_predict, make_train_step, OPTIMIZER
 
-from bench_filter import best_seconds as seconds, candidate_structures, matmul_peak, network_flops
+from bench_filter import (best_seconds as seconds, candidate_structures, graphs_flops, matmul_peak, matmul_size,
+                          network_flops)
 from common import DATA, bench_parser, write_results
 
 
@@ -110,7 +111,7 @@ def throughput(graphs, width: int, platform: str, members: int = 4) -> list[dict
     for slots in sorted(set(scoring) | set(training)):
         chosen = [graphs[i % len(graphs)] for i in range(slots)]
         batch = batch_graphs(chosen, slots, 4.0)
-        real = network_flops(model, sum(g.n_node for g in chosen), sum(g.n_edge for g in chosen), slots)
+        real = graphs_flops(model, chosen)
         params = init_ensemble(module, batch, members, 0)
         row = {"width": width, "graphs": slots, "edges_padded": len(batch.senders)}
         if slots in scoring:
@@ -132,8 +133,7 @@ def main() -> int:
         print(f"skipped: reference data not found at {DATA}")
         return 0
     structures = candidate_structures(500 if args.quick else 2000)
-    platform = jax.devices()[0].platform
-    size = 8192 if platform == "gpu" else 2048
+    platform, size = jax.devices()[0].platform, matmul_size()
     peak = matmul_peak(size)
     graphs = [crystal_graph(s, 4.0) for s in structures]
     result = {"device": str(jax.devices()[0]), "cores": len(os.sched_getaffinity(0)), "matmul_size": size,

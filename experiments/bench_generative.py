@@ -29,8 +29,10 @@ reported) against MP's stable phases with MP2020 corrections (the embedded refer
 hull, from ../shared/data/mp_reference; CHGNet's energies are on that scale). The sources: the published models' outputs in ../shared/data/generated
 (CDVAE, CrystaLLM, MatterGen and Random of matgen_baselines; crystal-text-llm), and,
 prompted with the MatterGen set's compositions (so that they answer the same
-question: a structure for each of those compositions), the shipped flow and pyxtal
-random search. The CHGNet relaxations are cached by structure (`--sun-cache`): a
+question: a structure for each of those compositions), the shipped flow, language
+model and FlowLLM (the flow refining the language model's valid samples from t = 0.5)
+and pyxtal random search. `--sun-sources` runs some sources only, keeping the others'
+rows of the same sample count from the results file. The CHGNet relaxations are cached by structure (`--sun-cache`): a
 killed run resumes, and a later run with more samples relaxes only the new ones.
 """
 
@@ -161,27 +163,32 @@ def flow_csp(directory: Path, targets: list[Structure], speedup: float, seed: in
                                          speedup=speedup)]
 
 
-def lm_csp(directory: Path, targets: list[Structure], seed: int = 0) -> list[Structure | None]:
-    """One language-model CIF per target, prompted with its cell formula (CrystaLLM's
-    sampling: temperature 1, top 10 tokens), checked as in a campaign (None: rejected)."""
+def lm_samples(directory: Path, compositions: list[Composition], seed: int = 0,
+               size: int = 256) -> list[Structure | None]:
+    """One language-model CIF per cell composition, prompted with its formula in parts of
+    `size` (CrystaLLM's sampling, as in a campaign: temperature 1, top 10 tokens), checked
+    as a campaign checks it (None: rejected)."""
     config, params, _ = cif_lm.load_lm(directory)
     out: list[Structure | None] = []
-    for start, part in chunks(targets):
-        texts = cif_lm.sample(config, params, [cif_tokens.prompt(s.composition) for s in part],
+    for start, part in chunks(compositions, size):
+        texts = cif_lm.sample(config, params, [cif_tokens.prompt(c) for c in part],
                               jax.random.fold_in(jax.random.PRNGKey(seed), start), top_k=10)
-        for (text, finished), target in zip(texts, part):
-            outcome = check_sample(text, finished, target.composition)
-            out.append(None if isinstance(outcome, Reject) else outcome)
+        out += [None if isinstance(o, Reject) else o
+                for o in (check_sample(text, finished, c) for (text, finished), c in zip(texts, part))]
     return out
 
 
-def flowllm_csp(lm_samples: list[Structure | None], directory: Path, t_start: float) -> list[Structure | None]:
-    """FlowLLM mode: the flow at `directory` carries each valid language-model sample from
-    `t_start` to 1 (the flows here were trained from noise, so `t_start` is tuned)."""
+def refined_by_flow(drafts: list[Structure | None], directory: Path, t_start: float,
+                    size: int = 256) -> list[Structure | None]:
+    """FlowLLM mode: the flow at `directory` carries each language-model sample from
+    `t_start` to 1 (the flows here were trained from noise, so `t_start` is tuned); None
+    where there is no sample or its cell is over the flow's size."""
     config, params, stats, _ = flow.load_flow(directory)
-    starts = [s for s in lm_samples if s is not None]
-    refined = iter([r for _, part in chunks(starts) for r in flow.refine(config, params, stats, part, t_start=t_start)])
-    return [next(refined) if s is not None else None for s in lm_samples]
+    fits = [s is not None and len(s) <= config.max_atoms for s in drafts]
+    starts = [s for s, ok in zip(drafts, fits) if ok]
+    refined = iter([r for _, part in chunks(starts, size) for r in flow.refine(config, params, stats, part,
+                                                                                t_start=t_start)])
+    return [next(refined) if ok else None for ok in fits]
 
 
 def csp(dataset: str, model: str, limit: int | None) -> dict | None:
@@ -199,7 +206,7 @@ def csp(dataset: str, model: str, limit: int | None) -> dict | None:
     tune, report = targets[:TUNE_ROWS], targets[TUNE_ROWS:][:limit]
     if model == "llm":
         def generate(rows, _):
-            return lm_csp(folders["lm"], rows)
+            return lm_samples(folders["lm"], [s.composition for s in rows])
         settings = (None,)
     elif model == "flow":
         def generate(rows, speedup):
@@ -210,8 +217,8 @@ def csp(dataset: str, model: str, limit: int | None) -> dict | None:
 
         def generate(rows, t_start):  # the language model drafts each row set once; each start time refines them
             if id(rows) not in drafts:
-                drafts[id(rows)] = lm_csp(folders["lm"], rows)
-            return flowllm_csp(drafts[id(rows)], folders["flow"], t_start)
+                drafts[id(rows)] = lm_samples(folders["lm"], [s.composition for s in rows])
+            return refined_by_flow(drafts[id(rows)], folders["flow"], t_start)
         settings = START_TIMES
     tuning = {setting: match(generate(tune, setting), tune)["match_rate"] for setting in settings} \
         if len(settings) > 1 else {}
@@ -243,33 +250,49 @@ def imported(name: str, n: int) -> list[Structure | None]:
     return out
 
 
-#: The flow answers S.U.N.'s compositions in chunks of this many, each with its own key:
-#: a composition's sample does not depend on how many are asked for (the cache below).
+#: The shipped models answer S.U.N.'s compositions in chunks of this many, each with its own
+#: key: a composition's sample does not depend on how many are asked for (the cache below).
 CHUNK = 50
+#: FlowLLM's start time with the shipped flow (trained from noise; tuned on perov_5's CSP).
+FLOWLLM_T_START = 0.5
 
 
-def prompted(compositions: list[Composition], seed: int = 0) -> dict[str, list[Structure | None]]:
-    """The shipped flow's and pyxtal random search's structure for each cell composition
-    (None where it gives none: a cell over the flow's size, a search that found nothing)."""
-    out: dict[str, list[Structure | None]] = {}
-    if (PRETRAINED / "flow").is_dir():
-        config, params, stats, _ = flow.load_flow(PRETRAINED / "flow")
-        drawn: list[Structure | None] = []
-        for start, chunk in chunks(compositions, CHUNK):
-            fits = [c for c in chunk if c.num_atoms <= config.max_atoms]
-            made = iter(flow.sample(config, params, stats, fits, jax.random.fold_in(jax.random.PRNGKey(seed), start),
-                                    speedup=5.0) if fits else [])
-            drawn += [next(made) if c.num_atoms <= config.max_atoms else None for c in chunk]
-        out["flow (ours)"] = drawn
-    else:
-        print(f"no flow at {PRETRAINED / 'flow'}: its S.U.N. row is left out (scripts/pretrain_generative.py flow)")
+def flow_prompted(compositions: list[Composition], seed: int = 0) -> list[Structure | None]:
+    """The shipped flow's structure for each cell composition (None: a cell over its size)."""
+    config, params, stats, _ = flow.load_flow(PRETRAINED / "flow")
+    drawn: list[Structure | None] = []
+    for start, chunk in chunks(compositions, CHUNK):
+        fits = [c for c in chunk if c.num_atoms <= config.max_atoms]
+        made = iter(flow.sample(config, params, stats, fits, jax.random.fold_in(jax.random.PRNGKey(seed), start),
+                                speedup=5.0) if fits else [])
+        drawn += [next(made) if c.num_atoms <= config.max_atoms else None for c in chunk]
+    return drawn
+
+
+def lm_prompted(compositions: list[Composition], seed: int = 0) -> list[Structure | None]:
+    """The shipped language model's checked CIF for each cell composition (None: rejected)."""
+    return lm_samples(PRETRAINED / "lm", compositions, seed, CHUNK)
+
+
+def flowllm_prompted(compositions: list[Composition], seed: int = 0) -> list[Structure | None]:
+    """FlowLLM: the shipped flow refines each valid sample of the shipped language model
+    from FLOWLLM_T_START."""
+    return refined_by_flow(lm_prompted(compositions, seed), PRETRAINED / "flow", FLOWLLM_T_START, CHUNK)
+
+
+def pyxtal_prompted(compositions: list[Composition], seed: int = 0) -> list[Structure | None]:
+    """pyxtal random search's structure for each cell composition (None: it found none)."""
     searched: list[Structure | None] = []
     for index, composition in enumerate(compositions):
         found = random_structures(composition, 1, formula_units=[1], max_atoms=int(composition.num_atoms),
                                   seed=seed + index, time_limit=10.0)
         searched.append(found[0].structure if found else None)
-    out["pyxtal random search"] = searched
-    return out
+    return searched
+
+
+#: Sources prompted with S.U.N.'s compositions, and the shipped models each needs.
+PROMPTED = {"flow (ours)": (flow_prompted, ("flow",)), "language model (ours)": (lm_prompted, ("lm",)),
+            "FlowLLM (ours)": (flowllm_prompted, ("lm", "flow")), "pyxtal random search": (pyxtal_prompted, ())}
 
 
 def known_structures(formulas: set[str]) -> dict[str, list[Structure]]:
@@ -353,12 +376,21 @@ def sun(samples: list[Structure | None], known: dict[str, list[Structure]], cach
     return out
 
 
-def sun_rates(n: int, cache: Path) -> dict:
-    """S.U.N. of `n` samples per source; the flow and random search answer the first `n`
-    cell compositions of the MatterGen set (relaxations cached in `cache`)."""
-    sources = {name: imported(name, n) for name in IMPORTED}
+def sun_rates(n: int, cache: Path, names: list[str]) -> dict:
+    """S.U.N. of `n` samples of each source of `names`; the prompted ones answer the first
+    `n` cell compositions of the MatterGen set (relaxations cached in `cache`)."""
     compositions = [s.composition for s in imported("MatterGen", -(-n // CHUNK) * CHUNK) if s is not None]
-    sources.update({name: samples[:n] for name, samples in prompted(compositions).items()})
+    sources = {}
+    for name in names:
+        if name in IMPORTED:
+            sources[name] = imported(name, n)
+            continue
+        make, models = PROMPTED[name]
+        missing = [kind for kind in models if not (PRETRAINED / kind).is_dir()]
+        if missing:
+            print(f"{name}: no model at {', '.join(missing)} (scripts/pretrain_generative.py): left out")
+            continue
+        sources[name] = make(compositions)[:n]
     formulas = {s.composition.reduced_formula for samples in sources.values() for s in samples if s is not None}
     known = known_structures(formulas)
     rows = {}
@@ -375,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="perov_5,carbon_24", help="CSP's data sets")
     parser.add_argument("--models", default="flow,llm,flowllm", help="CSP's models (those with a checkpoint run)")
     parser.add_argument("--sun-samples", type=int, default=None, help="samples per source (500; quick: 50)")
+    parser.add_argument("--sun-sources", default=None,
+                        help="S.U.N.'s sources, comma-separated (default: all); the others' rows of the same "
+                             "sample count are kept from --json")
     parser.add_argument("--sun-cache", type=Path, default=Path.home() / ".cache" / "gnome_loop" / "sun_relaxations.jsonl",
                         help="CHGNet relaxations done so far (JSON lines; resumes a killed or a larger run)")
     args = parser.parse_args(argv)
@@ -396,7 +431,12 @@ def main(argv: list[str] | None = None) -> int:
                         results[f"{dataset.replace('_', '')}_match_rate_{model}"] = row["match_rate"]
         if "sun" in parts:
             n = args.sun_samples or (50 if args.quick else 500)
-            results["sun"] = sun_rates(n, args.sun_cache)
+            names = args.sun_sources.split(",") if args.sun_sources else [*IMPORTED, *PROMPTED]
+            unknown = sorted(set(names) - {*IMPORTED, *PROMPTED})
+            if unknown:
+                parser.error(f"unknown S.U.N. source(s) {unknown}; known: {[*IMPORTED, *PROMPTED]}")
+            kept = {name: row for name, row in results.get("sun", {}).items() if row["samples"] == n}
+            results["sun"] = {**kept, **sun_rates(n, args.sun_cache, names)}
             results["sun_rate"] = {name: row["sun_rate_0.1"] for name, row in results["sun"].items()}
     print_tables(results)
     write_results(args.json, results)

@@ -176,7 +176,7 @@ class GenerativeModelGenerator(_Section):
 
     enabled: bool = False
     checkpoint: str = Field("pretrained", description="the model to start from: `pretrained` (the one shipped in "
-                            "gnome_loop/generative/pretrained/; none ships yet) or the folder of one saved by "
+                            "gnome_loop/generative/pretrained/: lm/ and flow/, trained on mp37k) or the folder of one saved by "
                             "scripts/pretrain_generative.py; checked and made absolute at init")
     max_candidates: int = Field(100, ge=0, description="most candidates per round")
     prompts: Literal["ranked", "known", "both"] = Field(

@@ -13,12 +13,12 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 from ase.data import covalent_radii
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Element, Structure
+from pymatgen.core import Element, Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 #: Closest allowed approach of two atoms, Å. Shorter distances mean overlapping atoms.
@@ -203,9 +203,42 @@ def bond_ratio(structure: Structure) -> float:
 
 
 def _bond_ratio(structure: Structure, distances: np.ndarray, shortest: float) -> float:
-    radii = np.array([covalent_radii[site.specie.Z] for site in structure])
+    radii = np.array([_covalent_radius(site.specie.symbol) for site in structure])
     ratios = distances / (radii[:, None] + radii[None, :])
     return float(min(ratios.min(), shortest / (2 * radii.max())))
+
+
+@functools.lru_cache(maxsize=None)
+def _covalent_radius(symbol: str) -> float:
+    return float(covalent_radii[Element(symbol).Z])
+
+
+class SiteGeometry(NamedTuple):
+    """A cell's lattice, positions and minimum-image distances (infinite on the diagonal)
+    with its shortest translation: what every structure made by putting other species on
+    its sites at another volume shares. Substitution generators make thousands from one
+    parent; its distances, computed once here, scale with the cube root of the volume."""
+
+    lattice: Lattice
+    frac_coords: np.ndarray
+    distances: np.ndarray
+    shortest: float
+
+    @classmethod
+    def of(cls, structure: Structure) -> "SiteGeometry":
+        return cls(structure.lattice, structure.frac_coords, *_distances(structure))
+
+    def decorated(self, species: Sequence[str], volume: float, floor: float = 0.8) -> Structure:
+        """Elements `species` on these sites at `volume` (Å³), scaled up isotropically where
+        two atoms would sit closer than `floor` bond lengths: `expand_to_bond_ratio` of
+        that structure, without computing its distances again."""
+        radii = np.array([_covalent_radius(symbol) for symbol in species])
+        scale = (volume / self.lattice.volume) ** (1 / 3)
+        ratio = scale * min(float((self.distances / (radii[:, None] + radii[None, :])).min()),
+                            self.shortest / (2 * radii.max()))
+        if ratio < floor:
+            volume *= (floor / ratio) ** 3
+        return Structure(self.lattice.scale(volume), list(species), self.frac_coords)
 
 
 def expand_to_bond_ratio(structure: Structure, floor: float = 0.8) -> Structure:

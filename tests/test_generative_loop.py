@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Lattice, Structure
 from typer.testing import CliRunner
 
@@ -208,7 +209,6 @@ def test_kill_9_during_generation_then_resume_inserts_each_candidate_once(checkp
 
 
 @pytest.mark.parametrize("changes, hint", [
-    ({"llm": {"checkpoint": "pretrained"}}, "generators.llm.checkpoint: no pretrained llm ships"),
     ({"llm": {"checkpoint": "{flow}"}}, "generators.llm.checkpoint: {flow} holds a 'crystal-flow' model, not a "
                                         "'cif-transformer'"),
     ({"flow": {"checkpoint": "/no/such/folder"}}, "generators.flow.checkpoint: no generator in /no/such/folder"),
@@ -236,7 +236,16 @@ def test_generative_settings_are_checked():
                           ({"llm": {"temperature": 0}}, "generators.llm.temperature")):
         with pytest.raises(ConfigError, match=hint):
             parse_config(quick_config(generators=section))
-    assert parse_config(quick_config()).generators.llm.enabled is False  # no checkpoint ships: off by default
+    assert parse_config(quick_config()).generators.llm.enabled is False  # off by default
+
+
+@pytest.mark.parametrize("kind", ["llm", "flow"])
+def test_the_shipped_generators_serve_the_elements_they_were_trained_on(kind):
+    """Both ship (trained on mp37k); a space with an element no MP training cell holds
+    (neon) is refused with the element named."""
+    assert generative.resolved_checkpoint(kind, "pretrained", ["Li", "Co", "O"]) == "pretrained"
+    with pytest.raises(ValueError, match="trained on no structure holding Ne$"):
+        generative.resolved_checkpoint(kind, "pretrained", ["Na", "Ne"])
 
 
 def test_the_shipped_flow_writes_cells_of_the_right_density_for_a_prompt(tmp_path):
@@ -253,3 +262,21 @@ def test_the_shipped_flow_writes_cells_of_the_right_density_for_a_prompt(tmp_pat
         assert 11.0 < structure.volume / len(structure) < 17.5
     nearest = [min(s.distance_matrix[np.triu_indices(len(s), 1)]) for s in (c.structure for c in made.candidates)]
     assert np.median(nearest) > 2.3
+
+
+def test_the_shipped_language_model_writes_valid_cifs_for_a_prompt(tmp_path):
+    """`checkpoint: pretrained` loads the language model trained on mp37k; frozen, it
+    writes Cu3Au and CuAu cells that parse and keep the prompt's formula and space group
+    (about 60 % of samples; the rest are counted as rejects with their reason, never
+    dropped), recalls Cu3Au's ordered L1_2 structure, and gives metallic densities and
+    bond lengths, not noise."""
+    config = parse_config(quick_config(generators={"llm": {
+        "enabled": True, "checkpoint": "pretrained", "finetune_steps": 0, "samples_per_prompt": 4}}))
+    made = propose("llm", config.generators, tmp_path / "models", 1, 20, [], ["Cu3Au", "CuAu"], 8)
+    assert made.samples == 24 == len(made.candidates) + sum(made.rejected.values())
+    assert len(made.candidates) >= 8, made.rejected
+    structures = [candidate.structure for candidate in made.candidates]
+    assert all(Composition(c.info["prompt"]) == c.structure.composition for c in made.candidates)
+    assert any(StructureMatcher().fit(structure, CU3AU) for structure in structures)
+    assert 12.0 < np.median([s.volume / len(s) for s in structures]) < 18.0
+    assert np.median([min(s.distance_matrix[np.triu_indices(len(s), 1)]) for s in structures]) > 2.3

@@ -6,9 +6,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
-from gnome_loop.generate.plausible import ANIONS, NOT_BALANCED, charge_problem, role
+from gnome_loop.generate.plausible import ANIONS, NOT_BALANCED, can_balance, charge_problem, role
 from gnome_loop.generate.saps import saps
 from gnome_loop.generate.substitution import _parent_species, substitute
 from gnome_loop.hull import Hull
@@ -152,3 +152,24 @@ def test_screening_counts_the_generators_rejects_in_its_funnel():
     funnel = result.funnel
     assert funnel[f"rejected:{NOT_BALANCED}"] > 0
     assert funnel["generated"] - funnel["valid"] == sum(v for k, v in funnel.items() if k.startswith("rejected:"))
+
+
+def test_charge_balance_answers_as_pymatgen_does():
+    """`can_balance` is `bool(oxi_state_guesses(target_charge=...))` without its ranking:
+    the same answer on random formulas of 2 to 4 elements (anions, transition metals,
+    mixed valence, elements without states) and non-zero targets; fractions are refused."""
+    rng = np.random.default_rng(0)
+    pool = ["O", "S", "N", "F", "Cl", "H", "P", "Se", "Li", "Na", "Mg", "Ca", "Ba", "Al", "Ti", "V", "Cr", "Mn",
+            "Fe", "Co", "Ni", "Cu", "Zn", "Mo", "W", "Sn", "Pb", "Bi", "La", "Ce", "Eu", "Si", "B", "C", "Ne"]
+    checked = Counter()
+    for _ in range(300):
+        symbols = rng.choice(pool, size=rng.integers(2, 5), replace=False)
+        composition = Composition({str(el): int(rng.integers(1, 6)) for el in symbols})
+        for charge in (0, int(rng.integers(-4, 5))):
+            expected = bool(composition.oxi_state_guesses(target_charge=charge))
+            assert can_balance(composition, charge) == expected, (composition.formula, charge)
+            checked[expected] += 1
+    assert checked[True] > 100 and checked[False] > 100  # both answers were exercised
+    with pytest.raises(ValueError, match="whole amounts"):
+        can_balance(Composition("Fe0.5O"))
+

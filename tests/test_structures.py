@@ -5,6 +5,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from gnome_loop.structures import (
+    SiteGeometry,
     bond_ratio,
     expand_to_bond_ratio,
     find_duplicates,
@@ -71,3 +72,20 @@ def test_duplicates_found_inside_buckets_only():
     known = [("known", symmetry_label(base), base)]
     assert find_duplicates(items, known) == {"super": "known", "shifted": "known", "again": "known"}
     assert symmetry_label(other) != symmetry_label(base)
+
+
+@pytest.mark.parametrize("species, volume", [(["Na"] * 4 + ["Cl"] * 4, 150.0), (["K"] * 4 + ["Br"] * 4, 60.0),
+                                             (["Li", "Na", "K", "Rb"] + ["Cl"] * 4, 30.0)])
+def test_decorating_a_geometry_is_substituting_then_expanding(species, volume):
+    """`SiteGeometry.decorated` (a parent's distances computed once, then scaled) gives
+    the structure that putting the species on the sites, scaling to the volume and
+    `expand_to_bond_ratio` give, squeezed or not."""
+    parent = rocksalt()
+    by_hand = Structure(parent.lattice, species, parent.frac_coords)
+    by_hand.scale_lattice(volume)
+    by_hand = expand_to_bond_ratio(by_hand)
+    made = SiteGeometry.of(parent).decorated(species, volume)
+    assert structure_id(made) == structure_id(by_hand)
+    assert made.volume == pytest.approx(by_hand.volume, rel=1e-12)
+    assert bond_ratio(made) >= 0.8 - 1e-9
+

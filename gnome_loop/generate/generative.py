@@ -96,8 +96,9 @@ def resolved_checkpoint(kind: str, checkpoint: str, elements: Sequence[str]) -> 
         card = Generator.load(kind, folder).card
     except ValueError as error:
         if checkpoint == "pretrained":
-            raise ValueError(f"no pretrained {kind} ships with this gnome_loop yet; train one with "
-                             f"scripts/pretrain_generative.py and give its folder") from None
+            raise ValueError(f"the pretrained {kind} of this installation cannot be loaded ({error}); reinstall "
+                             f"gnome_loop, or train one with scripts/pretrain_generative.py and give its folder"
+                             ) from None
         raise
     missing = sorted(set(elements) - set(card.get("elements", elements)))
     if missing:

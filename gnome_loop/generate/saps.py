@@ -32,7 +32,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from gnome_loop.generate.plausible import NOT_BALANCED, charge_problem
 from gnome_loop.generate.substitution import Option, _options, _parent_species, _radii, _table_species
-from gnome_loop.structures import Candidate, expand_to_bond_ratio
+from gnome_loop.structures import Candidate, SiteGeometry
 
 
 def site_permutations(structure: Structure, symprec: float = 0.01) -> np.ndarray:
@@ -188,10 +188,15 @@ def _configurations(
 def _replaced(structure: Structure, chosen: Sequence[int], new: str) -> Structure:
     """The structure with the sites `chosen` turned into element `new`; all species
     become plain elements (oxidation states and site properties are dropped)."""
+    return Structure(structure.lattice, _species(structure, chosen, new), structure.frac_coords)
+
+
+def _species(structure: Structure, chosen: Sequence[int], new: str) -> list[str]:
+    """The structure's element symbols with the sites `chosen` turned into `new`."""
     species = [site.specie.symbol for site in structure]
     for i in chosen:
         species[i] = new
-    return Structure(structure.lattice, species, structure.frac_coords)
+    return species
 
 
 def partial_substitutions(
@@ -252,26 +257,25 @@ def _swaps(
     return swaps
 
 
-def _rescaled(structure: Structure, chosen: Sequence[int], new: Option, states: dict[str, float | None]) -> Structure:
-    """`structure` with the sites `chosen` replaced by `new.element`, its volume scaled
-    by the ratio of the summed cubed site radii before and after, then expanded where
-    atoms would overlap (as whole-species substitution does). The two radii of the
+def _rescaled(cell: Structure, geometry: SiteGeometry, chosen: Sequence[int], new: Option,
+              states: dict[str, float | None]) -> Structure:
+    """`cell` (of `geometry`) with the sites `chosen` replaced by `new.element`, its volume
+    scaled by the ratio of the summed cubed site radii before and after, then expanded
+    where atoms would overlap (as whole-species substitution does). The two radii of the
     swap are of one kind, ionic when both ions have one, else atomic, and the
     unswapped sites of A count with the first; every other site with its own radius."""
-    old = structure[chosen[0]].specie.symbol
+    old = cell[chosen[0]].specie.symbol
     swapped_before, swapped_after = _radii(old, states.get(old), new)
     radii: dict[str, float] = {}
     before = 0.0
-    for site in structure:
+    for site in cell:
         symbol = site.specie.symbol
         if symbol not in radii:
             state = states.get(symbol)
             radii[symbol] = swapped_before if symbol == old else _radii(symbol, state, Option(symbol, state, 1.0))[0]
         before += radii[symbol] ** 3
     after = before + len(chosen) * (swapped_after**3 - swapped_before**3)
-    result = _replaced(structure, chosen, new.element)
-    result.scale_lattice(structure.volume * after / before)
-    return expand_to_bond_ratio(result)
+    return geometry.decorated(_species(cell, chosen, new.element), cell.volume * after / before)
 
 
 def _best(pool: dict[str, tuple[float, Candidate]], n: int | None) -> dict[str, tuple[float, Candidate]]:
@@ -335,6 +339,7 @@ def saps(
         read = _parent_species(alpha, Composition(counts).reduced_formula)
         states = {el: read.species[el][0].oxi_state if read.kind == "ionic" else None for el in counts}
         permutations: np.ndarray | None = None
+        geometry: SiteGeometry | None = None
 
         mine: dict[str, tuple[float, Candidate]] = {}
         for probability, old, target in _swaps(alpha, counts, space, threshold):
@@ -354,9 +359,9 @@ def saps(
             if not ks:
                 continue
             if permutations is None:
-                permutations = site_permutations(cell, symprec)
+                permutations, geometry = site_permutations(cell, symprec), SiteGeometry.of(cell)
             for k, chosen in _configurations(cell, old, permutations, ks, max_per_parent):
-                structure = _rescaled(cell, chosen, target, states)
+                structure = _rescaled(cell, geometry, chosen, target, states)
                 if charge_balanced and charge_problem(structure):
                     if rejected is not None:
                         rejected[NOT_BALANCED] += 1

@@ -22,7 +22,7 @@ import functools
 import inspect
 import math
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
@@ -30,7 +30,7 @@ from monty.serialization import loadfn
 from pymatgen.core import Composition, Element, Species, Structure
 
 from gnome_loop.generate.plausible import NOT_BALANCED, charge_problem, holds_anion, role
-from gnome_loop.structures import Candidate, expand_to_bond_ratio
+from gnome_loop.structures import Candidate, SiteGeometry
 
 try:  # recent pymatgen keeps it in core, older releases in analysis
     from pymatgen.core.structure_prediction.substitution_probability import SubstitutionProbability
@@ -57,7 +57,16 @@ def _cached_model(alpha: float, clamped: bool) -> SubstitutionProbability:
     rows = loadfn(LAMBDA_TABLE)
     if clamped:
         rows = [[first, second, max(weight, 0.0)] for first, second, weight in rows]
-    return SubstitutionProbability(lambda_table=rows, alpha=alpha)
+    model = SubstitutionProbability(lambda_table=rows, alpha=alpha)
+    # pymatgen sums the marginals P(s) over a set of species, in an order (and so to last
+    # bits) that Python's string hashing changes from process to process; near-ties of P
+    # then ranked candidates differently on two workers. Exactly rounded sums (math.fsum)
+    # do not depend on the order. P(s) sums exp(λ(s, t)) over every t (λ is symmetric).
+    species = sorted(model.species)
+    weights = {s: [math.exp(model.get_lambda(s, t)) for t in species] for s in species}
+    model._px = defaultdict(float, {s: math.fsum(row) for s, row in weights.items()})
+    model.Z = math.fsum(value for row in weights.values() for value in row)
+    return model
 
 
 class Option(NamedTuple):
@@ -206,7 +215,8 @@ def _radii(element: str, oxidation: float | None, target: Option) -> tuple[float
 
 
 def _substituted(
-    parent: Structure, counts: dict[str, float], states: dict[str, float | None], mapping: dict[str, Option]
+    parent: Structure, geometry: SiteGeometry, counts: dict[str, float], states: dict[str, float | None],
+    mapping: dict[str, Option],
 ) -> Structure:
     """The parent with every element replaced, its volume scaled by the ratio of the
     summed atomic (or ionic) volumes so that it starts near a sensible density, and
@@ -218,9 +228,7 @@ def _substituted(
         before += count * radius_before**3
         after += count * radius_after**3
     species = [mapping[site.specie.symbol].element for site in parent]
-    structure = Structure(parent.lattice, species, parent.frac_coords)
-    structure.scale_lattice(parent.volume * after / before)
-    return expand_to_bond_ratio(structure)
+    return geometry.decorated(species, parent.volume * after / before)
 
 
 def substitute(
@@ -283,9 +291,10 @@ def substitute(
         if rejected is not None:
             rejected[NOT_BALANCED] += len(unbalanced - set(best_per_mapping))
 
+        geometry = SiteGeometry.of(parent) if best_per_mapping else None
         for probability, chosen in best_per_mapping.values():
             mapping = dict(zip(order, chosen))
-            structure = _substituted(parent, counts, states, mapping)
+            structure = _substituted(parent, geometry, counts, states, mapping)
             if charge_balanced and charge_problem(structure):
                 if rejected is not None:
                     rejected[NOT_BALANCED] += 1

@@ -38,6 +38,7 @@ killed run resumes, and a later run with more samples relaxes only the new ones.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -46,6 +47,7 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -163,7 +165,7 @@ def flow_csp(directory: Path, targets: list[Structure], speedup: float, seed: in
                                          speedup=speedup)]
 
 
-def lm_samples(directory: Path, compositions: list[Composition], seed: int = 0,
+def lm_samples(directory: Path, compositions: Sequence[Composition], seed: int = 0,
                size: int = 256) -> list[Structure | None]:
     """One language-model CIF per cell composition, prompted with its formula in parts of
     `size` (CrystaLLM's sampling, as in a campaign: temperature 1, top 10 tokens), checked
@@ -257,7 +259,7 @@ CHUNK = 50
 FLOWLLM_T_START = 0.5
 
 
-def flow_prompted(compositions: list[Composition], seed: int = 0) -> list[Structure | None]:
+def flow_prompted(compositions: tuple[Composition, ...], seed: int = 0) -> list[Structure | None]:
     """The shipped flow's structure for each cell composition (None: a cell over its size)."""
     config, params, stats, _ = flow.load_flow(PRETRAINED / "flow")
     drawn: list[Structure | None] = []
@@ -269,18 +271,20 @@ def flow_prompted(compositions: list[Composition], seed: int = 0) -> list[Struct
     return drawn
 
 
-def lm_prompted(compositions: list[Composition], seed: int = 0) -> list[Structure | None]:
-    """The shipped language model's checked CIF for each cell composition (None: rejected)."""
+@functools.lru_cache(maxsize=1)
+def lm_prompted(compositions: tuple[Composition, ...], seed: int = 0) -> list[Structure | None]:
+    """The shipped language model's checked CIF for each cell composition (None: rejected);
+    kept for FlowLLM, which refines the same samples."""
     return lm_samples(PRETRAINED / "lm", compositions, seed, CHUNK)
 
 
-def flowllm_prompted(compositions: list[Composition], seed: int = 0) -> list[Structure | None]:
+def flowllm_prompted(compositions: tuple[Composition, ...], seed: int = 0) -> list[Structure | None]:
     """FlowLLM: the shipped flow refines each valid sample of the shipped language model
     from FLOWLLM_T_START."""
     return refined_by_flow(lm_prompted(compositions, seed), PRETRAINED / "flow", FLOWLLM_T_START, CHUNK)
 
 
-def pyxtal_prompted(compositions: list[Composition], seed: int = 0) -> list[Structure | None]:
+def pyxtal_prompted(compositions: tuple[Composition, ...], seed: int = 0) -> list[Structure | None]:
     """pyxtal random search's structure for each cell composition (None: it found none)."""
     searched: list[Structure | None] = []
     for index, composition in enumerate(compositions):
@@ -379,7 +383,7 @@ def sun(samples: list[Structure | None], known: dict[str, list[Structure]], cach
 def sun_rates(n: int, cache: Path, names: list[str]) -> dict:
     """S.U.N. of `n` samples of each source of `names`; the prompted ones answer the first
     `n` cell compositions of the MatterGen set (relaxations cached in `cache`)."""
-    compositions = [s.composition for s in imported("MatterGen", -(-n // CHUNK) * CHUNK) if s is not None]
+    compositions = tuple(s.composition for s in imported("MatterGen", -(-n // CHUNK) * CHUNK) if s is not None)
     sources = {}
     for name in names:
         if name in IMPORTED:
@@ -413,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sun-cache", type=Path, default=Path.home() / ".cache" / "gnome_loop" / "sun_relaxations.jsonl",
                         help="CHGNet relaxations done so far (JSON lines; resumes a killed or a larger run)")
     args = parser.parse_args(argv)
+    sun_names = args.sun_sources.split(",") if args.sun_sources else [*IMPORTED, *PROMPTED]
+    unknown = sorted(set(sun_names) - {*IMPORTED, *PROMPTED})
+    if unknown:
+        parser.error(f"unknown S.U.N. source(s) {unknown}; known: {[*IMPORTED, *PROMPTED]}")
     if not (DATA / "genbench").is_dir():
         print(f"no genbench data at {DATA}: nothing to benchmark", file=sys.stderr)
         return 2
@@ -431,12 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                         results[f"{dataset.replace('_', '')}_match_rate_{model}"] = row["match_rate"]
         if "sun" in parts:
             n = args.sun_samples or (50 if args.quick else 500)
-            names = args.sun_sources.split(",") if args.sun_sources else [*IMPORTED, *PROMPTED]
-            unknown = sorted(set(names) - {*IMPORTED, *PROMPTED})
-            if unknown:
-                parser.error(f"unknown S.U.N. source(s) {unknown}; known: {[*IMPORTED, *PROMPTED]}")
             kept = {name: row for name, row in results.get("sun", {}).items() if row["samples"] == n}
-            results["sun"] = {**kept, **sun_rates(n, args.sun_cache, names)}
+            results["sun"] = {**kept, **sun_rates(n, args.sun_cache, sun_names)}
             results["sun_rate"] = {name: row["sun_rate_0.1"] for name, row in results["sun"].items()}
     print_tables(results)
     write_results(args.json, results)

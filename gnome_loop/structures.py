@@ -169,7 +169,7 @@ def validate_structure(
     dmin = _minimum_distance(distances, shortest)
     if dmin < min_distance:
         return Reject("overlapping-atoms", f"two atoms are {dmin:.3f} Å apart (< {min_distance} Å)")
-    ratio = _bond_ratio(structure, distances, shortest)
+    ratio = _bond_ratio(_symbols(structure), distances, shortest)
     if ratio < MIN_BOND_RATIO:
         return Reject("overlapping-atoms", f"two atoms are {ratio:.2f} covalent bond lengths apart "
                       f"(< {MIN_BOND_RATIO})")
@@ -199,11 +199,16 @@ def bond_ratio(structure: Structure) -> float:
     About 1 for bonded neighbours in real solids (NaCl 1.05, SiO2 0.91, ClO bonds
     0.87); far below means overlapping atoms.
     """
-    return _bond_ratio(structure, *_distances(structure))
+    return _bond_ratio(_symbols(structure), *_distances(structure))
 
 
-def _bond_ratio(structure: Structure, distances: np.ndarray, shortest: float) -> float:
-    radii = np.array([_covalent_radius(site.specie.symbol) for site in structure])
+def _symbols(structure: Structure) -> list[str]:
+    return [site.specie.symbol for site in structure]
+
+
+def _bond_ratio(symbols: Sequence[str], distances: np.ndarray, shortest: float) -> float:
+    """The bond ratio of elements `symbols` on sites of these distances and shortest translation."""
+    radii = np.array([_covalent_radius(symbol) for symbol in symbols])
     ratios = distances / (radii[:, None] + radii[None, :])
     return float(min(ratios.min(), shortest / (2 * radii.max())))
 
@@ -232,10 +237,7 @@ class SiteGeometry(NamedTuple):
         """Elements `species` on these sites at `volume` (Å³), scaled up isotropically where
         two atoms would sit closer than `floor` bond lengths: `expand_to_bond_ratio` of
         that structure, without computing its distances again."""
-        radii = np.array([_covalent_radius(symbol) for symbol in species])
-        scale = (volume / self.lattice.volume) ** (1 / 3)
-        ratio = scale * min(float((self.distances / (radii[:, None] + radii[None, :])).min()),
-                            self.shortest / (2 * radii.max()))
+        ratio = (volume / self.lattice.volume) ** (1 / 3) * _bond_ratio(species, self.distances, self.shortest)
         if ratio < floor:
             volume *= (floor / ratio) ** 3
         return Structure(self.lattice.scale(volume), list(species), self.frac_coords)

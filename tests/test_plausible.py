@@ -172,4 +172,3 @@ def test_charge_balance_answers_as_pymatgen_does():
     assert checked[True] > 100 and checked[False] > 100  # both answers were exercised
     with pytest.raises(ValueError, match="whole amounts"):
         can_balance(Composition("Fe0.5O"))
-

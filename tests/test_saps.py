@@ -252,7 +252,7 @@ def test_saps_limits_and_determinism(parents, campaign):
     assert small and {c.parent_ids for c in small} == {("nacl",)}
 
 
-def test_saps_ranks_alike_in_every_process(tmp_path):
+def test_saps_ranks_alike_in_every_process():
     """Two worker processes (other string hashing) give the same candidates in the same
     order with the same probabilities to the last bit: pymatgen's substitution marginals
     summed in set order did not, and near-ties then ranked apart."""

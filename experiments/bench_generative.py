@@ -3,6 +3,7 @@
     python experiments/bench_generative.py                 # CSP on every validation structure, S.U.N. of 500
     python experiments/bench_generative.py --quick         # 300 structures per data set, S.U.N. of 50
     python experiments/bench_generative.py --parts sun --sun-samples 200
+    python experiments/bench_generative.py --parts validity   # the language model, constrained or not
 
 Crystal structure prediction (CDVAE's task, the figures DiffCSP and FlowMM report): for
 each structure of a genbench validation split, one sample for its cell composition;
@@ -34,6 +35,9 @@ model and FlowLLM (the flow refining the language model's valid samples from t =
 and pyxtal random search. `--sun-sources` runs some sources only, keeping the others'
 rows of the same sample count from the results file. The CHGNet relaxations are cached by structure (`--sun-cache`): a
 killed run resumes, and a later run with more samples relaxes only the new ones.
+The language model samples with constrained decoding (`cif_grammar`), as a campaign
+does by default; the validity part checks its samples for the S.U.N. compositions with
+and without the constraints, rejects by reason.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import json
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -405,9 +410,35 @@ def sun_rates(n: int, cache: Path, names: list[str]) -> dict:
     return rows
 
 
+def lm_validity(n: int) -> dict:
+    """The shipped language model's samples for the first `n` cell compositions of the
+    MatterGen set (as S.U.N. prompts them), checked, with and without constrained
+    decoding: valid share, rejects by reason, seconds."""
+    compositions = [s.composition for s in imported("MatterGen", n) if s is not None]
+    config, params, _ = cif_lm.load_lm(PRETRAINED / "lm")
+    rows = {}
+    for constrained in (True, False):
+        started, valid, rejected = time.time(), 0, Counter()
+        for start, part in chunks(compositions, CHUNK):
+            texts = cif_lm.sample(config, params, [cif_tokens.prompt(c) for c in part],
+                                  jax.random.fold_in(jax.random.PRNGKey(0), start), top_k=10, constrained=constrained)
+            for (text, finished), composition in zip(texts, part):
+                outcome = check_sample(text, finished, composition)
+                if isinstance(outcome, Reject):
+                    rejected[outcome.reason] += 1
+                else:
+                    valid += 1
+        name = "constrained" if constrained else "unconstrained"
+        rows[name] = {"samples": len(compositions), "valid": valid, "valid_share": valid / max(len(compositions), 1),
+                      "rejected": dict(rejected.most_common()), "seconds": round(time.time() - started)}
+        print(f"language model, {name}: {rows[name]}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, "bench_generative", "300 validation structures per data set, S.U.N. of 50")
-    parser.add_argument("--parts", default="csp,sun", help="csp, sun or both")
+    parser.add_argument("--parts", default="csp,sun,validity",
+                        help="csp, sun, validity (the language model's, constrained or not), comma-separated")
     parser.add_argument("--datasets", default="perov_5,carbon_24", help="CSP's data sets")
     parser.add_argument("--models", default="flow,llm,flowllm", help="CSP's models (those with a checkpoint run)")
     parser.add_argument("--sun-samples", type=int, default=None, help="samples per source (500; quick: 50)")
@@ -442,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             kept = {name: row for name, row in results.get("sun", {}).items() if row["samples"] == n}
             results["sun"] = {**kept, **sun_rates(n, args.sun_cache, sun_names)}
             results["sun_rate"] = {name: row["sun_rate_0.1"] for name, row in results["sun"].items()}
+        if "validity" in parts and (PRETRAINED / "lm").is_dir():
+            results["lm_validity"] = lm_validity(args.sun_samples or (50 if args.quick else 200))
     print_tables(results)
     write_results(args.json, results)
     return 0
@@ -461,6 +494,10 @@ def print_tables(results: dict) -> None:
         for name, row in results["sun"].items():
             print(f"{name:28} {row['samples']:7d} {row['valid']:6d} {row['unique']:6d} {row['new']:5d} "
                   f"{row['sun_rate_0.1']:10.1%} {row['sun_rate_0.0']:9.1%}")
+    if results.get("lm_validity"):
+        print(f"\n{'language model':14} {'samples':>7} {'valid':>6}  rejects")
+        for name, row in results["lm_validity"].items():
+            print(f"{name:14} {row['samples']:7d} {row['valid_share']:6.1%}  {row['rejected']}")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,33 @@ def mp20() -> tuple[list[tuple[str, Structure]], np.ndarray]:
     return structures, np.array(energies)
 
 
+def screening_round(structures: list[tuple[str, Structure]]) -> tuple:
+    """The round bench_scale screens: the chemical space of the MP-20 `structures`' 85
+    elements, the parents (those structures and the AFLOW prototypes of the space, by
+    id), the known formulas, and MP's hull entries (MP2020 scale)."""
+    space = ChemicalSpace(tuple({el.symbol for _, s in structures for el in s.composition}), MAX_ELEMENTS, MAX_ATOMS)
+    prototypes = [(p.id, p.structure) for p in load_prototypes(space)]
+    parents = sorted(structures + prototypes, key=lambda item: item[0])
+    known = frozenset(s.composition.reduced_formula for _, s in parents)
+    hull_entries, _ = read_energy_table(DATA / "mp_reference" / "mp_materials_summary.csv.gz")
+    return space, parents, known, hull_entries
+
+
+def screening_data() -> tuple | None:
+    """MP-20's structures and energies, then `screening_round` of them; None (and a
+    message) where the reference data are absent."""
+    if not (DATA / "mp20_subset").is_dir() or not (DATA / "mp_reference").is_dir():
+        print(f"skipped: reference data not found at {DATA}")
+        return None
+    structures, energies = mp20()
+    return structures, energies, *screening_round(structures)
+
+
+def spread_slice(parents: list, n: int) -> list:
+    """`n` parents evenly spread over the sorted list, so that it holds every kind and size."""
+    return [parents[i] for i in np.linspace(0, len(parents) - 1, min(n, len(parents))).astype(int)]
+
+
 def screen_and_measure(context: ScreenContext, parents: list) -> tuple:
     """`screen_task` and the worker's peak RSS (GB) while it ran: Linux's VmHWM, reset
     before the shard (getrusage's maxrss would start from the parent's at spawn)."""
@@ -150,16 +177,10 @@ def main() -> int:
     parser.add_argument("--parents", type=int, default=None,
                         help="parents of the whole round (default all 1,301: about 10^6 candidates)")
     args = parser.parse_args()
-    if not (DATA / "mp20_subset").is_dir() or not (DATA / "mp_reference").is_dir():
-        print(f"skipped: reference data not found at {DATA}")
+    data = screening_data()
+    if data is None:
         return 0
-
-    structures, energies = mp20()
-    space = ChemicalSpace(tuple({el.symbol for _, s in structures for el in s.composition}), MAX_ELEMENTS, MAX_ATOMS)
-    prototypes = [(p.id, p.structure) for p in load_prototypes(space)]
-    parents = sorted(structures + prototypes, key=lambda item: item[0])
-    known = frozenset(s.composition.reduced_formula for _, s in parents)
-    hull_entries, _ = read_energy_table(DATA / "mp_reference" / "mp_materials_summary.csv.gz")
+    structures, energies, space, parents, known, hull_entries = data
 
     model = StructureEnsemble(members=4, width=64, steps=3, cutoff=4.0, epochs=5, batch_size=32)
     model.fit([s for _, s in structures], energies)
@@ -175,9 +196,7 @@ def main() -> int:
         size = args.parents_per_shard
         return [[(key, s.as_dict()) for key, s in items[i:i + size]] for i in range(0, len(items), size)]
 
-    # an evenly spread slice, so that it holds parents of every kind and size
-    n_slice = min(args.slice if not args.quick else 16, len(parents))
-    sliced = [parents[i] for i in np.linspace(0, len(parents) - 1, n_slice).astype(int)]
+    sliced = spread_slice(parents, args.slice if not args.quick else 16)
     runs = []
     for workers in (1, 2):
         runs.append({"parents": "slice", "n_parents": len(sliced),
@@ -194,7 +213,7 @@ def main() -> int:
     per_worker = one["candidates_per_s"]
     result = {
         "quick": args.quick, "cpus": os.cpu_count(), "elements": len(space.elements), "parents": len(parents),
-        "mp20_parents": len(structures), "prototype_parents": len(prototypes), "hull_phases": len(hull_entries),
+        "mp20_parents": len(structures), "prototype_parents": len(parents) - len(structures), "hull_phases": len(hull_entries),
         "max_per_parent": args.max_per_parent, "parents_per_shard": args.parents_per_shard, "keep_per_shard": 50,
         "candidates": runs[-1]["candidates"],
         "candidates_per_s_1_worker": per_worker,

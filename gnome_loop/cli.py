@@ -124,12 +124,13 @@ def _print_unjudged(rounds: list[dict]) -> None:
 
 
 def _print_funnel(rounds: list[dict]) -> None:
-    """The screening funnel per round (`screening.enabled`): where candidates drop out."""
+    """The screening funnel per round (`screening.enabled`): where candidates drop out;
+    `rescored`: scored by the whole ensemble after its first member (the cascade)."""
     rows = [row for row in rounds if row["funnel"]]
     if not rows:
         return
     table = Table(title="screening funnel (substitution + SAPS shards)")
-    stages = ("generated", "valid", "scored", "examined", "duplicates", "kept")
+    stages = ("generated", "valid", "scored", "rescored", "examined", "duplicates", "kept")
     for header in ("round", *stages):
         table.add_column(header, justify="right")
     for row in rows:

@@ -199,6 +199,10 @@ class GenerativeModelGenerator(_Section):
 class LLMGenerator(GenerativeModelGenerator):
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_k: Optional[int] = Field(10, ge=1, description="draw from the k likeliest tokens only (null: all)")
+    constrained: bool = Field(True, description="draw only tokens that can continue a CIF of the prompt's formula "
+                              "(space groups that can hold it, Wyckoff multiplicities and the coordinates they fix, "
+                              "room for each atom, sites until the formula is placed): 70 % of the shipped model's "
+                              "samples valid instead of 22 %")
 
 
 class FlowGenerator(GenerativeModelGenerator):
@@ -338,6 +342,10 @@ class Screening(_Section):
     parents_per_shard: int = Field(8, ge=1, description="parent structures per shard task")
     keep_per_shard: int = Field(50, ge=1, description="best-scored unique candidates a shard keeps in full; the "
                                 "rest are stored as summary rows (id, formula, predicted E_hull)")
+    cascade_margin: Optional[float] = Field(
+        0.1, ge=0, description="screening cascade: the ensemble's first member scores every candidate, the whole "
+        "ensemble only those within this many eV/atom of the shard's keep_per_shard-th best (only those can be "
+        "kept; the others' summary rows carry the one member's E_hull); null: the whole ensemble scores all")
 
 
 class Prerelax(_Section):

@@ -9,7 +9,8 @@ bucketed `StructureMatcher`, among the candidates that could be kept). The other
 leave only a summary row (id, formula, predicted E_hull, and the symmetry label of
 those examined), so memory is bounded by the shard, not the round. Duplicates
 across shards are the caller's business (the campaign keeps a store index of
-(reduced formula, space group) buckets).
+(reduced formula, space group) buckets). With a cascade margin, an ensemble's first
+member scores every candidate and the whole ensemble only those that could be kept.
 
 `score_structures` is also what the campaign's select stage uses: a structure the
 model rejects, a NaN, or a system without a hull gets an error, never a number.
@@ -78,6 +79,31 @@ def _predict(model: EnergyModel,
     return out
 
 
+def first_stage(model: EnergyModel) -> EnergyModel | None:
+    """The cascade's cheap first stage: the first member of an ensemble of several
+    (`first_members`), or None for any other model."""
+    if getattr(model, "settings", {}).get("members", 1) < 2 or not hasattr(model, "first_members"):
+        return None
+    return model.first_members(1)
+
+
+def rescore_best(model: EnergyModel, hull: Hull, structures: Sequence[Structure], keys: Sequence[str],
+                 first: Sequence[Prediction], predictions: list[Prediction], final: list[bool], count: int,
+                 margin: float) -> int:
+    """The cascade's second stage, in place: the whole ensemble scores every structure
+    not yet scored by it whose first-stage E_hull (`first`) is within `margin` eV/atom
+    of the `count`-th best; `predictions` and `final` are updated. Returns how many."""
+    ehulls = sorted(p.ehull for p in first if p.error is None)
+    if not ehulls:
+        return 0
+    cutoff = ehulls[min(count, len(ehulls)) - 1] + margin
+    chosen = [i for i, p in enumerate(first) if not final[i] and p.error is None and p.ehull <= cutoff]
+    for index, prediction in zip(chosen, score_structures(model, hull, [structures[i] for i in chosen],
+                                                          [keys[i] for i in chosen])):
+        predictions[index], final[index] = prediction, True
+    return len(chosen)
+
+
 @dataclass(frozen=True)
 class ScreenSettings:
     """What a shard generates and keeps (the campaign's chemical space and generator settings)."""
@@ -87,6 +113,7 @@ class ScreenSettings:
     keep: int = 100  # unique candidates kept in full per shard, lowest predicted E_hull first
     substitution: dict | None = field(default_factory=dict)  # substitute() options; None: off
     saps: dict | None = field(default_factory=dict)  # saps() options; None: off
+    cascade_margin: float | None = None  # eV/atom; None: every candidate scored by the whole ensemble
 
 
 @dataclass
@@ -96,7 +123,7 @@ class ShardResult:
 
     kept: list[tuple[Candidate, Prediction]]
     summary: list[tuple[str, str, str | None, float | None]]  # (id, formula, symmetry label or None, E_hull)
-    funnel: Counter  # generated, valid, scored, examined, duplicates, kept; rejected:<reason> (generators' too)
+    funnel: Counter  # generated, valid, scored, rescored (cascade), examined, duplicates, kept; rejected:<reason>
     labels: dict[str, str] = field(default_factory=dict)  # symmetry label of each kept candidate, by id
 
 
@@ -111,6 +138,11 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
     formula, space group) bucket; a duplicate is dropped and the next one examined
     until `keep` are kept.
     Candidates never examined have no symmetry label in their summary row.
+    With `cascade_margin` (a screening cascade), the ensemble's first member scores
+    every candidate and the whole ensemble those within the margin (eV/atom) of the
+    `keep`-th best (more, should duplicates leave fewer than `keep`); only candidates
+    the whole ensemble scored can be kept, the others' summary rows carry their first
+    member's E_hull.
     Deterministic: the same parents and settings give the same result, whatever the
     worker. Duplicates that span shards are left to the campaign's dedup stage, which
     takes screened candidates in the same order (best first), so cutting a round into
@@ -139,26 +171,45 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
             valid.append(proposals[key])
     funnel["valid"] = len(valid)
 
-    predictions = score_structures(model, hull, [c.structure for c in valid], [c.id for c in valid])
-    scored = [(c, p) for c, p in zip(valid, predictions) if p.error is None]
-    funnel["scored"] = len(scored)
+    structures, keys = [c.structure for c in valid], [c.id for c in valid]
+    cheap = first_stage(model) if settings.cascade_margin is not None else None
+    first = score_structures(cheap or model, hull, structures, keys)
+    predictions, final = list(first), [cheap is None] * len(valid)
+    count = settings.keep
+    while True:  # with the cascade: until `keep` are kept, or every candidate is the whole ensemble's
+        if cheap is not None:
+            funnel["rescored"] += rescore_best(model, hull, structures, keys, first, predictions, final, count,
+                                               settings.cascade_margin)
+        kept, summary, labels, examined = _keep_best(valid, predictions, final, settings.keep)
+        short = settings.keep - len(kept)
+        if short == 0 or all(f or p.error is not None for f, p in zip(final, first)):
+            break
+        count += short
+    funnel["scored"] = sum(p.error is None for p in predictions)
+    funnel["examined"], funnel["duplicates"] = examined, examined - len(kept)  # shown as 0, not missing
+    funnel["kept"] = len(kept)
+    return ShardResult(kept, summary, funnel, labels)
+
+
+def _keep_best(candidates: list[Candidate], predictions: list[Prediction], final: list[bool], keep: int) -> tuple:
+    """(kept, summary rows, labels of the kept, examined): the candidates examined best
+    first (E_hull, then id; only those with a final prediction), each kept unless it
+    matches a better one kept, until `keep` are kept; every other scored one a summary row."""
+    scored = [(c, p, f) for c, p, f in zip(candidates, predictions, final) if p.error is None]
     ranked = sorted(scored, key=lambda item: (item[1].ehull, item[0].id))  # the campaign's dedup order too
     index = DuplicateIndex()
-    kept, summary, labels = [], [], {}
-    funnel["examined"] = funnel["duplicates"] = 0  # shown as 0, not missing, in `status`
-    for candidate, prediction in ranked:
+    kept, summary, labels, examined = [], [], {}, 0
+    for candidate, prediction, whole_ensemble in ranked:
         formula, label = candidate.structure.composition.reduced_formula, None
-        if len(kept) < settings.keep:
+        if whole_ensemble and len(kept) < keep:
             label = symmetry_label(candidate.structure)
-            funnel["examined"] += 1
+            examined += 1
             if index.add(candidate.id, label, candidate.structure) is None:
                 kept.append((candidate, prediction))
                 labels[candidate.id] = label
                 continue
-            funnel["duplicates"] += 1
         summary.append((candidate.id, formula, label, prediction.ehull))
-    funnel["kept"] = len(kept)
-    return ShardResult(kept, summary, funnel, labels)
+    return kept, summary, labels, examined
 
 
 @dataclass(frozen=True)

@@ -208,13 +208,13 @@ def _symbols(structure: Structure) -> list[str]:
 
 def _bond_ratio(symbols: Sequence[str], distances: np.ndarray, shortest: float) -> float:
     """The bond ratio of elements `symbols` on sites of these distances and shortest translation."""
-    radii = np.array([_covalent_radius(symbol) for symbol in symbols])
+    radii = np.array([covalent_radius(symbol) for symbol in symbols])
     ratios = distances / (radii[:, None] + radii[None, :])
     return float(min(ratios.min(), shortest / (2 * radii.max())))
 
 
 @functools.lru_cache(maxsize=None)
-def _covalent_radius(symbol: str) -> float:
+def covalent_radius(symbol: str) -> float:
     return float(covalent_radii[Element(symbol).Z])
 
 

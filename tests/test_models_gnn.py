@@ -159,6 +159,19 @@ def test_volume_augmentation_keeps_each_members_lowest_energy(tmp_path):
     assert load_model(tmp_path / "tta").settings["volume_augmentation"] == [0.9, 1.1]
 
 
+def test_the_first_members_predict_as_they_do_in_the_whole_ensemble():
+    structures = _training_set()
+    model = StructureEnsemble(members=3, width=16, steps=1, cutoff=CUTOFF, epochs=3, batch_size=8)
+    model.fit(structures, np.linspace(-3, -1, len(structures)))
+    whole = model.member_predictions(structures)
+    one = model.first_members(1)
+    np.testing.assert_allclose(one.member_predictions(structures), whole[:1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one.predict(structures)[0], whole[0], rtol=1e-5, atol=1e-6)
+    assert model.settings["members"] == 3 and model.member_predictions(structures).shape[0] == 3  # untouched
+    with pytest.raises(ValueError, match="cannot take 4 of 3"):
+        model.first_members(4)
+
+
 def test_training_batches_are_packed_into_one_budget():
     from gnome_loop.models.graph import pack_graphs
 

@@ -38,9 +38,9 @@ def parents():
     return [(p.id, p.structure) for p in phases], frozenset(p.structure.composition.reduced_formula for p in phases)
 
 
-def settings(known, keep: int) -> ScreenSettings:
+def settings(known, keep: int, cascade_margin: float | None = None) -> ScreenSettings:
     return ScreenSettings(ChemicalSpace(ELEMENTS, 2, 8), known, keep=keep, substitution={"threshold": 0.001},
-                          saps={"threshold": 0.001, "max_per_parent": 10})
+                          saps={"threshold": 0.001, "max_per_parent": 10}, cascade_margin=cascade_margin)
 
 
 def test_a_shard_keeps_its_best_in_full_and_the_rest_as_summary_rows():
@@ -287,3 +287,49 @@ def test_a_screening_stage_killed_half_way_resumes_without_losing_or_repeating(t
     assert resumed.store.shards_done(1) == clean.store.shards_done(1)
     assert {r["id"] for r in resumed.store.candidates(round_=1, selected=True)} == \
         {r["id"] for r in clean.store.candidates(round_=1, selected=True)}
+
+
+class StubEnsemble(StubModel):
+    """StubModel as a 4-member ensemble whose first member errs by up to ±0.05 eV/atom,
+    a fixed function of the structure (so the cascade's first stage ranks differently)."""
+
+    settings = {"members": 4}
+
+    def first_members(self, count):
+        full = self
+
+        class FirstMember:
+            def predict(self, structures):
+                energies, _ = full.predict(structures)
+                return energies + 0.05 * np.sin([37.0 * s.volume for s in structures]), np.zeros(len(structures))
+
+        return FirstMember()
+
+
+def test_the_cascade_keeps_only_whole_ensemble_predictions_and_with_a_wide_margin_changes_nothing():
+    structures, known = parents()
+    plain = screen_shard(structures, settings(known, keep=10), StubEnsemble(), hull())
+    wide = screen_shard(structures, settings(known, 10, cascade_margin=10.0), StubEnsemble(), hull())
+    assert [(c.id, p) for c, p in wide.kept] == [(c.id, p) for c, p in plain.kept]
+    assert wide.funnel["rescored"] == wide.funnel["scored"] == plain.funnel["scored"]
+
+    narrow = screen_shard(structures, settings(known, 10, cascade_margin=0.0), StubEnsemble(), hull())
+    assert narrow.funnel["scored"] == plain.funnel["scored"] > 2 * narrow.funnel["rescored"] >= 20
+    whole = dict(zip([c.id for c, _ in narrow.kept],
+                     score_structures(StubEnsemble(), hull(), [c.structure for c, _ in narrow.kept],
+                                      [c.id for c, _ in narrow.kept])))
+    assert all(p == whole[c.id] for c, p in narrow.kept)  # the kept carry the whole ensemble's verdict
+    # duplicates among the first ones rescored: more are rescored until ten are kept
+    assert len(narrow.kept) == 10 and len({c.id for c, _ in narrow.kept} & {c.id for c, _ in plain.kept}) >= 5
+    assert narrow.funnel["duplicates"] > 0 and len(narrow.summary) == narrow.funnel["scored"] - 10
+    first = {row[0]: row[3] for row in narrow.summary}
+    plain_rows = {row[0]: row[3] for row in plain.summary}
+    assert sum(abs(first[k] - plain_rows[k]) > 1e-6 for k in first if k in plain_rows) > len(first) // 2
+
+
+def test_a_model_without_members_is_scored_in_one_stage():
+    structures, known = parents()
+    plain = screen_shard(structures, settings(known, keep=10), StubModel(), hull())
+    cascade = screen_shard(structures, settings(known, 10, cascade_margin=0.0), StubModel(), hull())
+    assert [(c.id, p) for c, p in cascade.kept] == [(c.id, p) for c, p in plain.kept]
+    assert "rescored" not in cascade.funnel and cascade.funnel == plain.funnel

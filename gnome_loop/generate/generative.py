@@ -272,7 +272,7 @@ def _sample_llm(model: Generator, cells: list[Composition], settings: LLMGenerat
     valid ones, and the rejects by reason."""
     texts = _in_batches(lambda chunk, index: cif_lm.sample(
         model.config, model.params, [prompt(cell) for cell in chunk], jax.random.fold_in(key, index),
-        settings.temperature, settings.top_k), cells, settings.batch_size)
+        settings.temperature, settings.top_k, constrained=settings.constrained), cells, settings.batch_size)
     kept, rejected = [], Counter()
     for cell, (text, finished) in zip(cells, texts):
         outcome = check_sample(text, finished, cell)

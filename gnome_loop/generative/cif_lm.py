@@ -7,7 +7,8 @@ on padded sequences. Sampling runs the same network in flax's autoregressive-cac
 mode (keys and values of the positions done are kept, so a token costs one position's
 work): one jitted step of fixed shape feeds every row its token at the same position,
 the prompt's own next token while the prompt lasts, else one drawn with temperature
-and top-k, so prompts of different lengths share a batch.
+and top-k, so prompts of different lengths share a batch. By default the draw is
+constrained to tokens that can continue a CIF of the prompt's formula (`cif_grammar`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import optax
 
 from gnome_loop.generative.checkpoint import load_params, read_card, save_generator
+from gnome_loop.generative.cif_grammar import CifConstraint, allowed_mask
 from gnome_loop.generative.cif_tokens import EOS, PAD, decode, encode, vocabulary
 from gnome_loop.generative.training import make_step
 
@@ -128,35 +130,40 @@ def make_eval_loss(config: LMConfig):
 def _decoder(config: LMConfig, top_k: int | None):
     """(batch, max_len) -> an empty cache; and one jitted decoding step at `position`:
     every row's token there goes in, the row's token at `position + 1` comes out (the
-    prompt's while it lasts, else drawn from the logits scaled by the temperature and
-    cut to the top k; padding once the row has ended). The cache and the tokens are
-    donated: updated in place, not copied every token."""
+    prompt's while it lasts, else drawn from the `allowed` tokens (rows × vocabulary
+    booleans) by the logits scaled by the temperature and cut to the top k; padding once
+    the row has ended), and that token column. The cache and the tokens are donated:
+    updated in place, not copied every token."""
     model = CifTransformer(config, decode=True)
 
     def empty_cache(rows: int):
         return model.init(jax.random.PRNGKey(0), jnp.zeros((rows, config.max_len), jnp.int32))["cache"]
 
     @functools.partial(jax.jit, donate_argnums=(1, 2))
-    def step(params, cache, tokens, prompt_lengths, finished, position, key, temperature):
+    def step(params, cache, tokens, prompt_lengths, finished, position, key, temperature, allowed):
         token = jax.lax.dynamic_slice_in_dim(tokens, position, 1, axis=1)
         logits, variables = model.apply({**params, "cache": cache}, token, position, mutable=["cache"])
-        logits = logits[:, 0].at[:, PAD_ID].set(-jnp.inf) / temperature
+        logits = jnp.where(allowed, logits[:, 0], -jnp.inf).at[:, PAD_ID].set(-jnp.inf) / temperature
         if top_k is not None:
             logits = jnp.where(logits < jax.lax.top_k(logits, top_k)[0][:, -1:], -jnp.inf, logits)
         drawn = jnp.where(finished, PAD_ID, jax.random.categorical(key, logits))
         in_prompt = position + 1 < prompt_lengths
         new = jnp.where(in_prompt, jax.lax.dynamic_slice_in_dim(tokens, position + 1, 1, axis=1)[:, 0], drawn)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], position + 1, axis=1)
-        return variables["cache"], tokens, finished | (~in_prompt & (new == EOS_ID))
+        return variables["cache"], tokens, finished | (~in_prompt & (new == EOS_ID)), new
 
     return empty_cache, step
 
 
 def sample(config: LMConfig, params: Any, prompts: Sequence[str], key: jax.Array, temperature: float = 1.0,
-           top_k: int | None = None, max_len: int | None = None) -> list[tuple[str, bool]]:
+           top_k: int | None = None, max_len: int | None = None, constrained: bool = True
+           ) -> list[tuple[str, bool]]:
     """Complete every prompt once: `(text, finished)` per prompt, `finished` False when
     the text ran into `max_len` tokens (at most, and by default, the model's) before
-    the model ended it."""
+    the model ended it. `constrained` masks the tokens that cannot continue a CIF of the
+    prompt's formula (`cif_grammar`: space group, Wyckoff positions, room for each atom,
+    sites, end), at the
+    cost of reading each drawn token back to the host."""
     if temperature <= 0:
         raise ValueError("temperature must be positive (use top_k=1 for greedy decoding)")
     max_len = min(max_len or config.max_len, config.max_len)
@@ -166,13 +173,28 @@ def sample(config: LMConfig, params: Any, prompts: Sequence[str], key: jax.Array
     tokens = np.full((len(prompts), config.max_len), PAD_ID, np.int32)
     for row, ids in enumerate(prompt_ids):
         tokens[row, : len(ids)] = ids
+    grammar = [CifConstraint() for _ in prompts] if constrained else []
+    for constraint, ids in zip(grammar, prompt_ids):
+        for token in ids:
+            constraint.push(token)
     empty_cache, step = _decoder(config, top_k)
     cache, tokens = empty_cache(len(prompts)), jnp.asarray(tokens)
-    lengths, finished = jnp.array([len(ids) for ids in prompt_ids]), jnp.zeros(len(prompts), bool)
+    lengths = np.array([len(ids) for ids in prompt_ids])
+    finished = jnp.zeros(len(prompts), bool)
+    allowed, done = np.ones((len(prompts), len(vocabulary())), bool), np.zeros(len(prompts), bool)
     for position in range(max_len - 1):
-        cache, tokens, finished = step(params, cache, tokens, lengths, finished, position,
-                                       jax.random.fold_in(key, position), temperature)
-        if position % 16 == 15 and bool(jnp.all(finished)):
+        if grammar:
+            allowed = allowed_mask(grammar, (position + 1 >= lengths) & ~done)
+        cache, tokens, finished, new = step(params, cache, tokens, jnp.asarray(lengths), finished, position,
+                                            jax.random.fold_in(key, position), temperature, allowed)
+        if grammar:
+            drawn = np.asarray(new)
+            for row in np.flatnonzero((position + 1 >= lengths) & ~done):
+                grammar[row].push(int(drawn[row]))
+            done = np.asarray(finished)
+            if done.all():
+                break
+        elif position % 16 == 15 and bool(jnp.all(finished)):
             break
     rows = np.asarray(tokens)[:, :max_len]
     return [(decode(row), bool(done)) for row, done in zip(rows, np.asarray(finished))]

@@ -13,6 +13,7 @@ stacked parameters), `ensemble.json` (settings, reference, standardisation) and
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -235,6 +236,16 @@ class GNNEnsemble:
         Raises ValueError naming the reason for a structure the network cannot take.
         """
         return median_and_spread(self.member_predictions(structures))
+
+    def first_members(self, count: int) -> "GNNEnsemble":
+        """The same model with only its first `count` members: a cheaper, rougher filter
+        (the screening cascade's first stage). It shares the parameters' memory."""
+        if not 1 <= count <= self.settings["members"] or self.params is None:
+            raise ValueError(f"{self.name}: cannot take {count} of {self.settings['members']} trained members")
+        part = copy.copy(self)
+        part.settings = {**self.settings, "members": count}
+        part.params = jax.tree.map(lambda leaf: leaf[:count], self.params)
+        return part
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)

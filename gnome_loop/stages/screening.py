@@ -70,6 +70,7 @@ def _settings(ctx: StageContext, known: set[str]) -> ScreenSettings:
     return ScreenSettings(
         space, frozenset(known),
         keep=ctx.config.screening.keep_per_shard,
+        cascade_margin=ctx.config.screening.cascade_margin,
         substitution={"threshold": sub.threshold, "alpha": sub.alpha, "charge_balanced": sub.charge_balanced}
         if sub.enabled else None,
         saps={"threshold": sap.threshold, "alpha": sap.alpha, "max_per_parent": sap.max_per_parent,

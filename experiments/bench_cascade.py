@@ -1,5 +1,5 @@
 """Benchmark: the screening cascade — one ensemble member first, the whole ensemble for
-the candidates that could be kept (`screen.cascade_scores`).
+the candidates that could be kept (`screen.first_stage`, `screen.rescore_best`).
 
 The shards of bench_scale's parent slice (SAPS and substitution over MP-20's 85
 elements and the AFLOW prototypes) are screened in this process, one core, by the
@@ -92,7 +92,7 @@ def main() -> int:
             reference = runs["whole ensemble"]["kept_ids"] if runs else run["kept_ids"]
             run["recall"] = len(set(run["kept_ids"]) & set(reference)) / max(len(reference), 1)
             runs[name] = run
-    print(f"{'run':16}{'candidates':>11}{'s':>7}{'cand/s':>8}{'scored':>8}{'by all 4':>9}{'kept':>6}"
+    print(f"{'run':16}{'candidates':>11}{'s':>7}{'cand/s':>8}{'scored':>8}{'by all':>9}{'kept':>6}"
           f"{'recall':>8}{'mean E_hull kept':>18}")
     for name, run in runs.items():
         kept = run.pop("kept_ids")

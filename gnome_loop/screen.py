@@ -88,19 +88,19 @@ def first_stage(model: EnergyModel) -> EnergyModel | None:
 
 
 def rescore_best(model: EnergyModel, hull: Hull, structures: Sequence[Structure], keys: Sequence[str],
-                 first: Sequence[Prediction], predictions: list[Prediction], final: list[bool], count: int,
+                 first: Sequence[Prediction], predictions: list[Prediction], whole: list[bool], count: int,
                  margin: float) -> int:
     """The cascade's second stage, in place: the whole ensemble scores every structure
     not yet scored by it whose first-stage E_hull (`first`) is within `margin` eV/atom
-    of the `count`-th best; `predictions` and `final` are updated. Returns how many."""
+    of the `count`-th best; `predictions` and `whole` (by the whole ensemble) are updated. Returns how many."""
     ehulls = sorted(p.ehull for p in first if p.error is None)
     if not ehulls:
         return 0
     cutoff = ehulls[min(count, len(ehulls)) - 1] + margin
-    chosen = [i for i, p in enumerate(first) if not final[i] and p.error is None and p.ehull <= cutoff]
+    chosen = [i for i, p in enumerate(first) if not whole[i] and p.error is None and p.ehull <= cutoff]
     for index, prediction in zip(chosen, score_structures(model, hull, [structures[i] for i in chosen],
                                                           [keys[i] for i in chosen])):
-        predictions[index], final[index] = prediction, True
+        predictions[index], whole[index] = prediction, True
     return len(chosen)
 
 
@@ -174,28 +174,28 @@ def screen_shard(parents: Sequence[tuple[str, Structure]], settings: ScreenSetti
     structures, keys = [c.structure for c in valid], [c.id for c in valid]
     cheap = first_stage(model) if settings.cascade_margin is not None else None
     first = score_structures(cheap or model, hull, structures, keys)
-    predictions, final = list(first), [cheap is None] * len(valid)
+    predictions, whole = list(first), [cheap is None] * len(valid)
     count = settings.keep
     while True:  # with the cascade: until `keep` are kept, or every candidate is the whole ensemble's
         if cheap is not None:
-            funnel["rescored"] += rescore_best(model, hull, structures, keys, first, predictions, final, count,
+            funnel["rescored"] += rescore_best(model, hull, structures, keys, first, predictions, whole, count,
                                                settings.cascade_margin)
-        kept, summary, labels, examined = _keep_best(valid, predictions, final, settings.keep)
+        kept, summary, labels, examined = _keep_best(valid, predictions, whole, settings.keep)
         short = settings.keep - len(kept)
-        if short == 0 or all(f or p.error is not None for f, p in zip(final, first)):
+        if short == 0 or all(w or p.error is not None for w, p in zip(whole, first)):
             break
-        count += short
+        count = max(count + short, 2 * count)  # duplicates left the shard short: a wider cut, few passes
     funnel["scored"] = sum(p.error is None for p in predictions)
     funnel["examined"], funnel["duplicates"] = examined, examined - len(kept)  # shown as 0, not missing
     funnel["kept"] = len(kept)
     return ShardResult(kept, summary, funnel, labels)
 
 
-def _keep_best(candidates: list[Candidate], predictions: list[Prediction], final: list[bool], keep: int) -> tuple:
+def _keep_best(candidates: list[Candidate], predictions: list[Prediction], whole: list[bool], keep: int) -> tuple:
     """(kept, summary rows, labels of the kept, examined): the candidates examined best
-    first (E_hull, then id; only those with a final prediction), each kept unless it
+    first (E_hull, then id; only those the whole ensemble scored, `whole`), each kept unless it
     matches a better one kept, until `keep` are kept; every other scored one a summary row."""
-    scored = [(c, p, f) for c, p, f in zip(candidates, predictions, final) if p.error is None]
+    scored = [(c, p, w) for c, p, w in zip(candidates, predictions, whole) if p.error is None]
     ranked = sorted(scored, key=lambda item: (item[1].ehull, item[0].id))  # the campaign's dedup order too
     index = DuplicateIndex()
     kept, summary, labels, examined = [], [], {}, 0

@@ -169,3 +169,21 @@ def test_a_free_z_leaves_room_for_the_atom_and_keeps_the_written_multiplicity():
     # z below 0.083 puts the two closer than a Na-Na covalent bond's half
     constraint = _feed(_cell_text(ct.prompt("Na2", 2), 10.0) + "Na Na0 2 0.0000 0.0000 0.0")
     assert _allowed_texts(constraint) == {"8", "9"}
+
+
+def test_a_coordinate_tied_to_two_written_ones_takes_only_its_values():
+    # Pm-3m 8g is (x, x, x) and its images: after x = y = 0.1, z is 0.1 or 0.9 (not 0.4 or 0.6)
+    constraint = _feed(_cell_text(ct.prompt("Na8", 221), 10.0) + "Na Na0 8 0.1000 0.1000 0.")
+    assert _allowed_texts(constraint) == {"1", "9"}
+
+
+def test_rows_the_grammar_cannot_read_are_left_to_the_model():
+    """No formula to hold the sample to (`data_Na`), a row that does not start with an
+    element, a malformed coordinate: nothing is masked there, and nothing fails."""
+    text = _cell_text(f"data_Na\n{ct.SG_KEY} Pm-3m\n{ct.NUMBER_KEY} 221\n", 10.0) + \
+        "5 5 1 0.1000 0.2000 0.3000\nNa Na0 1 0..5 0.0000 0.0000\nNa Na1 1 0.5000 0.5000 0."
+    constraint = CifConstraint()
+    for token in ct.encode(text):
+        constraint.allowed()
+        constraint.push(token)
+    assert constraint.allowed() is None

@@ -38,9 +38,9 @@ from typing import NamedTuple
 import numpy as np
 from pymatgen.core import Lattice
 
-from gnome_loop.generative.cif_tokens import (CELL_KEYS, COORD_DECIMALS, EOS, MERGE_DISTANCE, NUMBER_KEY, SG_KEY,
-                                              SITE_KEYS, expand_orbit, space_group_symbols, symmetry_operations,
-                                              vocabulary)
+from gnome_loop.generative.cif_tokens import (CELL_KEYS, COORD_DECIMALS, ELEMENTS, EOS, MERGE_DISTANCE, NUMBER_KEY,
+                                              SG_KEY, SITE_KEYS, expand_orbit, space_group_symbols,
+                                              symmetry_operations, vocabulary)
 from gnome_loop.structures import MIN_BOND_RATIO, MIN_DISTANCE, covalent_radius
 
 #: Counts above this are not checked for reachability (a cell that large is allowed anything).
@@ -51,6 +51,7 @@ SAME_VALUE = 2e-4
 PROBES = 5
 _CELL = re.compile("".join(rf"{key} (\d+(?:\.\d+)?)\n" for key in CELL_KEYS))
 _NEIGHBOUR_CELLS = np.array(list(itertools.product((-1, 0, 1), repeat=3)))
+_ELEMENTS = frozenset(ELEMENTS)
 
 
 class WyckoffPosition(NamedTuple):
@@ -138,13 +139,17 @@ def fixed_values(rotation: np.ndarray, translation: np.ndarray, written: list[fl
         return [translation[k] % 1.0]
     if k == 0:
         return None
-    earlier = rotation[:k]
+    basis = []  # earlier coordinates whose rows are independent: a repeated one (y = x) adds no freedom
+    for i in range(k):
+        if np.linalg.matrix_rank(rotation[basis + [i]]) > len(basis):
+            basis.append(i)
+    earlier = rotation[basis]
     weights, *_ = np.linalg.lstsq(earlier.T, rotation[k], rcond=None)
     if not np.allclose(earlier.T @ weights, rotation[k], atol=1e-8):
         return None
-    offsets = np.asarray(written) - translation[:k]
+    offsets = np.asarray(written)[basis] - translation[basis]
     values = [float(weights @ (offsets + np.asarray(n)) + translation[k]) % 1.0
-              for n in itertools.product(range(3), repeat=k)]
+              for n in itertools.product(range(3), repeat=len(basis))]
     return [v for i, v in enumerate(values) if not any(_same(v, u) for u in values[:i])]
 
 
@@ -194,7 +199,7 @@ class CifConstraint:
             self.forced = self.forced[1:] if token == self.forced[0] else []
         if self.formula_text is not None and self.tokens and self.tokens[0] == ids["data_"]:
             self._push_formula(text)
-        elif text.startswith("sg:"):
+        elif text.startswith("sg:") and not self.in_sites:
             self.number = space_group_symbols().index(text[3:]) + 1
             self.forced = [ids["\n"], ids[NUMBER_KEY], ids[" "], *(ids[d] for d in str(self.number)), ids["\n"]]
         elif self.in_sites:
@@ -218,8 +223,9 @@ class CifConstraint:
         ids = _ids()
         ends_field = token in (ids[" "], ids["\n"])
         field = self.row.count(ids[" "])
-        if ends_field and field >= 3 and re.fullmatch(r"\d+(\.\d*)?", self._field(field)):
-            self._coordinate_written(float(self._field(field)))
+        if ends_field and field >= 3:  # a malformed coordinate is NaN: nothing after it in the row is judged
+            written = self._field(field)
+            self._coordinate_written(float(written) if re.fullmatch(r"\d+(\.\d*)?", written) else np.nan)
         if token == ids["\n"]:
             self.row, self.subspaces, self.coordinates, self.options = [], None, [], None
             return
@@ -262,7 +268,7 @@ class CifConstraint:
         self.coordinates.append(value)
         if len(self.coordinates) == 3 and self.number is not None:
             self._occupy(np.asarray(self.coordinates))
-            if self.lattice is not None:
+            if self.lattice is not None and self._element() and not np.isnan(self.coordinates).any():
                 images = expand_orbit(Lattice(self.lattice), self.number, np.asarray(self.coordinates))
                 self.atoms = np.concatenate([self.atoms, images])
                 self.radii = np.concatenate([self.radii, np.full(len(images), self._radius())])
@@ -293,31 +299,41 @@ class CifConstraint:
             return [ids[" "]]
         if len(self.row) == 2:
             return [self.row[0]]
+        if len(self.row) == 3:
+            return [ids[d] for d in "0123456789"]  # the label's number
         element = vocabulary()[self.row[0]]
         if field == 2 and self.number is not None and element in self.remaining:
             return _next_characters(self._field(2), self._multiplicities(self.remaining[element]), " ") or None
         if 3 <= field <= 5 and self.options:
             return _next_characters(self._field(field), self._roomy(self.options) if field == 5 else self.options,
                                     " " if field < 5 else "\n") or None
-        if field == 5 and len(self.coordinates) == 2 and self.lattice is not None and self.number is not None:
+        if field == 5 and len(self.coordinates) == 2 and self.lattice is not None and self.number is not None \
+                and self._element() and not np.isnan(self.coordinates).any():
             return self._clear_digits(self._field(5)) or None
         return None
 
     def _roomy(self, options: list[str]) -> list[str]:
         """The z values of `options` where the row's atom fits (`_fits`); all of them where none does."""
-        if self.lattice is None or self.number is None or len(self.coordinates) != 2 or not self._field(2).isdigit():
+        if self.lattice is None or self.number is None or len(self.coordinates) != 2 or not self._field(2).isdigit() \
+                or not self._element() or np.isnan(self.coordinates).any():
             return options
         sites = np.array([[*self.coordinates, float(z)] for z in options])
         fits = self._fits(sites, int(self._field(2)))
         return [z for z, ok in zip(options, fits) if ok] or options
 
+    def _element(self) -> str | None:
+        """The row's element (None where the row does not start with one)."""
+        symbol = vocabulary()[self.row[0]] if self.row else None
+        return symbol if symbol in _ELEMENTS else None
+
     def _radius(self) -> float:
-        return covalent_radius(vocabulary()[self.row[0]])
+        return covalent_radius(self._element())
 
     def _clear_digits(self, prefix: str) -> list[int]:
         """The z digits (tenths after "0.", hundredths after "0.d") under which some z
         puts the row's atom where its orbit has the written multiplicity and no atom
-        comes closer to it than `validate_structure` allows; empty elsewhere."""
+        comes closer to it than `validate_structure` allows, judged at PROBES values of z
+        per digit (a window of room narrower than that can be missed); empty elsewhere."""
         if not re.fullmatch(r"0\.\d?", prefix) or not self._field(2).isdigit():
             return []
         base, width = float(prefix + "0"), 0.1 if prefix.endswith(".") else 0.01

@@ -180,12 +180,12 @@ def sample(config: LMConfig, params: Any, prompts: Sequence[str], key: jax.Array
     empty_cache, step = _decoder(config, top_k)
     cache, tokens = empty_cache(len(prompts)), jnp.asarray(tokens)
     lengths = np.array([len(ids) for ids in prompt_ids])
-    finished = jnp.zeros(len(prompts), bool)
-    allowed, done = np.ones((len(prompts), len(vocabulary())), bool), np.zeros(len(prompts), bool)
+    device_lengths, finished = jnp.asarray(lengths), jnp.zeros(len(prompts), bool)
+    allowed, done = jnp.ones((len(prompts), len(vocabulary())), bool), np.zeros(len(prompts), bool)
     for position in range(max_len - 1):
         if grammar:
             allowed = allowed_mask(grammar, (position + 1 >= lengths) & ~done)
-        cache, tokens, finished, new = step(params, cache, tokens, jnp.asarray(lengths), finished, position,
+        cache, tokens, finished, new = step(params, cache, tokens, device_lengths, finished, position,
                                             jax.random.fold_in(key, position), temperature, allowed)
         if grammar:
             drawn = np.asarray(new)

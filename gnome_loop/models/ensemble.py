@@ -239,7 +239,7 @@ class GNNEnsemble:
 
     def first_members(self, count: int) -> "GNNEnsemble":
         """The same model with only its first `count` members: a cheaper, rougher filter
-        (the screening cascade's first stage). It shares the parameters' memory."""
+        (the screening cascade's first stage); its parameters are a slice of these."""
         if not 1 <= count <= self.settings["members"] or self.params is None:
             raise ValueError(f"{self.name}: cannot take {count} of {self.settings['members']} trained members")
         part = copy.copy(self)

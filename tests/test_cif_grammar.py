@@ -23,7 +23,7 @@ WURTZITE = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.2), ["Z
                                      [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])
 RUTILE = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"],
                                    [[0, 0, 0], [0.305, 0.305, 0]])
-IDS = {token: index for index, token in enumerate(ct.vocabulary())}
+IDS = ct.token_ids()
 
 
 def _allowed_texts(constraint: CifConstraint) -> set[str] | None:

@@ -40,7 +40,7 @@ from pymatgen.core import Lattice
 
 from gnome_loop.generative.cif_tokens import (CELL_KEYS, COORD_DECIMALS, ELEMENTS, EOS, MERGE_DISTANCE, NUMBER_KEY,
                                               SG_KEY, SITE_KEYS, expand_orbit, space_group_symbols,
-                                              symmetry_operations, vocabulary)
+                                              symmetry_operations, token_ids, vocabulary)
 from gnome_loop.structures import MIN_BOND_RATIO, MIN_DISTANCE, covalent_radius
 
 #: Counts above this are not checked for reachability (a cell that large is allowed anything).
@@ -153,18 +153,13 @@ def fixed_values(rotation: np.ndarray, translation: np.ndarray, written: list[fl
     return [v for i, v in enumerate(values) if not any(_same(v, u) for u in values[:i])]
 
 
-@functools.cache
-def _ids() -> dict[str, int]:
-    return {token: index for index, token in enumerate(vocabulary())}
-
-
 def _sg_id(number: int) -> int:
-    return _ids()[f"sg:{space_group_symbols()[number - 1]}"]
+    return token_ids()[f"sg:{space_group_symbols()[number - 1]}"]
 
 
 def _next_characters(prefix: str, options: list[str], end: str) -> list[int]:
     """Token ids that continue `prefix` towards one of `options`, and `end` once it is one."""
-    ids = _ids()
+    ids = token_ids()
     following = {o[len(prefix)] for o in options if o.startswith(prefix) and len(o) > len(prefix)}
     return [ids[c] for c in sorted(following)] + ([ids[end]] if prefix in options else [])
 
@@ -194,7 +189,7 @@ class CifConstraint:
         self.radii = np.zeros(0)  # their covalent radii
 
     def push(self, token: int) -> None:
-        ids, text = _ids(), vocabulary()[token]
+        ids, text = token_ids(), vocabulary()[token]
         if self.forced:
             self.forced = self.forced[1:] if token == self.forced[0] else []
         if self.formula_text is not None and self.tokens and self.tokens[0] == ids["data_"]:
@@ -220,7 +215,7 @@ class CifConstraint:
         self.formula_text = None
 
     def _push_site(self, token: int) -> None:
-        ids = _ids()
+        ids = token_ids()
         ends_field = token in (ids[" "], ids["\n"])
         field = self.row.count(ids[" "])
         if ends_field and field >= 3:  # a malformed coordinate is NaN: nothing after it in the row is judged
@@ -281,7 +276,7 @@ class CifConstraint:
 
     def allowed(self) -> list[int] | None:
         """Token ids that may come next, or None when the model is free here."""
-        ids = _ids()
+        ids = token_ids()
         if self.forced:
             return [self.forced[0]]
         if self.tokens[-2:] == [ids[SG_KEY], ids[" "]] and self.remaining is not None:
@@ -340,7 +335,7 @@ class CifConstraint:
         z = base + np.arange(10)[:, None] * width + (np.arange(PROBES) + 0.5)[None] * width / PROBES  # (10, probes)
         sites = np.column_stack([np.broadcast_to(self.coordinates, (z.size, 2)), z.ravel()])
         fits = self._fits(sites, int(self._field(2))).reshape(10, PROBES).any(axis=1)
-        return [_ids()[str(d)] for d in np.flatnonzero(fits)]
+        return [token_ids()[str(d)] for d in np.flatnonzero(fits)]
 
     def _fits(self, sites: np.ndarray, multiplicity: int) -> np.ndarray:
         """Which candidate sites (fractional, (k, 3)) have an orbit of `multiplicity` whose

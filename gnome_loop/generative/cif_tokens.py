@@ -79,7 +79,8 @@ def vocabulary() -> tuple[str, ...]:
 
 
 @functools.cache
-def _token_ids() -> dict[str, int]:
+def token_ids() -> dict[str, int]:
+    """Token → its id (its index in `vocabulary()`)."""
     return {token: index for index, token in enumerate(vocabulary())}
 
 
@@ -94,7 +95,7 @@ def _pattern() -> re.Pattern:
 
 def encode(text: str) -> list[int]:
     """Token ids of `text`; ValueError at the first character no token covers."""
-    ids, at, pattern, table = [], 0, _pattern(), _token_ids()
+    ids, at, pattern, table = [], 0, _pattern(), token_ids()
     while at < len(text):
         match = pattern.match(text, at)
         if match is None:

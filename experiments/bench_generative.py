@@ -170,19 +170,24 @@ def flow_csp(directory: Path, targets: list[Structure], speedup: float, seed: in
                                          speedup=speedup)]
 
 
-def lm_samples(directory: Path, compositions: Sequence[Composition], seed: int = 0,
-               size: int = 256) -> list[Structure | None]:
+def lm_outcomes(directory: Path, compositions: Sequence[Composition], seed: int = 0, size: int = 256,
+                constrained: bool = True) -> list[Structure | Reject]:
     """One language-model CIF per cell composition, prompted with its formula in parts of
     `size` (CrystaLLM's sampling, as in a campaign: temperature 1, top 10 tokens), checked
-    as a campaign checks it (None: rejected)."""
+    as a campaign checks it: its structure, or why it has none."""
     config, params, _ = cif_lm.load_lm(directory)
-    out: list[Structure | None] = []
+    out: list[Structure | Reject] = []
     for start, part in chunks(compositions, size):
         texts = cif_lm.sample(config, params, [cif_tokens.prompt(c) for c in part],
-                              jax.random.fold_in(jax.random.PRNGKey(seed), start), top_k=10)
-        out += [None if isinstance(o, Reject) else o
-                for o in (check_sample(text, finished, c) for (text, finished), c in zip(texts, part))]
+                              jax.random.fold_in(jax.random.PRNGKey(seed), start), top_k=10, constrained=constrained)
+        out += [check_sample(text, finished, c) for (text, finished), c in zip(texts, part)]
     return out
+
+
+def lm_samples(directory: Path, compositions: Sequence[Composition], seed: int = 0,
+               size: int = 256) -> list[Structure | None]:
+    """`lm_outcomes`, None for a rejected sample."""
+    return [None if isinstance(o, Reject) else o for o in lm_outcomes(directory, compositions, seed, size)]
 
 
 def refined_by_flow(drafts: list[Structure | None], directory: Path, t_start: float,
@@ -415,19 +420,12 @@ def lm_validity(n: int) -> dict:
     MatterGen set (as S.U.N. prompts them), checked, with and without constrained
     decoding: valid share, rejects by reason, seconds."""
     compositions = [s.composition for s in imported("MatterGen", n) if s is not None]
-    config, params, _ = cif_lm.load_lm(PRETRAINED / "lm")
     rows = {}
     for constrained in (True, False):
-        started, valid, rejected = time.time(), 0, Counter()
-        for start, part in chunks(compositions, CHUNK):
-            texts = cif_lm.sample(config, params, [cif_tokens.prompt(c) for c in part],
-                                  jax.random.fold_in(jax.random.PRNGKey(0), start), top_k=10, constrained=constrained)
-            for (text, finished), composition in zip(texts, part):
-                outcome = check_sample(text, finished, composition)
-                if isinstance(outcome, Reject):
-                    rejected[outcome.reason] += 1
-                else:
-                    valid += 1
+        started = time.time()
+        outcomes = lm_outcomes(PRETRAINED / "lm", compositions, 0, CHUNK, constrained)
+        rejected = Counter(o.reason for o in outcomes if isinstance(o, Reject))
+        valid = len(outcomes) - sum(rejected.values())
         name = "constrained" if constrained else "unconstrained"
         rows[name] = {"samples": len(compositions), "valid": valid, "valid_share": valid / max(len(compositions), 1),
                       "rejected": dict(rejected.most_common()), "seconds": round(time.time() - started)}

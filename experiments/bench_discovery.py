@@ -14,12 +14,17 @@ as in GNoME. Three arms run with the same seeds, generators and oracle budget:
 - scratch: the GNoME GNN ensemble trained from random members on the campaign's data;
 - pretrained: the shipped pretrained ensemble, fine-tuned on the campaign's data.
 
-Two more arms (not run by default) measure a generative model in the loop: the
-shipped flow (`generators.flow`, checkpoint `pretrained`) as the only generator,
-prompted with the space's ranked new formulas and its known compounds, picked by the
-pretrained ensemble, either fine-tuned each round on the oracle's stable results
-(`flow-finetuned`, 20 steps) or kept frozen (`flow-frozen`); reported as the hit rate
-of the flow's evaluated candidates per round (`hit_rate_generated_finetuned|frozen`).
+More arms (not run by default) measure a generative model in the loop: the shipped flow
+(`flow-*`) or language model (`llm-*`) as the only generator, prompted with the space's
+ranked new formulas and its known compounds, either fine-tuned each round on the
+oracle's stable results (`*-finetuned`, the default 20 steps) or kept frozen
+(`*-frozen`). Their candidates are picked at random (32 a round), so that what the
+oracle finds measures the generator, not a filter. Reported per round, seeds pooled:
+the hit rate of the generator's evaluated candidates against the campaign's hull
+(`hit_rate_generated_finetuned|frozen` for the flow, `..._llm_finetuned|frozen` for
+the language model), and, finer, their E_hull against MP's whole hull of the space
+(the hidden ternaries included): the share within 0.1 eV/atom (`near_hull_rate_generated_*`)
+and the median (`ehull_mp_generated_*`).
 
 Reported per round and cumulatively: hit rate (oracle E_hull <= 0 against the
 campaign's hull), DAF against random, filter MAE on the evaluated candidates, and
@@ -48,6 +53,7 @@ import numpy as np
 from monty.serialization import dumpfn, loadfn
 from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.entries.computed_entries import ComputedEntry
 
 from gnome_loop.campaign import Campaign
 from gnome_loop.config import parse_config
@@ -61,8 +67,11 @@ MP37K = DATA / "mp37k" / "mp37k_eform.csv.gz"
 #: MP phases within this distance of MP's hull count as rediscoverable, eV/atom.
 TARGET_EHULL = 0.05
 ARMS = ("random", "scratch", "pretrained")
-#: The generative arms: the flow alone, fine-tuned each round or frozen (name -> key suffix).
-GENERATIVE_ARMS = {"flow-finetuned": "finetuned", "flow-frozen": "frozen"}
+#: The generative arms: one model alone, fine-tuned each round or frozen (name -> generator, key suffix).
+GENERATIVE_ARMS = {"flow-finetuned": ("flow", "finetuned"), "flow-frozen": ("flow", "frozen"),
+                   "llm-finetuned": ("llm", "llm_finetuned"), "llm-frozen": ("llm", "llm_frozen")}
+#: Generated candidates this close to MP's hull count as near it (MatterGen's S.U.N. threshold), eV/atom.
+NEAR_HULL = 0.1
 
 
 def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: int = 0) -> dict:
@@ -74,20 +83,23 @@ def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: 
              "epochs": 60 if quick else 150, "patience": 30}
     generators = {"substitution": {"max_candidates": 2000, "parents": sources, "max_outside_parents": 5000},
                   "saps": {"max_candidates": 500, "parents": sources}}
-    if arm in GENERATIVE_ARMS:  # the flow alone, ~10 candidates per pick
+    generative = arm in GENERATIVE_ARMS
+    if generative:  # one model alone, ~6 candidates per pick
+        kind, label = GENERATIVE_ARMS[arm]
         generators = {"substitution": {"enabled": False}, "saps": {"enabled": False},
-                      "flow": {"enabled": True, "checkpoint": "pretrained", "prompts": "both", "compositions": 40,
-                               "samples_per_prompt": 4, "max_candidates": 200,
-                               "finetune_steps": 20 if arm == "flow-finetuned" else 0}}
+                      kind: {"enabled": True, "checkpoint": "pretrained", "prompts": "both", "compositions": 40,
+                             "samples_per_prompt": 4, "max_candidates": 200,
+                             **({"finetune_steps": 0} if label.endswith("frozen") else {})}}
+    at_random = arm == "random" or generative
     return {
         "name": f"discovery-{arm}", "seed": seed, "rounds": 2 if quick else 3,
         "chemical_space": {"elements": ["Li", "Co", "Ni", "O"], "max_elements": 4, "max_atoms": 16},
         "snapshot": {"source": "file", "path": str(snapshot), "reevaluate": "never"},
         "generators": generators,
-        # the random arm never reads its model: the cheap baseline keeps it fast
-        "model": {"kind": "linear"} if arm == "random" else model,
-        "selection": {"budget": 8 if quick else 16, "per_composition": 2,
-                      "strategy": "random" if arm == "random" else "model"},
+        # the arms that pick at random never read their model: the cheap baseline keeps them fast
+        "model": {"kind": "linear"} if at_random else model,
+        "selection": {"budget": (8 if quick else 16) * (2 if generative else 1), "per_composition": 2,
+                      "strategy": "random" if at_random else "model"},
         "oracle": {"kind": "ase", "calculator": "chgnet", "fmax": 0.1, "max_steps": 150, "max_attempts": 2},
         "scheduler": {"kind": "inline"},
     }
@@ -172,17 +184,38 @@ def pretrained_mp20(results: Path) -> dict:
     return out
 
 
-def run_arm(arm: str, seed: int, snapshot: Path, parents: Path, targets: list, workdir: Path, quick: bool) -> dict:
-    """One arm's campaign with one seed, run to the end: its per-round table, rediscoveries and time."""
+def run_arm(arm: str, seed: int, snapshot: Path, parents: Path, targets: list, mp_hull: PhaseDiagram, workdir: Path,
+            quick: bool) -> dict:
+    """One arm's campaign with one seed, run to the end: its per-round table, rediscoveries and time
+    (and, for a generative arm, its evaluated candidates' E_hull against MP's hull per round)."""
     started = time.perf_counter()
     config = parse_config(campaign_config(arm, snapshot, parents, quick, seed))
     campaign = Campaign.create(config, workdir / f"{arm}-seed{seed}")
     campaign.run()
     found = rediscovered(campaign, targets)
-    return {"seed": seed, "rounds": [row for row in campaign.round_table() if row["round"] > 0],
-            "rediscovered": sorted(found), "oracle_minus_dft": found,
-            "round1_model_dft_mae": round1_model_dft_mae(campaign, targets) if arm != "random" else None,
-            "seconds": round(time.perf_counter() - started)}
+    run = {"seed": seed, "rounds": [row for row in campaign.round_table() if row["round"] > 0],
+           "rediscovered": sorted(found), "oracle_minus_dft": found,
+           "round1_model_dft_mae": round1_model_dft_mae(campaign, targets) if arm in ("scratch", "pretrained") else None,
+           "seconds": round(time.perf_counter() - started)}
+    if arm in GENERATIVE_ARMS:
+        run["generated_ehull_mp"] = generated_ehulls(campaign, mp_hull, GENERATIVE_ARMS[arm][0])
+    return run
+
+
+def generated_ehulls(campaign: Campaign, diagram: PhaseDiagram, generator: str) -> list[list[float]]:
+    """Per round (1, 2, ...), the E_hull against `diagram` (MP's whole hull of the space, the
+    phases the campaign must find included) of each candidate of `generator` that the oracle
+    evaluated, eV/atom: how near the truth its samples land, finer than hits on the campaign's
+    own hull. The oracle's energies are on MP's MP2020 scale (CHGNet)."""
+    origins = campaign.store.origins()
+    rounds: dict[int, list[float]] = {}
+    for entry in campaign.computed_entries():
+        origin = origins.get(entry.data["candidate_id"] or "")
+        if entry.data["source"] == "oracle" and origin is not None and origin["generator"] == generator:
+            plain = ComputedEntry(entry.composition, entry.energy)
+            e_hull = diagram.get_decomp_and_e_above_hull(plain, allow_negative=True)[1]
+            rounds.setdefault(entry.data["round"], []).append(round(float(e_hull), 4))
+    return [rounds.get(index, []) for index in range(1, max(rounds, default=0) + 1)]
 
 
 def earlier_runs(path: Path, quick: bool) -> dict:
@@ -246,12 +279,23 @@ def summary(runs: dict, quick: bool) -> dict:
         "oracle_minus_dft_mean": mean_of([gap for runs_ in arms.values() for run in runs_
                                           for gap in run.get("oracle_minus_dft", {}).values()]),
         "seconds": {arm: sum(run["seconds"] for run in arms[arm]) for arm in arms},
-        **{f"hit_rate_generated_{label}": generated_hit_rates(sorted(runs[arm].values(), key=lambda r: r["seed"]))
-           if runs.get(arm) else None for arm, label in GENERATIVE_ARMS.items()},
+        **generative_summary(runs),
     }
 
 
-def generated_hit_rates(runs: list[dict], generator: str = "flow") -> list[float | None]:
+def generative_summary(runs: dict) -> dict:
+    """The generative arms' keys (None where an arm has not run)."""
+    out = {}
+    for arm, (generator, label) in GENERATIVE_ARMS.items():
+        by_seed = sorted(runs.get(arm, {}).values(), key=lambda run: run["seed"])
+        out[f"hit_rate_generated_{label}"] = generated_hit_rates(by_seed, generator) if by_seed else None
+        quality = generated_quality(by_seed, label) if any("generated_ehull_mp" in run for run in by_seed) else {}
+        out.update({f"{key}_generated_{label}": quality.get(f"{key}_generated_{label}")
+                    for key in ("near_hull_rate", "ehull_mp")})
+    return out
+
+
+def generated_hit_rates(runs: list[dict], generator: str) -> list[float | None]:
     """Per round, the stable share of the generator's evaluated candidates, seeds pooled."""
     rounds = max(len(run["rounds"]) for run in runs)
     out = []
@@ -261,6 +305,17 @@ def generated_hit_rates(runs: list[dict], generator: str = "flow") -> list[float
         evaluated = sum(c.get("evaluated", 0) for c in counts)
         out.append(sum(c.get("stable", 0) for c in counts) / evaluated if evaluated else None)
     return out
+
+
+def generated_quality(runs: list[dict], label: str) -> dict:
+    """Per round, seeds pooled, of the generated candidates' E_hull against MP's hull: the
+    share within NEAR_HULL and the median (None for a round without any)."""
+    pooled_rounds = [sum((run["generated_ehull_mp"][index] for run in runs
+                          if index < len(run.get("generated_ehull_mp", []))), [])
+                     for index in range(max(len(run.get("generated_ehull_mp", [])) for run in runs))]
+    return {f"near_hull_rate_generated_{label}": [float(np.mean(np.array(values) <= NEAR_HULL)) if values else None
+                                                  for values in pooled_rounds],
+            f"ehull_mp_generated_{label}": [float(np.median(values)) if values else None for values in pooled_rounds]}
 
 
 def mean_of(values: list) -> float | None:
@@ -284,10 +339,12 @@ def print_table(result: dict, targets: int) -> None:
     print("round-1 model vs MP DFT on the hidden phases, MAE: " + ", ".join(
         f"{arm} {fmt(result[f'round1_model_dft_mae_{arm}'])}" for arm in ("scratch", "pretrained"))
           + f"; oracle minus DFT on the rediscovered phases, mean: {fmt(result['oracle_minus_dft_mean'])}")
-    for label in GENERATIVE_ARMS.values():
+    for generator, label in GENERATIVE_ARMS.values():
         rates = result[f"hit_rate_generated_{label}"]
         if rates:
-            print(f"flow {label}: hit rate of its candidates per round " + ", ".join(map(fmt, rates)))
+            print(f"{generator} {label}: per round, hit rate of its candidates " + ", ".join(map(fmt, rates))
+                  + "; within 0.1 eV/atom of MP's hull " + ", ".join(map(fmt, result[f"near_hull_rate_generated_{label}"] or []))
+                  + "; median E_hull vs MP " + ", ".join(map(fmt, result[f"ehull_mp_generated_{label}"] or [])))
 
 
 def main() -> int:
@@ -304,7 +361,9 @@ def main() -> int:
     chosen = [arm for arm in (*ARMS, *GENERATIVE_ARMS) if arm in args.arms.split(",")]
     seeds = [int(seed) for seed in args.seeds.split(",")]
     started = time.perf_counter()
-    known, targets = split_system(loadfn(SYSTEM))
+    mp_entries = loadfn(SYSTEM)
+    known, targets = split_system(mp_entries)
+    mp_hull = PhaseDiagram(mp_entries)
     print(f"snapshot: {len(known)} unary and binary MP entries; {len(targets)} ternary/quaternary MP phases "
           f"within {TARGET_EHULL * 1000:.0f} meV/atom of MP's hull to rediscover")
     runs = earlier_runs(args.json, args.quick)
@@ -316,7 +375,7 @@ def main() -> int:
         parents = outside_parents(workdir / "mp37k_ground_states.csv.gz")
         for seed in seeds:
             for arm in chosen:
-                run = run_arm(arm, seed, snapshot, parents, targets, workdir, args.quick)
+                run = run_arm(arm, seed, snapshot, parents, targets, mp_hull, workdir, args.quick)
                 runs.setdefault(arm, {})[seed] = run
                 print(f"{arm} seed {seed}: {run['seconds']} s, hit rates {[row['hit_rate'] for row in run['rounds']]}, "
                       f"rediscovered {run['rediscovered']}", flush=True)

@@ -13,9 +13,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def write_results(path: Path, result: dict) -> None:
-    """Write a benchmark's JSON results (default folder: experiments/results)."""
+    """Write a benchmark's JSON results (default folder: experiments/results), with the
+    machine they were measured on: sessions run on different hosts."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps({**result, "machine": machine()}, indent=2) + "\n")
+
+
+def machine() -> dict:
+    """The CPU's model, its widest vector instructions and the CPUs this process may use."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields: dict[str, str] = {}
+    for line in info.splitlines():  # the first CPU's fields
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for name in ("avx512f", "avx2", "sse4_2") if name in flags), "unknown")
+    return {"cpu": fields.get("model name", "unknown"), "isa": isa, "cpus": len(os.sched_getaffinity(0))}
 
 
 def bench_parser(doc: str, name: str | None, quick: str) -> argparse.ArgumentParser:

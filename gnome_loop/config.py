@@ -188,8 +188,9 @@ class GenerativeModelGenerator(_Section):
     samples_per_prompt: int = Field(2, ge=1, description="samples drawn per formula and cell size")
     batch_size: int = Field(32, ge=1, description="samples drawn together")
     finetune_steps: int = Field(20, ge=0, description="fine-tuning steps before each round's sampling, from the "
-                                "round before's weights, on the entries within finetune_max_ehull of the hull "
-                                "(rejection-sampling fine-tuning); 0 keeps the checkpoint frozen")
+                                "checkpoint, on the campaign's entries so far within finetune_max_ehull of the hull "
+                                "(rejection-sampling fine-tuning; STaR's restart from the base model each round, so "
+                                "that steps do not add up over rounds); 0 keeps the checkpoint frozen")
     finetune_max_ehull: float = Field(0.0, ge=0, description="entries at most this far above the hull (eV/atom, "
                                       "besides GNoME's 5e-5 tolerance) are fine-tuned on")
     finetune_learning_rate: float = Field(1e-4, gt=0, description="Adam's learning rate of the fine-tuning")

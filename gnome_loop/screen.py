@@ -6,8 +6,8 @@ A shard generates its substitution and SAPS candidates, rejects invalid ones,
 scores the rest with the energy model against the hull, and keeps in full only its
 best `keep` unique candidates by predicted E_hull (duplicates are looked for, with a
 bucketed `StructureMatcher`, among the candidates that could be kept). The others
-leave only a summary row (id, formula, predicted E_hull, and the symmetry label of
-those examined), so memory is bounded by the shard, not the round. Duplicates
+leave only a summary row (id, formula, predicted E_hull, the symmetry label of
+those examined, and whether the whole ensemble or its first member predicted it), so memory is bounded by the shard, not the round. Duplicates
 across shards are the caller's business (the campaign keeps a store index of
 (reduced formula, space group) buckets). With a cascade margin, an ensemble's first
 member scores every candidate and the whole ensemble only those that could be kept.
@@ -122,7 +122,8 @@ class ShardResult:
     summary row for every other scored candidate, and the funnel's counts."""
 
     kept: list[tuple[Candidate, Prediction]]
-    summary: list[tuple[str, str, str | None, float | None]]  # (id, formula, symmetry label or None, E_hull)
+    # (id, formula, symmetry label or None, E_hull, whether the whole ensemble predicted it)
+    summary: list[tuple[str, str, str | None, float | None, bool]]
     funnel: Counter  # generated, valid, scored, rescored (cascade), examined, duplicates, kept; rejected:<reason>
     labels: dict[str, str] = field(default_factory=dict)  # symmetry label of each kept candidate, by id
 
@@ -208,7 +209,7 @@ def _keep_best(candidates: list[Candidate], predictions: list[Prediction], whole
                 kept.append((candidate, prediction))
                 labels[candidate.id] = label
                 continue
-        summary.append((candidate.id, formula, label, prediction.ehull))
+        summary.append((candidate.id, formula, label, prediction.ehull, whole_ensemble))
     return kept, summary, labels, examined
 
 

@@ -26,14 +26,14 @@ from gnome_loop.structures import structure_to_json, symmetry_label
 if TYPE_CHECKING:
     from gnome_loop.screen import Prediction
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SCREENING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
     round INTEGER NOT NULL, shard INTEGER NOT NULL, funnel TEXT NOT NULL, PRIMARY KEY (round, shard));
 CREATE TABLE IF NOT EXISTS screened (
     id TEXT PRIMARY KEY, round INTEGER NOT NULL, shard INTEGER NOT NULL, reduced_formula TEXT NOT NULL,
-    symmetry_label TEXT, pred_ehull REAL);
+    symmetry_label TEXT, pred_ehull REAL, whole INTEGER);
 CREATE INDEX IF NOT EXISTS screened_bucket ON screened(symmetry_label);
 """
 
@@ -102,7 +102,10 @@ MIGRATIONS = {1: ["ALTER TABLE entries ADD COLUMN data TEXT NOT NULL DEFAULT '{}
                   "ALTER TABLE entries RENAME COLUMN fingerprint TO symmetry_label",
                   "ALTER TABLE screened RENAME COLUMN fingerprint TO symmetry_label",
                   "DROP INDEX IF EXISTS candidates_fingerprint",
-                  "CREATE INDEX IF NOT EXISTS candidates_symmetry_label ON candidates(symmetry_label)"]}
+                  "CREATE INDEX IF NOT EXISTS candidates_symmetry_label ON candidates(symmetry_label)"],
+              # whether a screened row's E_hull is the whole ensemble's (1) or its first member's (0: the
+              # cascade); unknown (NULL) for rows screened before version 8
+              7: ["ALTER TABLE screened ADD COLUMN whole INTEGER"]}
 
 #: Job states: pending (to be (re)run), submitted (handed to a scheduler), done, failed (final).
 JOB_STATES = ("pending", "submitted", "done", "failed")
@@ -357,10 +360,12 @@ class Store:
         return self.conn.execute("SELECT COUNT(*) FROM screened").fetchone()[0]
 
     def add_shard(self, round_: int, shard: int, funnel: dict, summary: Iterable[tuple]) -> None:
-        """Record a screened shard: its funnel and the summary rows (id, formula,
-        symmetry label or None, predicted E_hull) of the candidates it did not keep in full."""
-        self.conn.executemany("INSERT OR IGNORE INTO screened VALUES (?, ?, ?, ?, ?, ?)",
-                              [(key, round_, shard, formula, label, ehull) for key, formula, label, ehull in summary])
+        """Record a screened shard: its funnel and the summary rows (id, formula, symmetry
+        label or None, predicted E_hull, whether the whole ensemble predicted it) of the
+        candidates it did not keep in full."""
+        self.conn.executemany("INSERT OR IGNORE INTO screened VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              [(key, round_, shard, formula, label, ehull, int(whole))
+                               for key, formula, label, ehull, whole in summary])
         self.conn.execute("INSERT INTO shards VALUES (?, ?, ?)", (round_, shard, json.dumps(funnel)))
 
     def set_prerelaxed(self, rows: Iterable[tuple[str, dict]]) -> None:

@@ -349,7 +349,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "7"
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) == "8"
     (entry,) = store.entries(with_structure=False)
     assert entry["energy_corrected"] == -3.5 and json.loads(entry["data"]) == {}
     assert "prerelax" in [row[1] for row in store.query("PRAGMA table_info(candidates)")]
@@ -366,11 +366,12 @@ def test_a_version_4_database_keeps_its_screened_rows_and_takes_rows_without_a_l
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == "7"
+    assert store.meta("schema_version") == "8"
     with store.transaction():
-        store.add_shard(1, 1, {"kept": 0}, [("c-2", "CuAu", None, 0.2)])
-    rows = store.query("SELECT id, symmetry_label, pred_ehull FROM screened ORDER BY id")
-    assert [tuple(r) for r in rows] == [("c-1", "Cu3Au:221", -0.01), ("c-2", None, 0.2)]
+        store.add_shard(1, 1, {"kept": 0}, [("c-2", "CuAu", None, 0.2, False)])
+    rows = store.query("SELECT id, symmetry_label, pred_ehull, whole FROM screened ORDER BY id")
+    # rows of before version 8 do not say which stage of the cascade predicted them
+    assert [tuple(r) for r in rows] == [("c-1", "Cu3Au:221", -0.01, None), ("c-2", None, 0.2, 0)]
     assert [r[1] for r in store.query("PRAGMA index_list(screened)")].count("screened_bucket") == 1
 
 
@@ -388,7 +389,7 @@ def test_a_version_5_database_tags_its_picks(tmp_path):
     old.commit()
     old.close()
     store = Store(path)
-    assert store.meta("schema_version") == "7"
+    assert store.meta("schema_version") == "8"
     assert {r["id"]: r["pick"] for r in store.candidates()} == {
         "ref": "reference", "model": "threshold", "random": "explore", "left": None}
     assert store.picks_by_round() == {0: {"reference": 1}, 1: {"threshold": 1, "explore": 1}}
@@ -428,7 +429,7 @@ def test_a_version_6_campaign_keeps_its_rows_under_symmetry_label_and_resumes(tm
     config["rounds"] = 2
     write_config(directory / "config.yaml", config)
     campaign = Campaign(directory)
-    assert campaign.store.meta("schema_version") == "7"
+    assert campaign.store.meta("schema_version") == "8"
     after = {table: [tuple(row) for row in campaign.store.query(f"SELECT * FROM {table} ORDER BY 1, 2")]
              for table in tables}
     assert after == before

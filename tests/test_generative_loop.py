@@ -110,8 +110,10 @@ def test_finetuning_on_the_entries_near_the_hull_is_saved_once_per_round(checkpo
     again, same = round_generator(kind, settings, models, 1, entries, seed=3)  # a re-run of the round
     assert same == record
     monkeypatch.undo()
-    _, second = round_generator(kind, settings, models, 2, entries, seed=4)
-    assert second["start"] == f"models/r001/{kind}"  # the round before's weights, by their path in the campaign
+    _, second = round_generator(kind, settings, models, 2, entries + [("e-5", CU3AU, 0.0)], seed=4)
+    # from the checkpoint again (steps never add up over rounds), on every entry near the hull so far
+    assert second["start"] == str(checkpoints[kind]) and second["structures"] == 3
+    assert second["weights"] == f"models/r002/{kind}"
     frozen = settings.model_copy(update={"finetune_steps": 0})
     _, untouched = round_generator(kind, frozen, tmp_path / "other", 1, entries, seed=3)
     assert untouched["steps"] == 0 and untouched["weights"] == str(checkpoints[kind])

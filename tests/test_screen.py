@@ -53,8 +53,9 @@ def test_a_shard_keeps_its_best_in_full_and_the_rest_as_summary_rows():
     assert len(result.summary) == funnel["scored"] - funnel["kept"]
     kept = [p.ehull for _, p in result.kept]
     # only the candidates examined for duplicates carry a symmetry label; all others rank below the kept
-    assert sum(1 for _, _, label, _ in result.summary if label is not None) == funnel["duplicates"]
-    assert kept == sorted(kept) and max(kept) <= min(e for _, _, label, e in result.summary if label is None)
+    assert sum(1 for _, _, label, _, _ in result.summary if label is not None) == funnel["duplicates"]
+    assert kept == sorted(kept) and max(kept) <= min(e for _, _, label, e, _ in result.summary if label is None)
+    assert all(whole for *_, whole in result.summary)  # no cascade: the model scored every row
     assert all(c.structure.composition.reduced_formula != "AlPt3" for c, _ in result.kept)  # NaN: never scored
     ids = [c.id for c, _ in result.kept] + [row[0] for row in result.summary]
     assert len(ids) == len(set(ids))
@@ -77,7 +78,7 @@ def test_a_shard_keeps_no_two_matching_structures_and_the_better_ranked_of_a_pai
     labelled = [(c.id, symmetry_label(c.structure), c.structure) for c in kept]
     assert find_duplicates(labelled) == {}
     rank = {c.id: (p.ehull, c.id) for c, p in result.kept}
-    for key, _, label, ehull in result.summary:
+    for key, _, label, ehull, _ in result.summary:
         if label is None:
             continue  # never examined
         twin = DuplicateIndex(labelled).add(key, label, next(s for s in _regenerate(structures + shifted, known)
@@ -325,6 +326,10 @@ def test_the_cascade_keeps_only_whole_ensemble_predictions_and_with_a_wide_margi
     first = {row[0]: row[3] for row in narrow.summary}
     plain_rows = {row[0]: row[3] for row in plain.summary}
     assert sum(abs(first[k] - plain_rows[k]) > 1e-6 for k in first if k in plain_rows) > len(first) // 2
+    # each summary row says which stage predicted it: the whole ensemble for those rescored but not kept
+    rescored_rows = [row for row in narrow.summary if row[4]]
+    assert len(rescored_rows) == narrow.funnel["rescored"] - 10
+    assert all(abs(row[3] - plain_rows[row[0]]) < 1e-9 for row in rescored_rows if row[0] in plain_rows)
 
 
 def test_a_model_without_members_is_scored_in_one_stage():

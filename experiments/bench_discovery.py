@@ -17,9 +17,10 @@ as in GNoME. Three arms run with the same seeds, generators and oracle budget:
 More arms (not run by default) measure a generative model in the loop: the shipped flow
 (`flow-*`) or language model (`llm-*`) as the only generator, prompted with the space's
 ranked new formulas and its known compounds, either fine-tuned each round on the
-oracle's stable results (`*-finetuned`, the default 20 steps) or kept frozen
-(`*-frozen`). Their candidates are picked at random (32 a round), so that what the
-oracle finds measures the generator, not a filter. Reported per round, seeds pooled:
+oracle's stable results (`*-finetuned`: the campaign default, 20 steps from the
+checkpoint on every stable entry so far) or kept frozen (`*-frozen`). Their candidates
+are picked at random (32 a round, 16 with --quick), so that what the oracle finds
+measures the generator, not a filter. Reported per round, seeds pooled:
 the hit rate of the generator's evaluated candidates against the campaign's hull
 (`hit_rate_generated_finetuned|frozen` for the flow, `..._llm_finetuned|frozen` for
 the language model), and, finer, their E_hull against MP's whole hull of the space
@@ -89,7 +90,7 @@ def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: 
         generators = {"substitution": {"enabled": False}, "saps": {"enabled": False},
                       kind: {"enabled": True, "checkpoint": "pretrained", "prompts": "both", "compositions": 40,
                              "samples_per_prompt": 4, "max_candidates": 200,
-                             **({"finetune_steps": 0} if label.endswith("frozen") else {})}}
+                             **({"finetune_steps": 0} if arm.endswith("frozen") else {})}}
     at_random = arm == "random" or generative
     return {
         "name": f"discovery-{arm}", "seed": seed, "rounds": 2 if quick else 3,
@@ -105,10 +106,11 @@ def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: 
     }
 
 
-def split_system(entries: list) -> tuple[list, list]:
+def split_system(entries: list, diagram: PhaseDiagram | None = None) -> tuple[list, list]:
     """The unary and binary entries (the snapshot), and the ternary and richer MP phases
-    on or within TARGET_EHULL of MP's hull (what a campaign should rediscover)."""
-    diagram = PhaseDiagram(entries)
+    on or within TARGET_EHULL of MP's hull (`diagram`, made of `entries` unless given):
+    what a campaign should rediscover."""
+    diagram = diagram or PhaseDiagram(entries)
     known = [e for e in entries if len(e.composition.elements) <= 2]
     targets = [e for e in entries if len(e.composition.elements) >= 3
                and diagram.get_e_above_hull(e) <= TARGET_EHULL]
@@ -195,7 +197,8 @@ def run_arm(arm: str, seed: int, snapshot: Path, parents: Path, targets: list, m
     found = rediscovered(campaign, targets)
     run = {"seed": seed, "rounds": [row for row in campaign.round_table() if row["round"] > 0],
            "rediscovered": sorted(found), "oracle_minus_dft": found,
-           "round1_model_dft_mae": round1_model_dft_mae(campaign, targets) if arm in ("scratch", "pretrained") else None,
+           "round1_model_dft_mae": round1_model_dft_mae(campaign, targets) if arm in ("scratch", "pretrained")
+           else None,
            "seconds": round(time.perf_counter() - started)}
     if arm in GENERATIVE_ARMS:
         run["generated_ehull_mp"] = generated_ehulls(campaign, mp_hull, GENERATIVE_ARMS[arm][0])
@@ -220,13 +223,15 @@ def generated_ehulls(campaign: Campaign, diagram: PhaseDiagram, generator: str) 
 
 def earlier_runs(path: Path, quick: bool) -> dict:
     """Runs ({arm: {seed: run}}) a previous run of the same mode wrote to `path`, kept when
-    `--arms` or `--seeds` runs others."""
+    `--arms` or `--seeds` runs others; a generative arm's runs from before its candidates
+    were picked at random (without `generated_ehull_mp`) are left out, not pooled."""
     if not path.is_file():
         return {}
     previous = json.loads(path.read_text())
     if previous.get("quick") != quick:
         return {}
-    return {arm: {run["seed"]: run for run in runs} for arm, runs in previous.get("runs", {}).items()}
+    return {arm: {run["seed"]: run for run in runs if arm not in GENERATIVE_ARMS or "generated_ehull_mp" in run}
+            for arm, runs in previous.get("runs", {}).items()}
 
 
 def pooled(runs: list[dict], index: int | None = None) -> float | None:
@@ -255,7 +260,7 @@ def summary(runs: dict, quick: bool) -> dict:
     rounds = {arm: max(len(run["rounds"]) for run in arms[arm]) for arm in arms}
     return {
         "quick": quick,
-        "seeds": {arm: [run["seed"] for run in arms[arm]] for arm in arms},
+        "seeds": {arm: sorted(by_seed) for arm, by_seed in runs.items() if by_seed},
         **{f"hit_rate_{arm}": [pooled(arms[arm], i) for i in range(rounds[arm])] if arm in arms else None
            for arm in ARMS},
         **{f"hit_rate_cumulative_{arm}": total[arm] for arm in ARMS},
@@ -278,7 +283,7 @@ def summary(runs: dict, quick: bool) -> dict:
            if arm in arms else None for arm in ("scratch", "pretrained")},
         "oracle_minus_dft_mean": mean_of([gap for runs_ in arms.values() for run in runs_
                                           for gap in run.get("oracle_minus_dft", {}).values()]),
-        "seconds": {arm: sum(run["seconds"] for run in arms[arm]) for arm in arms},
+        "seconds": {arm: sum(run["seconds"] for run in by_seed.values()) for arm, by_seed in runs.items() if by_seed},
         **generative_summary(runs),
     }
 
@@ -339,12 +344,12 @@ def print_table(result: dict, targets: int) -> None:
     print("round-1 model vs MP DFT on the hidden phases, MAE: " + ", ".join(
         f"{arm} {fmt(result[f'round1_model_dft_mae_{arm}'])}" for arm in ("scratch", "pretrained"))
           + f"; oracle minus DFT on the rediscovered phases, mean: {fmt(result['oracle_minus_dft_mean'])}")
-    for generator, label in GENERATIVE_ARMS.values():
-        rates = result[f"hit_rate_generated_{label}"]
-        if rates:
-            print(f"{generator} {label}: per round, hit rate of its candidates " + ", ".join(map(fmt, rates))
-                  + "; within 0.1 eV/atom of MP's hull " + ", ".join(map(fmt, result[f"near_hull_rate_generated_{label}"] or []))
-                  + "; median E_hull vs MP " + ", ".join(map(fmt, result[f"ehull_mp_generated_{label}"] or [])))
+    for arm, (_, label) in GENERATIVE_ARMS.items():
+        if result[f"hit_rate_generated_{label}"]:
+            rows = {key: ", ".join(map(fmt, result[f"{key}_generated_{label}"] or []))
+                    for key in ("hit_rate", "near_hull_rate", "ehull_mp")}
+            print(f"{arm}, per round: hit rate of its candidates {rows['hit_rate']}; within {NEAR_HULL} eV/atom of "
+                  f"MP's hull {rows['near_hull_rate']}; median E_hull vs MP {rows['ehull_mp']}")
 
 
 def main() -> int:
@@ -362,8 +367,8 @@ def main() -> int:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     started = time.perf_counter()
     mp_entries = loadfn(SYSTEM)
-    known, targets = split_system(mp_entries)
     mp_hull = PhaseDiagram(mp_entries)
+    known, targets = split_system(mp_entries, mp_hull)
     print(f"snapshot: {len(known)} unary and binary MP entries; {len(targets)} ternary/quaternary MP phases "
           f"within {TARGET_EHULL * 1000:.0f} meV/atom of MP's hull to rediscover")
     runs = earlier_runs(args.json, args.quick)

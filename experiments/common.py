@@ -28,7 +28,8 @@ def machine() -> dict:
         fields.setdefault(key.strip(), value.strip())
     flags = set(fields.get("flags", "").split())
     isa = next((name for name in ("avx512f", "avx2", "sse4_2") if name in flags), "unknown")
-    return {"cpu": fields.get("model name", "unknown"), "isa": isa, "cpus": len(os.sched_getaffinity(0))}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": fields.get("model name", "unknown"), "isa": isa, "cpus": cpus}
 
 
 def bench_parser(doc: str, name: str | None, quick: str) -> argparse.ArgumentParser:

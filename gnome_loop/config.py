@@ -342,7 +342,8 @@ class Screening(_Section):
                           "max_candidates caps do not apply")
     parents_per_shard: int = Field(8, ge=1, description="parent structures per shard task")
     keep_per_shard: int = Field(50, ge=1, description="best-scored unique candidates a shard keeps in full; the "
-                                "rest are stored as summary rows (id, formula, predicted E_hull)")
+                                "rest are stored as summary rows (id, formula, predicted E_hull, and whether the whole "
+                                "ensemble or its first member predicted it)")
     cascade_margin: Optional[float] = Field(
         0.1, ge=0, description="screening cascade: the ensemble's first member scores every candidate, the whole "
         "ensemble only those within this many eV/atom of the shard's keep_per_shard-th best (only those can be "

@@ -7,9 +7,10 @@ scores the rest with the energy model against the hull, and keeps in full only i
 best `keep` unique candidates by predicted E_hull (duplicates are looked for, with a
 bucketed `StructureMatcher`, among the candidates that could be kept). The others
 leave only a summary row (id, formula, predicted E_hull, the symmetry label of
-those examined, and whether the whole ensemble or its first member predicted it), so memory is bounded by the shard, not the round. Duplicates
-across shards are the caller's business (the campaign keeps a store index of
-(reduced formula, space group) buckets). With a cascade margin, an ensemble's first
+those examined, and whether the whole ensemble or its first member predicted it), so
+memory is bounded by the shard, not the round. Duplicates across shards are the
+caller's business (the campaign keeps a store index of (reduced formula, space group)
+buckets). With a cascade margin, an ensemble's first
 member scores every candidate and the whole ensemble only those that could be kept.
 
 `score_structures` is also what the campaign's select stage uses: a structure the

@@ -363,7 +363,8 @@ class Store:
         """Record a screened shard: its funnel and the summary rows (id, formula, symmetry
         label or None, predicted E_hull, whether the whole ensemble predicted it) of the
         candidates it did not keep in full."""
-        self.conn.executemany("INSERT OR IGNORE INTO screened VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self.conn.executemany("INSERT OR IGNORE INTO screened (id, round, shard, reduced_formula, symmetry_label,"
+                              " pred_ehull, whole) VALUES (?, ?, ?, ?, ?, ?, ?)",
                               [(key, round_, shard, formula, label, ehull, int(whole))
                                for key, formula, label, ehull, whole in summary])
         self.conn.execute("INSERT INTO shards VALUES (?, ?, ?)", (round_, shard, json.dumps(funnel)))

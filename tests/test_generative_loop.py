@@ -114,6 +114,11 @@ def test_finetuning_on_the_entries_near_the_hull_is_saved_once_per_round(checkpo
     # from the checkpoint again (steps never add up over rounds), on every entry near the hull so far
     assert second["start"] == str(checkpoints[kind]) and second["structures"] == 3
     assert second["weights"] == f"models/r002/{kind}"
+    alone, _ = round_generator(kind, settings, tmp_path / "fresh" / "models", 2, entries + [("e-5", CU3AU, 0.0)],
+                               seed=4)
+    saved_second = Generator.load(kind, models / "r002" / kind)
+    for a, b in zip(jax.tree.leaves(saved_second.params), jax.tree.leaves(alone.params)):
+        np.testing.assert_array_equal(a, b)  # round 1's weights played no part
     frozen = settings.model_copy(update={"finetune_steps": 0})
     _, untouched = round_generator(kind, frozen, tmp_path / "other", 1, entries, seed=3)
     assert untouched["steps"] == 0 and untouched["weights"] == str(checkpoints[kind])

@@ -7,12 +7,11 @@ entries that the oracle put on or near the hull so far (rejection-sampling fine-
 keep what the oracle rewarded), always starting from the checkpoint, as STaR does
 (Zelikman et al., NeurIPS 2022, restart from the base model at every iteration): the
 rewarded set grows round by round, the drift does not. Fine-tuning on from the round
-before's weights would add the steps up over a campaign; on the few structures near the
-hull that ruins the model (the shipped language model, 100 steps on Li-Co-Ni-O's 13
-stable binaries and elements: 55 of 144 samples valid instead of 103; 20 or 40 steps:
-104 and 111). The weights go to `models/rNNN/<kind>/` with the model card's `finetune`
-record (steps, structures, loss), written whole or not at all, so a generate stage
-killed and re-run loads them instead of training twice. A round with nothing to learn
+before's weights would add the steps up over a campaign, and many steps on the few
+structures near the hull ruin the model (`experiments/bench_generator_drift.py`). The
+weights go to `models/rNNN/<kind>/` with the model card's `finetune` record (steps,
+structures, loss), written whole or not at all, so a generate stage killed and re-run
+loads them instead of training twice. A round with nothing to learn
 from samples the checkpoint and saves nothing.
 
 The prompts are formulas at every cell size within `max_atoms` (a formula times 1, 2,
@@ -208,8 +207,8 @@ def round_generator(kind: str, settings: GenerativeModelGenerator, models: Path,
     tuned, record = finetune(model, near_hull, settings.finetune_steps, settings.finetune_learning_rate,
                              settings.finetune_batch_size, seed)
     record = {"round": round_, "start": str(start), "weights": str(start), **record}
-    if record["steps"]:  # the campaign's own folders by their inner path
-        record["weights"] = str(Path(models.name) / target.parent.name / kind)
+    if record["steps"]:
+        record["weights"] = str(target.relative_to(models.parent))  # models/rNNN/<kind>, as the campaign names it
         _save_whole(replace(tuned, card={**tuned.card, "finetune": record}), target)
     return tuned, record
 

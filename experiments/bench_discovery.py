@@ -18,7 +18,9 @@ More arms (not run by default) measure a generative model in the loop: the shipp
 (`flow-*`) or language model (`llm-*`) as the only generator, prompted with the space's
 ranked new formulas and its known compounds, either fine-tuned each round on the
 oracle's stable results (`*-finetuned`: the campaign default, 20 steps from the
-checkpoint on every stable entry so far) or kept frozen (`*-frozen`). Their candidates
+checkpoint on every stable entry so far) or kept frozen (`*-frozen`); `flow-finetuned-near`
+learns from every entry within 0.1 eV/atom of the campaign's hull instead (more of the
+model's own samples). Their candidates
 are picked at random (32 a round, 16 with --quick), so that what the oracle finds
 measures the generator, not a filter. Reported per round, seeds pooled:
 the hit rate of the generator's evaluated candidates against the campaign's hull
@@ -70,6 +72,7 @@ TARGET_EHULL = 0.05
 ARMS = ("random", "scratch", "pretrained")
 #: The generative arms: one model alone, fine-tuned each round or frozen (name -> generator, key suffix).
 GENERATIVE_ARMS = {"flow-finetuned": ("flow", "finetuned"), "flow-frozen": ("flow", "frozen"),
+                   "flow-finetuned-near": ("flow", "finetuned_near"),
                    "llm-finetuned": ("llm", "llm_finetuned"), "llm-frozen": ("llm", "llm_frozen")}
 #: Generated candidates this close to MP's hull count as near it (MatterGen's S.U.N. threshold), eV/atom.
 NEAR_HULL = 0.1
@@ -90,7 +93,8 @@ def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: 
         generators = {"substitution": {"enabled": False}, "saps": {"enabled": False},
                       kind: {"enabled": True, "checkpoint": "pretrained", "prompts": "both", "compositions": 40,
                              "samples_per_prompt": 4, "max_candidates": 200,
-                             **({"finetune_steps": 0} if arm.endswith("frozen") else {})}}
+                             **({"finetune_steps": 0} if arm.endswith("frozen") else {}),
+                             **({"finetune_max_ehull": NEAR_HULL} if arm.endswith("near") else {})}}
     at_random = arm == "random" or generative
     return {
         "name": f"discovery-{arm}", "seed": seed, "rounds": 2 if quick else 3,

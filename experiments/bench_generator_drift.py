@@ -57,9 +57,10 @@ def main() -> int:
         return 0
     known, _ = split_system(loadfn(SYSTEM))
     diagram = PhaseDiagram(known)
-    stable = [e for e in known if diagram.get_e_above_hull(e) <= STABLE_TOL]
-    formulas = prompt_formulas("ranked", 40, SPACE, [(e.composition.reduced_formula, diagram.get_e_above_hull(e))
-                                                      for e in known])
+    e_hulls = [diagram.get_e_above_hull(e) for e in known]
+    stable = [e for e, e_hull in zip(known, e_hulls) if e_hull <= STABLE_TOL]
+    formulas = prompt_formulas("ranked", 40, SPACE, [(e.composition.reduced_formula, e_hull)
+                                                      for e, e_hull in zip(known, e_hulls)])
     rows = [cell for cell in prompt_cells(formulas, SPACE.max_atoms) for _ in range(2)]
     print(f"{len(stable)} stable phases to fine-tune on; {len(rows)} samples per model and step count")
     settings = LLMGenerator()

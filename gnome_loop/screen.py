@@ -10,8 +10,8 @@ leave only a summary row (id, formula, predicted E_hull, the symmetry label of
 those examined, and whether the whole ensemble or its first member predicted it), so
 memory is bounded by the shard, not the round. Duplicates across shards are the
 caller's business (the campaign keeps a store index of (reduced formula, space group)
-buckets). With a cascade margin, an ensemble's first
-member scores every candidate and the whole ensemble only those that could be kept.
+buckets). With a cascade margin, an ensemble's first member scores every candidate and
+the whole ensemble only those that could be kept.
 
 `score_structures` is also what the campaign's select stage uses: a structure the
 model rejects, a NaN, or a system without a hull gets an error, never a number.

@@ -11,8 +11,8 @@ before's weights would add the steps up over a campaign, and many steps on the f
 structures near the hull ruin the model (`experiments/bench_generator_drift.py`). The
 weights go to `models/rNNN/<kind>/` with the model card's `finetune` record (steps,
 structures, loss), written whole or not at all, so a generate stage killed and re-run
-loads them instead of training twice. A round with nothing to learn
-from samples the checkpoint and saves nothing.
+loads them instead of training twice. A round with nothing to learn from samples the
+checkpoint and saves nothing.
 
 The prompts are formulas at every cell size within `max_atoms` (a formula times 1, 2,
 ...). The language model's CIFs are each parsed and checked (`generative.checks`:

@@ -18,16 +18,19 @@ More arms (not run by default) measure a generative model in the loop: the shipp
 (`flow-*`) or language model (`llm-*`) as the only generator, prompted with the space's
 ranked new formulas and its known compounds, either fine-tuned each round on the
 oracle's stable results (`*-finetuned`: the campaign default, 20 steps from the
-checkpoint on every stable entry so far) or kept frozen (`*-frozen`); `flow-finetuned-near`
-learns from every entry within 0.1 eV/atom of the campaign's hull instead (more of the
-model's own samples). Their candidates
-are picked at random (32 a round, 16 with --quick), so that what the oracle finds
-measures the generator, not a filter. Reported per round, seeds pooled:
+checkpoint at learning rate 1e-4 on every stable entry so far) or kept frozen
+(`*-frozen`); `flow-finetuned-near` learns from every entry within 0.1 eV/atom of the
+campaign's hull instead (more of the model's own samples), `flow-finetuned-long` for
+300 steps at 1e-3 (which moves the flow further: bench_generator_transfer.py). Their
+candidates are picked at random (32 a round, 16 with --quick), so that what the oracle
+finds measures the generator, not a filter. Reported per round, seeds pooled:
 the hit rate of the generator's evaluated candidates against the campaign's hull
 (`hit_rate_generated_finetuned|frozen` for the flow, `..._llm_finetuned|frozen` for
 the language model), and, finer, their E_hull against MP's whole hull of the space
 (the hidden ternaries included): the share within 0.1 eV/atom (`near_hull_rate_generated_*`)
-and the median (`ehull_mp_generated_*`).
+and the median (`ehull_mp_generated_*`); against its frozen arm, rounds and seeds
+pooled, each fine-tuned arm's Mann-Whitney p (`ehull_mp_p_vs_frozen_*`) and Fisher's
+exact p of the near-hull shares (`near_hull_p_vs_frozen_*`).
 
 Reported per round and cumulatively: hit rate (oracle E_hull <= 0 against the
 campaign's hull), DAF against random, filter MAE on the evaluated candidates, and
@@ -57,6 +60,7 @@ from monty.serialization import dumpfn, loadfn
 from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.entries.computed_entries import ComputedEntry
+from scipy.stats import fisher_exact, mannwhitneyu
 
 from gnome_loop.campaign import Campaign
 from gnome_loop.config import parse_config
@@ -70,10 +74,19 @@ MP37K = DATA / "mp37k" / "mp37k_eform.csv.gz"
 #: MP phases within this distance of MP's hull count as rediscoverable, eV/atom.
 TARGET_EHULL = 0.05
 ARMS = ("random", "scratch", "pretrained")
-#: The generative arms: one model alone, fine-tuned each round or frozen (name -> generator, key suffix).
-GENERATIVE_ARMS = {"flow-finetuned": ("flow", "finetuned"), "flow-frozen": ("flow", "frozen"),
-                   "flow-finetuned-near": ("flow", "finetuned_near"),
-                   "llm-finetuned": ("llm", "llm_finetuned"), "llm-frozen": ("llm", "llm_frozen")}
+#: The generative arms: one model alone, fine-tuned each round or frozen (name -> generator,
+#: key suffix, its fine-tuning settings). Each arm pins its fine-tuning in full rather than
+#: take the campaign's defaults, so that a new default does not change what an arm means;
+#: `earlier_runs` leaves out stored runs whose fine-tuning steps differ.
+GENERATIVE_ARMS = {
+    "flow-finetuned": ("flow", "finetuned", {"finetune_steps": 20, "finetune_learning_rate": 1e-4}),
+    "flow-frozen": ("flow", "frozen", {"finetune_steps": 0}),
+    "flow-finetuned-near": ("flow", "finetuned_near", {"finetune_steps": 20, "finetune_learning_rate": 1e-4,
+                                                       "finetune_max_ehull": 0.1}),
+    "flow-finetuned-long": ("flow", "finetuned_long", {"finetune_steps": 300, "finetune_learning_rate": 1e-3}),
+    "llm-finetuned": ("llm", "llm_finetuned", {"finetune_steps": 20, "finetune_learning_rate": 1e-4}),
+    "llm-frozen": ("llm", "llm_frozen", {"finetune_steps": 0}),
+}
 #: Generated candidates this close to MP's hull count as near it (MatterGen's S.U.N. threshold), eV/atom.
 NEAR_HULL = 0.1
 
@@ -89,12 +102,10 @@ def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: 
                   "saps": {"max_candidates": 500, "parents": sources}}
     generative = arm in GENERATIVE_ARMS
     if generative:  # one model alone, ~6 candidates per pick
-        kind, label = GENERATIVE_ARMS[arm]
+        kind, _, settings = GENERATIVE_ARMS[arm]
         generators = {"substitution": {"enabled": False}, "saps": {"enabled": False},
                       kind: {"enabled": True, "checkpoint": "pretrained", "prompts": "both", "compositions": 40,
-                             "samples_per_prompt": 4, "max_candidates": 200,
-                             **({"finetune_steps": 0} if arm.endswith("frozen") else {}),
-                             **({"finetune_max_ehull": NEAR_HULL} if arm.endswith("near") else {})}}
+                             "samples_per_prompt": 4, "max_candidates": 200, **settings}}
     at_random = arm == "random" or generative
     return {
         "name": f"discovery-{arm}", "seed": seed, "rounds": 2 if quick else 3,
@@ -234,8 +245,20 @@ def earlier_runs(path: Path, quick: bool) -> dict:
     previous = json.loads(path.read_text())
     if previous.get("quick") != quick:
         return {}
-    return {arm: {run["seed"]: run for run in runs if arm not in GENERATIVE_ARMS or "generated_ehull_mp" in run}
+    return {arm: {run["seed"]: run for run in runs if arm not in GENERATIVE_ARMS or same_protocol(arm, run)}
             for arm, runs in previous.get("runs", {}).items()}
+
+
+def same_protocol(arm: str, run: dict) -> bool:
+    """Whether a stored run of a generative arm was made as the arm is now: candidates
+    picked at random (it has `generated_ehull_mp`) and its rounds fine-tuned for the
+    arm's steps (at its learning rate, where the record has one)."""
+    kind, _, settings = GENERATIVE_ARMS[arm]
+    records = [row.get("generator_training", {}).get(kind, {}) for row in run["rounds"]]
+    steps = {record.get("steps") for record in records} - {None}
+    rates = {record["learning_rate"] for record in records if record.get("steps") and "learning_rate" in record}
+    return ("generated_ehull_mp" in run and steps <= {0, settings["finetune_steps"]}
+            and rates <= {settings.get("finetune_learning_rate")})
 
 
 def pooled(runs: list[dict], index: int | None = None) -> float | None:
@@ -295,13 +318,31 @@ def summary(runs: dict, quick: bool) -> dict:
 def generative_summary(runs: dict) -> dict:
     """The generative arms' keys (None where an arm has not run)."""
     out = {}
-    for arm, (generator, label) in GENERATIVE_ARMS.items():
+    for arm, (generator, label, _) in GENERATIVE_ARMS.items():
         by_seed = sorted(runs.get(arm, {}).values(), key=lambda run: run["seed"])
         out[f"hit_rate_generated_{label}"] = generated_hit_rates(by_seed, generator) if by_seed else None
         quality = generated_quality(by_seed, label) if any("generated_ehull_mp" in run for run in by_seed) else {}
         out.update({f"{key}_generated_{label}": quality.get(f"{key}_generated_{label}")
                     for key in ("near_hull_rate", "ehull_mp")})
+        if not arm.endswith("frozen"):
+            out.update(against_frozen(all_ehulls(by_seed), all_ehulls(runs.get(f"{generator}-frozen", {}).values()),
+                                      label))
     return out
+
+
+def against_frozen(tuned: list[float], frozen: list[float], label: str) -> dict:
+    """A fine-tuned arm's E_hulls against its frozen arm's: Mann-Whitney p of the whole
+    distributions and Fisher's exact p of the shares within NEAR_HULL (None without both)."""
+    if not (tuned and frozen):
+        return {f"ehull_mp_p_vs_frozen_{label}": None, f"near_hull_p_vs_frozen_{label}": None}
+    near = [[sum(e <= NEAR_HULL for e in side), sum(e > NEAR_HULL for e in side)] for side in (tuned, frozen)]
+    return {f"ehull_mp_p_vs_frozen_{label}": float(mannwhitneyu(tuned, frozen).pvalue),
+            f"near_hull_p_vs_frozen_{label}": float(fisher_exact(near)[1])}
+
+
+def all_ehulls(runs) -> list[float]:
+    """Every evaluated generated candidate's E_hull against MP's hull, rounds and seeds pooled."""
+    return [e for run in runs for values in run.get("generated_ehull_mp", []) for e in values]
 
 
 def generated_hit_rates(runs: list[dict], generator: str) -> list[float | None]:
@@ -348,12 +389,15 @@ def print_table(result: dict, targets: int) -> None:
     print("round-1 model vs MP DFT on the hidden phases, MAE: " + ", ".join(
         f"{arm} {fmt(result[f'round1_model_dft_mae_{arm}'])}" for arm in ("scratch", "pretrained"))
           + f"; oracle minus DFT on the rediscovered phases, mean: {fmt(result['oracle_minus_dft_mean'])}")
-    for arm, (_, label) in GENERATIVE_ARMS.items():
+    for arm, (_, label, _) in GENERATIVE_ARMS.items():
         if result[f"hit_rate_generated_{label}"]:
             rows = {key: ", ".join(map(fmt, result[f"{key}_generated_{label}"] or []))
                     for key in ("hit_rate", "near_hull_rate", "ehull_mp")}
             print(f"{arm}, per round: hit rate of its candidates {rows['hit_rate']}; within {NEAR_HULL} eV/atom of "
-                  f"MP's hull {rows['near_hull_rate']}; median E_hull vs MP {rows['ehull_mp']}")
+                  f"MP's hull {rows['near_hull_rate']}; median E_hull vs MP {rows['ehull_mp']}"
+                  + (f"; against frozen, Mann-Whitney p = {result[f'ehull_mp_p_vs_frozen_{label}']:.2f}, "
+                     f"near-hull share Fisher p = {result[f'near_hull_p_vs_frozen_{label}']:.2f}"
+                     if result.get(f"ehull_mp_p_vs_frozen_{label}") is not None else ""))
 
 
 def main() -> int:

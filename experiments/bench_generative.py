@@ -33,8 +33,10 @@ prompted with the MatterGen set's compositions (so that they answer the same
 question: a structure for each of those compositions), the shipped flow, language
 model and FlowLLM (the flow refining the language model's valid samples from t = 0.5)
 and pyxtal random search. `--sun-sources` runs some sources only, keeping the others'
-rows of the same sample count from the results file. The CHGNet relaxations are cached by structure (`--sun-cache`): a
-killed run resumes, and a later run with more samples relaxes only the new ones.
+rows asked for the same sample count from the results file (a source with fewer
+entries gives all it has: CDVAE's 478). The CHGNet relaxations are cached by
+structure (`--sun-cache`): a killed run resumes, and a later run with more samples
+relaxes only the new ones.
 The language model samples with constrained decoding (`cif_grammar`), as a campaign
 does by default; the validity part checks its samples for the S.U.N. compositions with
 and without the constraints, rejects by reason.
@@ -410,7 +412,7 @@ def sun_rates(n: int, cache: Path, names: list[str]) -> dict:
     rows = {}
     for name, samples in sources.items():
         started = time.time()
-        rows[name] = {**sun(samples, known, cache), "seconds": round(time.time() - started)}
+        rows[name] = {**sun(samples, known, cache), "asked": n, "seconds": round(time.time() - started)}
         print(f"{name}: {rows[name]}", flush=True)
     return rows
 
@@ -441,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="flow,llm,flowllm", help="CSP's models (those with a checkpoint run)")
     parser.add_argument("--sun-samples", type=int, default=None, help="samples per source (500; quick: 50)")
     parser.add_argument("--sun-sources", default=None,
-                        help="S.U.N.'s sources, comma-separated (default: all); the others' rows of the same "
-                             "sample count are kept from --json")
+                        help="S.U.N.'s sources, comma-separated (default: all); the others' rows asked for the "
+                             "same sample count are kept from --json")
     parser.add_argument("--sun-cache", type=Path, default=Path.home() / ".cache" / "gnome_loop" / "sun_relaxations.jsonl",
                         help="CHGNet relaxations done so far (JSON lines; resumes a killed or a larger run)")
     args = parser.parse_args(argv)
@@ -468,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                         results[f"{dataset.replace('_', '')}_match_rate_{model}"] = row["match_rate"]
         if "sun" in parts:
             n = args.sun_samples or (50 if args.quick else 500)
-            kept = {name: row for name, row in results.get("sun", {}).items() if row["samples"] == n}
+            kept = {name: row for name, row in results.get("sun", {}).items() if row.get("asked", row["samples"]) == n}
             results["sun"] = {**kept, **sun_rates(n, args.sun_cache, sun_names)}
             results["sun_rate"] = {name: row["sun_rate_0.1"] for name, row in results["sun"].items()}
         if "validity" in parts and (PRETRAINED / "lm").is_dir():

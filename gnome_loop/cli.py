@@ -182,8 +182,10 @@ def _print_generators(rounds: list[dict]) -> None:
             out.print(f"[yellow]round {row['round']}: generator {name} failed:[/] {escape(failure)}")
         for name, tuned in row["generator_training"].items():
             if tuned["steps"]:
-                out.print(f"round {row['round']}: {name} fine-tuned {tuned['steps']} steps on {tuned['structures']} "
-                          f"structures near the hull (loss {tuned['loss_first']:.3g} → {tuned['loss_last']:.3g})")
+                rate = f" at learning rate {tuned['learning_rate']:g}" if "learning_rate" in tuned else ""
+                out.print(f"round {row['round']}: {name} fine-tuned {tuned['steps']} steps{rate} on "
+                          f"{tuned['structures']} structures near the hull (loss {tuned['loss_first']:.3g} → "
+                          f"{tuned['loss_last']:.3g})")
 
 
 @app.command()

@@ -89,6 +89,7 @@ def test_finetuning_on_the_entries_near_the_hull_is_saved_once_per_round(checkpo
     entries = [("e-1", CUAU3, 0.0), ("e-2", CUAU, 0.005), ("e-3", CU3AU, 0.2), ("e-4", CUAU, None)]
     model, record = round_generator(kind, settings, models, 1, entries, seed=3)
     assert record["steps"] == 10 and record["structures"] == 2  # CuAu3 and CuAu: within 0.01 eV/atom
+    assert record["learning_rate"] == 1e-3 and record["batch_size"] == settings.finetune_batch_size == 2  # how
     assert record["start"] == str(checkpoints[kind]) and record["weights"] == f"models/r001/{kind}"
     saved = Generator.load(kind, models / "r001" / kind)
     assert saved.card["finetune"] == record and saved.card["elements"] == ["Au", "Cu"]
@@ -183,7 +184,7 @@ def test_llm_and_flow_in_a_campaign_round_rerun_after_a_kill(checkpoints, tmp_pa
     assert {json.loads(row["info"])["weights"] for row in rows} == {"models/r001/llm", "models/r001/flow"}
     result = CliRunner().invoke(app, ["status", str(directory)])
     assert result.exit_code == 0 and "llm" in result.output and "samples" in result.output
-    assert "fine-tuned" in result.output
+    assert "fine-tuned 2 steps at learning rate 0.0001 on" in result.output
 
 
 @pytest.mark.slow

@@ -217,7 +217,8 @@ def finetune(model: Generator, structures: Sequence[Structure], steps: int, lear
              seed: int) -> tuple[Generator, dict]:
     """`model` trained `steps` Adam steps on batches drawn from `structures` (those it can
     read: a CIF within the language model's length, a cell within the flow's atoms), and
-    {"steps", "structures", "loss_first", "loss_last"}; no steps without structures."""
+    {"steps", "structures", "learning_rate", "batch_size", "loss_first", "loss_last"}; no
+    steps without structures."""
     if model.kind == "llm":
         items = [crystal for crystal in map(_symmetrised, structures)
                  if crystal is not None and len(encode(write_cif(crystal))) < model.config.max_len]
@@ -240,6 +241,7 @@ def finetune(model: Generator, structures: Sequence[Structure], steps: int, lear
                 jax.random.PRNGKey(seed))
     losses = state.history["train_loss"]
     return replace(model, params=state.params), {"steps": steps, "structures": len(items),
+                                                 "learning_rate": learning_rate, "batch_size": batch_size,
                                                  "loss_first": losses[0], "loss_last": losses[-1]}
 
 

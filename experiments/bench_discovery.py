@@ -77,7 +77,7 @@ ARMS = ("random", "scratch", "pretrained")
 #: The generative arms: one model alone, fine-tuned each round or frozen (name -> generator,
 #: key suffix, its fine-tuning settings). Each arm pins its fine-tuning in full rather than
 #: take the campaign's defaults, so that a new default does not change what an arm means;
-#: `earlier_runs` leaves out stored runs whose fine-tuning steps differ.
+#: `earlier_runs` leaves out stored runs fine-tuned for other steps or at another rate.
 GENERATIVE_ARMS = {
     "flow-finetuned": ("flow", "finetuned", {"finetune_steps": 20, "finetune_learning_rate": 1e-4}),
     "flow-frozen": ("flow", "frozen", {"finetune_steps": 0}),

@@ -24,6 +24,7 @@ from collections import Counter
 import jax
 from monty.serialization import loadfn
 from pymatgen.analysis.phase_diagram import PhaseDiagram
+from pymatgen.core import Composition
 
 from gnome_loop.config import FlowGenerator, LLMGenerator
 from gnome_loop.generate.generative import PRETRAINED, Generator, _sample_llm, finetune, prompt_cells, prompt_formulas
@@ -49,6 +50,17 @@ def samples_valid(model: Generator, rows: list, key: jax.Array) -> tuple[int, Co
     return len(structures) - sum(rejected.values()), rejected
 
 
+def snapshot_prompts(known: list) -> tuple[list[float], list[Composition]]:
+    """The snapshot entries' E_hull on their own hull, and the in-space prompts that
+    measure validity: the space's 40 best ranked new formulas at every cell size within
+    SPACE.max_atoms, twice each."""
+    diagram = PhaseDiagram(known)
+    e_hulls = [diagram.get_e_above_hull(e) for e in known]
+    formulas = prompt_formulas("ranked", 40, SPACE, [(e.composition.reduced_formula, e_hull)
+                                                      for e, e_hull in zip(known, e_hulls)])
+    return e_hulls, [cell for cell in prompt_cells(formulas, SPACE.max_atoms) for _ in range(2)]
+
+
 def main() -> int:
     parser = bench_parser(__doc__, "bench_generator_drift", "the language model only, 0 and 100 steps")
     args = parser.parse_args()
@@ -56,12 +68,8 @@ def main() -> int:
         print(f"skipped: {SYSTEM} not found (the reference data lie beside the dev checkout)")
         return 0
     known, _ = split_system(loadfn(SYSTEM))
-    diagram = PhaseDiagram(known)
-    e_hulls = [diagram.get_e_above_hull(e) for e in known]
+    e_hulls, rows = snapshot_prompts(known)
     stable = [e for e, e_hull in zip(known, e_hulls) if e_hull <= STABLE_TOL]
-    formulas = prompt_formulas("ranked", 40, SPACE, [(e.composition.reduced_formula, e_hull)
-                                                      for e, e_hull in zip(known, e_hulls)])
-    rows = [cell for cell in prompt_cells(formulas, SPACE.max_atoms) for _ in range(2)]
     print(f"{len(stable)} stable phases to fine-tune on; {len(rows)} samples per model and step count")
     settings = LLMGenerator()
     result: dict = {"quick": args.quick, "stable_phases": len(stable), "samples": len(rows), "runs": {}}

@@ -40,13 +40,13 @@ from pymatgen.analysis.phase_diagram import PhaseDiagram
 from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from gnome_loop.config import FlowGenerator
-from gnome_loop.generate.generative import PRETRAINED, Generator, finetune, prompt_cells, prompt_formulas
+from gnome_loop.generate.generative import PRETRAINED, Generator, finetune
 from gnome_loop.generative import flow
 from gnome_loop.hull import STABLE_TOL
 
 from bench_discovery import SYSTEM, split_system
 from bench_generative import MATCHER
-from bench_generator_drift import SPACE, samples_valid
+from bench_generator_drift import samples_valid, snapshot_prompts
 from common import bench_parser, write_results
 
 SAMPLES_PER_TARGET = 4
@@ -95,14 +95,10 @@ def main() -> int:
         return 0
     entries = loadfn(SYSTEM)
     known, targets = split_system(entries, PhaseDiagram(entries))
-    diagram = PhaseDiagram(known)
-    e_hulls = [diagram.get_e_above_hull(e) for e in known]
+    e_hulls, prompts = snapshot_prompts(known)
     snapshot = {"stable": [e.structure for e, e_hull in zip(known, e_hulls) if e_hull <= STABLE_TOL],
                 "near": [e.structure for e, e_hull in zip(known, e_hulls) if e_hull <= 0.1 + STABLE_TOL]}
-    formulas = prompt_formulas("ranked", 40, SPACE, [(e.composition.reduced_formula, e_hull)
-                                                      for e, e_hull in zip(known, e_hulls)])
     base = Generator.load("flow", PRETRAINED["flow"])
-    prompts = [cell for cell in prompt_cells(formulas, SPACE.max_atoms) for _ in range(2)]
     settings = FlowGenerator()
     if args.quick:
         plan = [("none", 0, 0.0), ("stable", 100, settings.finetune_learning_rate)]

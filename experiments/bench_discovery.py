@@ -21,7 +21,9 @@ oracle's stable results (`*-finetuned`: the campaign default, 20 steps from the
 checkpoint at learning rate 1e-4 on every stable entry so far) or kept frozen
 (`*-frozen`); `flow-finetuned-near` learns from every entry within 0.1 eV/atom of the
 campaign's hull instead (more of the model's own samples), `flow-finetuned-long` for
-300 steps at 1e-3 (which moves the flow further: bench_generator_transfer.py). Their
+300 steps at 1e-3 (which moves the flow further: bench_generator_transfer.py), and
+`flow-finetuned-own` as long, also on its own 32 samples of earlier rounds that the
+pretrained filter (retrained each round) puts nearest the hull. Their
 candidates are picked at random (32 a round, 16 with --quick), so that what the oracle
 finds measures the generator, not a filter. Reported per round, seeds pooled:
 the hit rate of the generator's evaluated candidates against the campaign's hull
@@ -84,6 +86,9 @@ GENERATIVE_ARMS = {
     "flow-finetuned-near": ("flow", "finetuned_near", {"finetune_steps": 20, "finetune_learning_rate": 1e-4,
                                                        "finetune_max_ehull": 0.1}),
     "flow-finetuned-long": ("flow", "finetuned_long", {"finetune_steps": 300, "finetune_learning_rate": 1e-3}),
+    # as long, plus its own 32 samples of earlier rounds that the (pretrained) filter puts nearest the hull
+    "flow-finetuned-own": ("flow", "finetuned_own", {"finetune_steps": 300, "finetune_learning_rate": 1e-3,
+                                                     "finetune_own_samples": 32}),
     "llm-finetuned": ("llm", "llm_finetuned", {"finetune_steps": 20, "finetune_learning_rate": 1e-4}),
     "llm-frozen": ("llm", "llm_frozen", {"finetune_steps": 0}),
 }
@@ -100,9 +105,10 @@ def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: 
              "epochs": 60 if quick else 150, "patience": 30}
     generators = {"substitution": {"max_candidates": 2000, "parents": sources, "max_outside_parents": 5000},
                   "saps": {"max_candidates": 500, "parents": sources}}
-    generative = arm in GENERATIVE_ARMS
+    generative, rewarded_by_filter = arm in GENERATIVE_ARMS, False
     if generative:  # one model alone, ~6 candidates per pick
         kind, _, settings = GENERATIVE_ARMS[arm]
+        rewarded_by_filter = settings.get("finetune_own_samples", 0) > 0
         generators = {"substitution": {"enabled": False}, "saps": {"enabled": False},
                       kind: {"enabled": True, "checkpoint": "pretrained", "prompts": "both", "compositions": 40,
                              "samples_per_prompt": 4, "max_candidates": 200, **settings}}
@@ -112,8 +118,9 @@ def campaign_config(arm: str, snapshot: Path, parents: Path, quick: bool, seed: 
         "chemical_space": {"elements": ["Li", "Co", "Ni", "O"], "max_elements": 4, "max_atoms": 16},
         "snapshot": {"source": "file", "path": str(snapshot), "reevaluate": "never"},
         "generators": generators,
-        # the arms that pick at random never read their model: the cheap baseline keeps them fast
-        "model": {"kind": "linear"} if at_random else model,
+        # the arms that pick at random never read their model (the cheap baseline keeps them fast),
+        # except as the reward of a generator's own samples
+        "model": {"kind": "linear"} if at_random and not rewarded_by_filter else model,
         "selection": {"budget": (8 if quick else 16) * (2 if generative else 1), "per_composition": 2,
                       "strategy": "random" if at_random else "model"},
         "oracle": {"kind": "ase", "calculator": "chgnet", "fmax": 0.1, "max_steps": 150, "max_attempts": 2},
@@ -252,13 +259,15 @@ def earlier_runs(path: Path, quick: bool) -> dict:
 def same_protocol(arm: str, run: dict) -> bool:
     """Whether a stored run of a generative arm was made as the arm is now: candidates
     picked at random (it has `generated_ehull_mp`) and its rounds fine-tuned for the
-    arm's steps (at its learning rate, where the record has one)."""
+    arm's steps (at its learning rate, where the record has one), on no more of its own
+    samples than the arm allows."""
     kind, _, settings = GENERATIVE_ARMS[arm]
     records = [row.get("generator_training", {}).get(kind, {}) for row in run["rounds"]]
     steps = {record.get("steps") for record in records} - {None}
     rates = {record["learning_rate"] for record in records if record.get("steps") and "learning_rate" in record}
+    own = max((record.get("own_samples", 0) for record in records), default=0)
     return ("generated_ehull_mp" in run and steps <= {0, settings["finetune_steps"]}
-            and rates <= {settings.get("finetune_learning_rate")})
+            and rates <= {settings.get("finetune_learning_rate")} and own <= settings.get("finetune_own_samples", 0))
 
 
 def pooled(runs: list[dict], index: int | None = None) -> float | None:

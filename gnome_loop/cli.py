@@ -183,8 +183,10 @@ def _print_generators(rounds: list[dict]) -> None:
         for name, tuned in row["generator_training"].items():
             if tuned["steps"]:
                 rate = f" at learning rate {tuned['learning_rate']:g}" if "learning_rate" in tuned else ""
+                own = (f": the entries near the hull and {tuned['own_samples']} of its own samples that the energy "
+                       "model put nearest it") if tuned.get("own_samples") else " near the hull"
                 out.print(f"round {row['round']}: {name} fine-tuned {tuned['steps']} steps{rate} on "
-                          f"{tuned['structures']} structures near the hull (loss {tuned['loss_first']:.3g} → "
+                          f"{tuned['structures']} structures{own} (loss {tuned['loss_first']:.3g} → "
                           f"{tuned['loss_last']:.3g})")
 
 

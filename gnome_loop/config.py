@@ -195,6 +195,11 @@ class GenerativeModelGenerator(_Section):
                                       "besides GNoME's 5e-5 tolerance) are fine-tuned on")
     finetune_learning_rate: float = Field(1e-4, gt=0, description="Adam's learning rate of the fine-tuning")
     finetune_batch_size: int = Field(8, ge=1, description="structures per fine-tuning step")
+    finetune_own_samples: int = Field(0, ge=0, description="besides the oracle's entries, fine-tune on up to this "
+                                      "many of the model's own samples of earlier rounds that the energy model "
+                                      "(model.kind gnome) predicted nearest the hull and that were not sent to the "
+                                      "oracle (reward-ranked fine-tuning with the filter as the reward; the scores "
+                                      "are the last select stage's: one round old); 0: the oracle's entries only")
 
 
 class LLMGenerator(GenerativeModelGenerator):
@@ -532,6 +537,15 @@ class CampaignConfig(_Section):
         if self.prerelax.kind != "none" and self.model.kind != "gnome":
             raise ValueError(f"prerelax: {self.prerelax.kind} relaxes candidates for a structure model to score; "
                              f"model.kind {self.model.kind!r} reads only compositions (use model.kind: gnome)")
+        return self
+
+    @model_validator(mode="after")
+    def _own_samples_need_a_structure_model(self) -> "CampaignConfig":
+        for kind in ("llm", "flow"):
+            if getattr(self.generators, kind).finetune_own_samples and self.model.kind != "gnome":
+                raise ValueError(f"generators.{kind}.finetune_own_samples ranks the model's samples by the energy "
+                                 f"model's E_hull; model.kind {self.model.kind!r} reads only compositions and gives "
+                                 "every structure of a formula the same (use model.kind: gnome)")
         return self
 
     @model_validator(mode="after")

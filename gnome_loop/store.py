@@ -329,6 +329,16 @@ class Store:
         return {row["generator"]: {"valid": row["valid"], "unique": row["uniq"], "novel": row["novel"]}
                 for row in rows}
 
+    def best_predicted(self, generator: str, before_round: int, limit: int) -> list[sqlite3.Row]:
+        """(id, structure, pred_ehull) of the `limit` candidates of `generator` from rounds
+        before `before_round` that the energy model put nearest the hull: duplicates left
+        out, and those selected for the oracle (their entries judge them). The structure is
+        the one scored: the pre-relaxed one where a pre-relaxer made it."""
+        return self.conn.execute(
+            "SELECT id, COALESCE(json_extract(prerelax, '$.structure'), structure) AS structure, pred_ehull"
+            " FROM candidates WHERE generator = ? AND round < ? AND pred_ehull IS NOT NULL AND status = 'new'"
+            " AND selected = 0 ORDER BY pred_ehull, id LIMIT ?", (generator, before_round, limit)).fetchall()
+
     def candidate(self, candidate_id: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM candidates WHERE id = ?", (candidate_id,)).fetchone()
 

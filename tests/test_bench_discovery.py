@@ -31,6 +31,8 @@ def test_each_generative_arm_states_its_finetuning(arm, tmp_path):
     assert (section.finetune_steps == 0) == arm.endswith("frozen")
     for key, value in settings.items():
         assert getattr(section, key) == value
+    model = parse_config(campaign_config(arm, snapshot, parents, quick=True, seed=0)).model
+    assert model.kind == ("gnome" if settings.get("finetune_own_samples") else "linear")  # the reward needs a filter
 
 
 def test_the_comparison_with_frozen_pools_rounds_and_seeds():
@@ -59,6 +61,9 @@ def test_stored_runs_of_another_protocol_are_not_pooled():
     assert same_protocol("flow-frozen", run([0, 0, 0])) and not same_protocol("flow-frozen", run([20, 20, 20]))
     assert same_protocol("flow-finetuned", run([20, 20], 1e-4))  # records before the rate was written: steps only
     assert not same_protocol("flow-finetuned", run([20, 20], 1e-3))
+    own = run([300, 300])
+    own["rounds"][1]["generator_training"]["flow"]["own_samples"] = 32
+    assert same_protocol("flow-finetuned-own", own) and not same_protocol("flow-finetuned-long", own)
     filtered_picks = run([20, 20, 20])
     del filtered_picks["generated_ehull_mp"]  # before the arms picked at random
     assert not same_protocol("flow-finetuned", filtered_picks)

@@ -21,13 +21,14 @@ from gnome_loop.campaign import Campaign
 from gnome_loop.cli import app
 from gnome_loop.config import ConfigError, parse_config
 from gnome_loop.generate import generative
-from gnome_loop.generate.generative import Generator, prompt_cells, prompt_formulas, propose, round_generator
+from gnome_loop.generate.generative import Generator, finetune, prompt_cells, prompt_formulas, propose, round_generator
 from gnome_loop.generative import cif_lm, flow
 from gnome_loop.generative import cif_tokens as ct
 from gnome_loop.generative.training import make_optimizer
 from gnome_loop.stages.generate import generate
-from gnome_loop.store import Store
-from gnome_loop.structures import ChemicalSpace
+from gnome_loop.screen import Prediction
+from gnome_loop.store import Store, candidate_row
+from gnome_loop.structures import ChemicalSpace, structure_from_json, structure_to_json
 from tests.helpers import FCC, quick_config, run_with_kills, write_config
 
 CU3AU = Structure(Lattice.cubic(3.75), ["Au", "Cu", "Cu", "Cu"], FCC)
@@ -139,6 +140,72 @@ def test_flowllm_refines_the_language_models_valid_samples(checkpoints, tmp_path
     assert {c.generator for c in made.candidates} == {"flow"}
     for candidate in made.candidates:
         assert Composition(candidate.info["prompt"]) == candidate.structure.composition
+
+
+def test_the_best_predicted_own_samples_leave_out_duplicates_judged_and_later_ones(tmp_path):
+    store = Store(tmp_path / "c.db", create=True)
+    cells = [CU3AU.copy() for _ in range(9)]
+    for index, cell in enumerate(cells):
+        cell.scale_lattice(cell.volume * (1 + 0.01 * index))
+    rounds = [1, 1, 1, 1, 2, 1, 1, 1, 1]
+    makers = ["flow", "flow", "flow", "llm", "flow", "flow", "flow", "flow", "flow"]
+    ehulls = [0.05, 0.01, -0.02, -0.5, -0.5, -0.4, 0.02, None, 0.01]
+    with store.transaction():
+        store.add_candidates(candidate_row(f"c{i}", r, maker, cell)
+                             for i, (r, maker, cell) in enumerate(zip(rounds, makers, cells)))
+        store.set_predictions([(f"c{i}", Prediction(None if e is None else -1.0, 0.0, e, None if e is not None
+                                                    else "score failed")) for i, e in enumerate(ehulls)])
+        store.mark_duplicates({"c5": "c2"})  # predicted among the best, but a repeat
+        store.mark_selected([("c2", "threshold")])  # sent to the oracle: its entry judges it
+        store.set_prerelaxed([("c8", {"status": "ok", "structure": structure_to_json(cells[0])})])
+    picked = store.best_predicted("flow", 2, 3)
+    # c3 is the language model's, c4 of round 2, c7's score failed; c1 and c8 tie, by id
+    assert [row["id"] for row in picked] == ["c1", "c8", "c6"]
+    assert [row["pred_ehull"] for row in picked] == [0.01, 0.01, 0.02]
+    assert structure_from_json(picked[0]["structure"]) == cells[1]
+    assert structure_from_json(picked[1]["structure"]) == cells[0]  # the pre-relaxed structure, the one scored
+    assert store.best_predicted("flow", 1, 5) == [] and len(store.best_predicted("flow", 2, 10)) == 4
+    assert store.best_predicted("flow", 2, 0) == []
+
+
+def test_own_samples_need_a_structure_model_to_rank_them():
+    with pytest.raises(ConfigError, match="finetune_own_samples"):
+        parse_config(quick_config(model={"kind": "linear"}, generators={"flow": {"finetune_own_samples": 8}}))
+    assert parse_config(quick_config(model={"kind": "gnome"}, generators={"flow": {"finetune_own_samples": 8}}))
+
+
+def test_a_model_also_learns_from_its_own_samples_that_the_filter_rewarded(checkpoints, tmp_path, monkeypatch):
+    """Round 2 of a campaign fine-tunes the flow on the entries near the hull and then on
+    its round-1 samples that the energy model put nearest the hull (the store's choice,
+    tested above)."""
+    config = quick_config(generators=generators(checkpoints, llm={"enabled": False},
+                                                flow={"finetune_own_samples": 2, "samples_per_prompt": 6}))
+    config.update(rounds=2, model={"kind": "gnome", "init": "scratch", "members": 2, "width": 16, "epochs": 10,
+                                   "patience": 10})  # a structure model to rank the samples
+    taught, chosen = [], []
+
+    def spy_finetune(model, structures, *args):
+        taught.append(list(structures))
+        return finetune(model, structures, *args)
+
+    def spy_choice(store, *args):
+        chosen.append((args, best_predicted(store, *args)))
+        return chosen[-1][1]
+
+    monkeypatch.setattr(generative, "finetune", spy_finetune)
+    best_predicted = Store.best_predicted
+    monkeypatch.setattr(Store, "best_predicted", spy_choice)
+    campaign = Campaign.create(parse_config(config), tmp_path / "c")
+    assert campaign.run().status == "done"
+    assert [args for args, _ in chosen] == [("flow", 1, 2), ("flow", 2, 2)] and chosen[0][1] == []
+    rows = chosen[1][1]
+    assert len(rows) == 2 and all(campaign.store.candidate(row["id"])["round"] == 1 for row in rows)
+    assert taught[1][-2:] == [structure_from_json(row["structure"]) for row in rows]  # after the entries
+    records = [campaign.round_table()[r]["generator_training"]["flow"] for r in (1, 2)]
+    assert records[0]["own_samples"] == 0 and records[1]["own_samples"] == 2
+    result = CliRunner().invoke(app, ["status", str(tmp_path / "c")])
+    assert result.exit_code == 0 and "2 of its own samples that the energy model put nearest it" in " ".join(
+        result.output.split())  # however the console wraps it
 
 
 def test_llm_and_flow_in_a_campaign_round_rerun_after_a_kill(checkpoints, tmp_path, monkeypatch):

@@ -14,6 +14,14 @@ structures, loss), written whole or not at all, so a generate stage killed and r
 loads them instead of training twice. A round with nothing to learn from samples the
 checkpoint and saves nothing.
 
+The oracle judges a few dozen samples a round, the energy model every one. With
+`finetune_own_samples`, a model also learns from its own samples of earlier rounds
+that the energy model (retrained on the oracle's results every round) predicted
+nearest the hull and that were not sent to the oracle: reward-ranked fine-tuning
+with a learnt reward (RAFT, Dong et al., TMLR 2023; CrystalFormer-RL rewards a
+crystal generator with an ML potential's energy above the hull, Cao and Wang 2025).
+The scores are those of the last select stage, so the reward is one round old.
+
 The prompts are formulas at every cell size within `max_atoms` (a formula times 1, 2,
 ...). The language model's CIFs are each parsed and checked (`generative.checks`:
 truncated, unparseable, formula, space-group, and the structure checks), the rejects
@@ -157,12 +165,13 @@ class Generated(NamedTuple):
 
 def propose(kind: str, generators: Generators, models: Path, round_: int, seed: int,
             entries: Sequence[tuple[str, Structure, float | None]], formulas: Sequence[str],
-            max_atoms: int) -> Generated:
+            max_atoms: int, own: Sequence[Structure] = ()) -> Generated:
     """The round's samples of the `kind` model, fine-tuned first on the `entries` (id,
-    structure, E_hull) near the hull, prompted with `formulas`; in `models` (the
-    campaign's models/) its weights of each round."""
+    structure, E_hull) near the hull and on `own`, its samples of earlier rounds that the
+    energy model rewarded, prompted with `formulas`; in `models` (the campaign's models/)
+    its weights of each round."""
     settings = getattr(generators, kind)
-    model, training = round_generator(kind, settings, models, round_, entries, seed)
+    model, training = round_generator(kind, settings, models, round_, entries, seed, own)
     cells = prompt_cells(formulas, model.max_atoms(max_atoms))
     rows = [cell for cell in cells for _ in range(settings.samples_per_prompt)]
     key = jax.random.PRNGKey(seed)
@@ -191,11 +200,12 @@ def propose(kind: str, generators: Generators, models: Path, round_: int, seed: 
 
 
 def round_generator(kind: str, settings: GenerativeModelGenerator, models: Path, round_: int,
-                    entries: Sequence[tuple[str, Structure, float | None]], seed: int) -> tuple[Generator, dict]:
+                    entries: Sequence[tuple[str, Structure, float | None]], seed: int,
+                    own: Sequence[Structure] = ()) -> tuple[Generator, dict]:
     """The model of round `round_` and its fine-tuning record: the weights saved in
     models/rNNN/<kind> by an earlier run of this round, else the checkpoint fine-tuned
-    on the entries within `finetune_max_ehull` of the hull, saved there when training
-    took place."""
+    on the entries within `finetune_max_ehull` of the hull and on `own` (earlier samples
+    the energy model rewarded), saved there when training took place."""
     target = models / f"r{round_:03d}" / kind
     if (target / CARD).is_file():
         model = Generator.load(kind, target)
@@ -204,9 +214,9 @@ def round_generator(kind: str, settings: GenerativeModelGenerator, models: Path,
     model = Generator.load(kind, start)
     near_hull = [structure for _, structure, e_hull in entries
                  if e_hull is not None and e_hull <= settings.finetune_max_ehull + STABLE_TOL]
-    tuned, record = finetune(model, near_hull, settings.finetune_steps, settings.finetune_learning_rate,
+    tuned, record = finetune(model, near_hull + list(own), settings.finetune_steps, settings.finetune_learning_rate,
                              settings.finetune_batch_size, seed)
-    record = {"round": round_, "start": str(start), "weights": str(start), **record}
+    record = {"round": round_, "start": str(start), "weights": str(start), "own_samples": len(own), **record}
     if record["steps"]:
         record["weights"] = str(target.relative_to(models.parent))  # models/rNNN/<kind>, as the campaign names it
         _save_whole(replace(tuned, card={**tuned.card, "finetune": record}), target)

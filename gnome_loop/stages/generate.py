@@ -26,7 +26,7 @@ from gnome_loop.generate.substitution import substitute
 from gnome_loop.stages.context import Decision, StageContext
 from gnome_loop.stages.screening import screen
 from gnome_loop.store import Store, candidate_row
-from gnome_loop.structures import Candidate, ChemicalSpace, validate_structure
+from gnome_loop.structures import Candidate, ChemicalSpace, structure_from_json, validate_structure
 
 
 class Proposals(NamedTuple):
@@ -191,7 +191,8 @@ def _flow(given: GeneratorInputs) -> Proposals | None:
 
 def _generative(given: GeneratorInputs, kind: str) -> Proposals | None:
     """The language model's or the flow's samples, fine-tuned first on the entries near
-    the hull (`generate.generative`), prompted with formulas of the space."""
+    the hull and on its earlier samples that the energy model rewarded
+    (`generate.generative`), prompted with formulas of the space."""
     generators = given.ctx.config.generators
     settings = getattr(generators, kind)
     if not settings.enabled:
@@ -199,9 +200,11 @@ def _generative(given: GeneratorInputs, kind: str) -> Proposals | None:
     known = [(e["reduced_formula"], e["e_hull"]) for e in given.ctx.store.entries(with_structure=False)]
     formulas = prompt_formulas(settings.prompts, settings.compositions, given.space, known,
                                _composition_scorer(given.ctx) if settings.prompts != "known" else None)
+    wanted = settings.finetune_own_samples if settings.finetune_steps else 0
+    own = [structure_from_json(row["structure"]) for row in given.ctx.store.best_predicted(kind, given.round_, wanted)]
     with given.ctx.progress(f"{kind}: fine-tuning and sampling", 1) as advance:
         made = propose(kind, generators, given.ctx.directory / "models", given.round_, given.seed,
-                       given.structures, formulas, given.space.max_atoms)
+                       given.structures, formulas, given.space.max_atoms, own)
         advance(1)
     return Proposals(kind, settings.max_candidates, made.candidates, made.rejected, made.samples, made.training)
 

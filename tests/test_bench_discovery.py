@@ -26,13 +26,13 @@ def test_each_generative_arm_states_its_finetuning(arm, tmp_path):
     snapshot.write_text("[]")
     parents.write_text("material_id,cif\n")
     kind, _, settings = GENERATIVE_ARMS[arm]
-    section = getattr(parse_config(campaign_config(arm, snapshot, parents, quick=True, seed=0)).generators, kind)
+    config = parse_config(campaign_config(arm, snapshot, parents, quick=True, seed=0))
+    section = getattr(config.generators, kind)
     assert section.enabled and section.finetune_steps == settings["finetune_steps"]
     assert (section.finetune_steps == 0) == arm.endswith("frozen")
     for key, value in settings.items():
         assert getattr(section, key) == value
-    model = parse_config(campaign_config(arm, snapshot, parents, quick=True, seed=0)).model
-    assert model.kind == ("gnome" if settings.get("finetune_own_samples") else "linear")  # the reward needs a filter
+    assert config.model.kind == ("gnome" if settings.get("finetune_own_samples") else "linear")  # the reward's filter
 
 
 def test_the_comparison_with_frozen_pools_rounds_and_seeds():

@@ -18,7 +18,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 from ase.data import covalent_radii
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Composition, Element, Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 #: Closest allowed approach of two atoms, Å. Shorter distances mean overlapping atoms.
@@ -165,15 +165,39 @@ def validate_structure(
     low, high = volume_per_atom_range
     if not low <= vpa <= high:
         return Reject("volume", f"{vpa:.2f} Å^3/atom is outside [{low}, {high}]")
-    distances, shortest = _distances(structure)
-    dmin = _minimum_distance(distances, shortest)
+    radii = np.array([covalent_radius(symbol) for symbol in _symbols(structure)])
+    # only pairs closer than these limits can fail them: a neighbour list that far
+    first, second, distances = close_pairs(structure, max(min_distance, 2 * MIN_BOND_RATIO * radii.max()))
+    dmin = distances.min(initial=np.inf)
     if dmin < min_distance:
         return Reject("overlapping-atoms", f"two atoms are {dmin:.3f} Å apart (< {min_distance} Å)")
-    ratio = _bond_ratio(_symbols(structure), distances, shortest)
+    ratio = (distances / (radii[first] + radii[second])).min(initial=np.inf)
     if ratio < MIN_BOND_RATIO:
         return Reject("overlapping-atoms", f"two atoms are {ratio:.2f} covalent bond lengths apart "
                       f"(< {MIN_BOND_RATIO})")
     return None
+
+
+#: pymatgen's cell-list neighbour search slows down for small radii (many cells): the
+#: contact checks search at least this far, Å.
+CONTACT_SEARCH = 1.5
+
+
+def close_pairs(structure: Structure, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(site, other site, distance) of every pair closer than `radius` Å (at least
+    `CONTACT_SEARCH`), periodic images included: an atom and its own image, and
+    coincident atoms too. A neighbour-list search, a few times cheaper than the distance
+    matrix, for the checks that only ask about close contacts."""
+    centers, points, _, distances = structure.get_neighbor_list(r=max(radius, CONTACT_SEARCH), exclude_self=False)
+    itself = (centers == points) & (distances < 1e-8)
+    return centers[~itself], points[~itself], distances[~itself]
+
+
+def shortest_contact(structure: Structure, radius: float) -> float:
+    """`minimum_distance` where it is below `radius` Å; infinite where no atoms are that close."""
+    distances = close_pairs(structure, radius)[2]
+    shortest = distances.min(initial=np.inf)
+    return float(shortest) if shortest < radius else math.inf
 
 
 def _distances(structure: Structure) -> tuple[np.ndarray, float]:
@@ -240,7 +264,15 @@ class SiteGeometry(NamedTuple):
         ratio = (volume / self.lattice.volume) ** (1 / 3) * _bond_ratio(species, self.distances, self.shortest)
         if ratio < floor:
             volume *= (floor / ratio) ** 3
-        return Structure(self.lattice.scale(volume), list(species), self.frac_coords)
+        return Structure(self.lattice.scale(volume), [site_species(symbol) for symbol in species], self.frac_coords)
+
+
+@functools.lru_cache(maxsize=None)
+def site_species(symbol: str) -> Composition:
+    """An element as a site's species. pymatgen builds a Composition for every site given a
+    symbol; a shared one (Compositions are immutable) makes a 16-atom structure in half
+    the time, which counts where generators build millions."""
+    return Composition({Element(symbol): 1})
 
 
 def expand_to_bond_ratio(structure: Structure, floor: float = 0.8) -> Structure:

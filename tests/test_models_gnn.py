@@ -9,6 +9,7 @@ from gnome_loop.models.registry import load_model
 from gnome_loop.models.composition import composition_input_error
 from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble, median_and_spread
 from gnome_loop.models.gnome import StructureGNN
+from gnome_loop.structures import minimum_distance
 from gnome_loop.models.graph import GraphError, batch_graphs, crystal_graph
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import is_train
@@ -78,6 +79,8 @@ def test_members_differ_and_median_spread_is_per_structure():
         (Structure(Lattice.cubic(4), [], []), "empty"),
         (Structure(Lattice.cubic(5), ["Am", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]), "outside the embedding table"),
         (Structure(Lattice.cubic(5), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]]), "apart"),
+        (Structure(Lattice.cubic(5), ["Na", "Cl"], [[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]]), "0.000 Å apart"),
+        (Structure(Lattice.cubic(0.4), ["Na"], [[0, 0, 0]]), "0.400 Å apart"),  # its own image
         (Structure(Lattice.cubic(5), ["Na", "Cl"], [[0, 0, 0], [np.nan, 0.5, 0.5]]), "NaN"),
     ],
 )
@@ -296,3 +299,19 @@ def test_models_foresee_their_refusals():
     assert models[1].input_error(squeezed) is None and "volume" in augmented.input_error(squeezed)
     with pytest.raises(GraphError):
         augmented.predict([squeezed])
+
+
+def test_graph_edges_are_every_neighbour_within_the_cutoff():
+    """The edges, found by the same neighbour search that checks for close contacts, are
+    pymatgen's neighbour list within the cutoff (images of an atom itself included)."""
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 6):
+        structure = Structure(Lattice.from_parameters(3.1, 4.2, 5.3, 70, 95, 110), ["Na"] * n, rng.random((n, 3)))
+        if minimum_distance(structure) < 0.6:
+            continue
+        graph = crystal_graph(structure, CUTOFF)
+        centers, points, _, distances = structure.get_neighbor_list(r=CUTOFF)
+        expected = sorted(zip(centers.tolist(), points.tolist(), np.round(distances, 4).tolist()))
+        found = sorted(zip(graph.receivers.tolist(), graph.senders.tolist(), np.round(graph.distances.astype(float), 4).tolist()))
+        assert found == expected
+        assert list(graph.receivers) == sorted(graph.receivers)

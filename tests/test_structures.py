@@ -12,6 +12,10 @@ from gnome_loop.structures import (
     structure_id,
     symmetry_label,
     ChemicalSpace,
+    MIN_BOND_RATIO,
+    MIN_DISTANCE,
+    minimum_distance,
+    shortest_contact,
     validate_structure,
 )
 
@@ -89,3 +93,46 @@ def test_decorating_a_geometry_is_substituting_then_expanding(species, volume):
     assert made.volume == pytest.approx(by_hand.volume, rel=1e-12)
     assert bond_ratio(made) >= 0.8 - 1e-9
 
+
+
+def _random_cells(count: int, seed: int = 0) -> list[Structure]:
+    """Skewed random cells of 1-8 atoms of mixed sizes, packed from loose to overlapping."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        n = int(rng.integers(1, 9))
+        lengths, angles = rng.uniform(2.0, 7.0, 3), rng.uniform(55, 125, 3)
+        try:
+            lattice = Lattice.from_parameters(*lengths, *angles)
+        except ValueError:
+            continue
+        if not np.isfinite(lattice.volume) or lattice.volume < 1.0:
+            continue
+        out.append(Structure(lattice, list(rng.choice(["H", "O", "Na", "Cs", "Fe"], n)), rng.random((n, 3))))
+    return out
+
+
+def test_the_contact_checks_agree_with_the_whole_distance_matrix():
+    """Validation and the models' input checks search neighbour lists for close contacts;
+    on random skewed cells they reach the verdicts (and the reported distance) of the
+    whole distance matrix and the exact bond ratio."""
+    verdicts = []
+    for structure in _random_cells(300):
+        shortest, ratio = minimum_distance(structure), bond_ratio(structure)
+        contact = shortest_contact(structure, MIN_DISTANCE)
+        assert (contact < MIN_DISTANCE) == (shortest < MIN_DISTANCE)
+        if shortest < MIN_DISTANCE:
+            assert contact == pytest.approx(shortest, abs=1e-6)
+        reason = validate_structure(structure, volume_per_atom_range=(0.0, np.inf))
+        overlapping = reason is not None and reason.category == "overlapping-atoms"
+        assert overlapping == (shortest < MIN_DISTANCE or ratio < MIN_BOND_RATIO), (structure, reason)
+        if overlapping and shortest >= MIN_DISTANCE:
+            assert f"{ratio:.2f} covalent bond lengths" in reason
+        verdicts.append(overlapping)
+    assert 0.1 < np.mean(verdicts) < 0.9  # both verdicts are exercised
+
+
+def test_coincident_atoms_are_overlapping():
+    two = Structure(Lattice.cubic(4), ["Na", "Cl"], [[0.2, 0.2, 0.2], [0.2, 0.2, 0.2]])
+    assert validate_structure(two).category == "overlapping-atoms"
+    assert shortest_contact(two, MIN_DISTANCE) == 0.0

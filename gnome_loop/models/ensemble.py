@@ -2,7 +2,7 @@
 
 The target is the energy per atom as a residual over a per-element linear
 reference, standardised. K members are trained
-together under `jax.vmap`; the prediction is the median over members and the
+together in one compiled program (`train.over_members`); the prediction is the median over members and the
 uncertainty their interquartile range (the standard deviation below 4 members).
 Validation is GNoME's split by an MD5 hash of the reduced formula.
 
@@ -34,7 +34,7 @@ from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import split_indices
 from gnome_loop.models.train import (TrainSettings, TrainState, finished, init_ensemble, initial_state,
                                      load_train_state, make_predict, save_train_state, train_ensemble)
-from gnome_loop.structures import MIN_DISTANCE, minimum_distance
+from gnome_loop.structures import MIN_DISTANCE, shortest_contact
 
 PARAMS_FILE = "params.msgpack"
 SETTINGS_FILE = "ensemble.json"
@@ -327,7 +327,8 @@ class StructureEnsemble(GNNEnsemble):
         compressed copy (its distances shrink by the cube root of the factor)."""
         error = graph_input_error(structure)
         factor = min([1.0, *self.settings["volume_augmentation"]])
-        if error is None and factor < 1.0 and minimum_distance(structure) * factor ** (1 / 3) < MIN_DISTANCE:
+        shrink = factor ** (1 / 3)
+        if error is None and factor < 1.0 and shortest_contact(structure, MIN_DISTANCE / shrink) * shrink < MIN_DISTANCE:
             error = f"atoms closer than {MIN_DISTANCE} Å in the copy at {factor} of the volume"
         return error
 

@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from pymatgen.core import Structure
 
-from gnome_loop.structures import MIN_DISTANCE, minimum_distance
+from gnome_loop.structures import CONTACT_SEARCH, MIN_DISTANCE, close_pairs, shortest_contact
 
 #: Largest atomic number of the species embedding table (Z = 1 … 94); index 0 is padding.
 MAX_Z = 94
@@ -60,6 +60,11 @@ class GraphBatch(NamedTuple):
 
 def graph_input_error(structure: Structure) -> str | None:
     """Why `structure` cannot go into the network, or None. Checked before any model call."""
+    return _site_error(structure) or _contact_error(shortest_contact(structure, MIN_DISTANCE))
+
+
+def _site_error(structure: Structure) -> str | None:
+    """`graph_input_error` but for atoms too close."""
     if len(structure) == 0:
         return "empty structure: no atoms"
     if not structure.is_ordered:
@@ -69,18 +74,25 @@ def graph_input_error(structure: Structure) -> str | None:
     too_heavy = sorted({site.specie.symbol for site in structure if site.specie.Z > MAX_Z})
     if too_heavy:
         return f"element(s) {','.join(too_heavy)} outside the embedding table (Z <= {MAX_Z})"
-    distance = minimum_distance(structure)
-    if distance < MIN_DISTANCE:
-        return f"atoms {distance:.3f} Å apart (< {MIN_DISTANCE} Å)"
     return None
+
+
+def _contact_error(distance: float) -> str | None:
+    return f"atoms {distance:.3f} Å apart (< {MIN_DISTANCE} Å)" if distance < MIN_DISTANCE else None
 
 
 def crystal_graph(structure: Structure, cutoff: float) -> CrystalGraph:
     """The periodic graph of `structure` within `cutoff` Å; raises GraphError with a reason."""
-    error = graph_input_error(structure)
+    error = _site_error(structure)
     if error:
         raise GraphError(error)
-    centers, points, _, distances = structure.get_neighbor_list(r=cutoff)
+    centers, points, distances = close_pairs(structure, cutoff)  # the edges, and the contacts check
+    if cutoff < CONTACT_SEARCH:
+        keep = distances <= cutoff
+        centers, points, distances = centers[keep], points[keep], distances[keep]
+    error = _contact_error(distances.min(initial=np.inf))
+    if error:
+        raise GraphError(error)
     order = np.argsort(centers, kind="stable")  # receivers sorted: the network's segment sums rely on it
     return CrystalGraph(
         species=np.array([site.specie.Z for site in structure], dtype=np.int32),

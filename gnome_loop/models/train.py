@@ -1,5 +1,6 @@
 """Training an ensemble: K members with stacked parameters, trained and evaluated
-under `jax.vmap` over the member axis in one compiled program per batch shape.
+over the member axis in one compiled program per batch shape (`over_members`: one
+member after the other on a CPU, `jax.vmap` on an accelerator).
 
 Members differ by their random initialisation; they see the same batches. Adam
 with a cosine-decayed learning rate (GNoME: ≈ 5e-4 with decay); each member keeps
@@ -68,10 +69,21 @@ OPTIMIZER = optax.scale_by_adam()
 CACHED_NETWORKS = 4
 
 
+def over_members(function: Callable) -> Callable:
+    """`function(member_params, *args)` turned into `(stacked_params, *args)` -> results
+    stacked over the member axis. On a GPU or TPU the members run as one batched program
+    (`jax.vmap`). On a CPU they run one after the other (`jax.lax.map`): there the batched
+    gathers, scatter-adds and matmuls that vmap makes of a graph network cost 1.8-1.9×
+    what the members cost in turn (docs/performance.md, issue 20)."""
+    if jax.default_backend() == "cpu":
+        return lambda params, *args: jax.lax.map(lambda member: function(member, *args), params)
+    return lambda params, *args: jax.vmap(function, in_axes=(0,) + (None,) * len(args))(params, *args)
+
+
 @functools.lru_cache(maxsize=CACHED_NETWORKS)
 def make_predict(module: nn.Module) -> Callable:
     """(stacked params, batch) -> predictions of shape (members, graphs)."""
-    return jax.jit(jax.vmap(module.apply, in_axes=(0, None)))
+    return jax.jit(over_members(module.apply))
 
 
 @functools.lru_cache(maxsize=CACHED_NETWORKS)
@@ -85,7 +97,7 @@ def make_train_step(module: nn.Module) -> Callable:
         return jnp.sum(mask * residual**2) / jnp.maximum(jnp.sum(mask), 1.0)
 
     def step(params, opt_state, batch, targets, learning_rate):
-        losses, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(0, None, None))(params, batch, targets)
+        losses, grads = over_members(jax.value_and_grad(loss))(params, batch, targets)
         directions, opt_state = jax.vmap(OPTIMIZER.update)(grads, opt_state, params)
         params = jax.tree.map(lambda p, d: p - learning_rate * d, params, directions)
         return params, opt_state, losses

@@ -3,12 +3,14 @@
 The batch is what `StructureEnsemble.predict` feeds the network for the MP-20
 structures of `bench_filter.py` (packed into one padded shape); training's batch is
 the one `fit` pads to. For width 64 and 256 it times, each jitted on its own:
-the whole forward pass of 4 members (vmap), one training step, and the parts of a
+the whole forward pass of 4 members (`make_predict`), one training step, and the parts of a
 message-passing step (the edge layer's matmuls, the gathers of node projections onto
 edges, the elementwise ops, the segment sum of messages, the node MLP); next to a
 plain float32 matmul that measures this machine's reachable peak in the same run.
 Then throughput against batch size: structures/s of scoring and of training steps
-for batches of more and more graphs (a GPU needs thousands of graphs a call).
+for batches of more and more graphs (a GPU needs thousands of graphs a call). Last,
+the members batched by `jax.vmap` against one after the other (`jax.lax.map`), for
+the structure GNN and the NequIP pre-relaxer (`member_layouts`).
 FLOPs are XLA's own count (`cost_analysis`) for the compiled program, real work is
 the analytic count on unpadded nodes and edges (`bench_filter.network_flops`).
 
@@ -28,6 +30,7 @@ import numpy as np
 from gnome_loop.models.ensemble import StructureEnsemble
 from gnome_loop.models.gnome import StructureGNN, gaussian_basis
 from gnome_loop.models.graph import batch_graphs, crystal_graph
+from gnome_loop.models.nequip import NequIPConfig, energy_forces_stress, init_params, nequip_batch
 from gnome_loop.models.train import init_ensemble, make_predict, make_train_step, OPTIMIZER
 
 from bench_filter import (best_seconds as seconds, candidate_structures, graphs_flops, matmul_peak, matmul_size,
@@ -68,11 +71,17 @@ def parts(batch, width: int, members: int) -> dict[str, tuple[Callable, tuple, f
     }
 
 
+def inference_batch(structures, batch_size: int = 64):
+    """The fullest of the batches `StructureEnsemble.predict` makes of `structures` (all
+    of one padded shape)."""
+    model = StructureEnsemble(members=1, width=16, steps=3, cutoff=4.0, epochs=1, batch_size=batch_size)
+    graphs = [crystal_graph(s, 4.0) for s in structures]
+    return max((batch for _, batch in model._inference_batches(graphs)), key=lambda b: int(b.node_mask.sum()))
+
+
 def profile(structures, width: int, members: int = 4, batch_size: int = 64) -> dict:
     model = StructureEnsemble(members=members, width=width, steps=3, cutoff=4.0, epochs=1, batch_size=batch_size)
-    graphs = [crystal_graph(s, 4.0) for s in structures]
-    inference = [batch for _, batch in model._inference_batches(graphs)]
-    batch = max(inference, key=lambda b: int(b.node_mask.sum()))  # a full batch of the one padded shape
+    batch = inference_batch(structures, batch_size)
     real_nodes, real_edges = int(batch.node_mask.sum()), int(batch.edge_mask.sum())
     module = StructureGNN(width=width, steps=3, cutoff=4.0, avg_coordination=10.0)
     params = init_ensemble(module, batch, members, 0)
@@ -91,9 +100,47 @@ def profile(structures, width: int, members: int = 4, batch_size: int = 64) -> d
     return {"width": width, "members": members, "graphs": n_graphs, "nodes_real": real_nodes,
             "nodes_padded": len(batch.species), "edges_real": real_edges, "edges_padded": len(batch.senders),
             "forward_s": forward_s, "forward_gflops_per_s": real / forward_s / 1e9,
-            "forward_xla_flops": xla_flops(lambda p: predict(p, batch), params), "forward_real_flops": real,
+            # XLA counts a loop's body once (the members in turn on a CPU): count the batched program
+            "forward_xla_flops": xla_flops(lambda p: jax.vmap(module.apply, in_axes=(0, None))(p, batch), params),
+            "forward_real_flops": real,
             "forward_padded_flops": padded, "train_step_s": train_s,
             "train_gflops_per_s": 3 * real / train_s / 1e9, "parts": rows}
+
+
+#: The two ways of running an ensemble's members in one program: `train.each_member`
+#: takes the first on an accelerator, the second on a CPU.
+LAYOUTS = {"vmap": jax.vmap, "in_turn": lambda f: lambda params: jax.lax.map(f, params)}
+
+
+def member_layouts(structures, members: int = 4) -> list[dict]:
+    """Seconds of the members batched (`jax.vmap`) against one after the other
+    (`jax.lax.map`), each inside one jitted program: the structure GNN's forward pass and
+    its loss gradients on the inference batch at width 64 and 256, and the NequIP
+    pre-relaxer's energies, forces and stresses on 16 structures."""
+    batch = inference_batch(structures)
+    targets = jnp.zeros(len(batch.graph_mask), jnp.float32)
+    rows = []
+    for width in (64, 256):
+        module = StructureGNN(width=width, steps=3, cutoff=4.0, avg_coordination=10.0)
+        params = init_ensemble(module, batch, members, 0)
+        row = {"model": "gnome", "width": width}
+        for name, layout in LAYOUTS.items():
+            row[f"forward_{name}_s"] = seconds(jax.jit(layout(lambda p: module.apply(p, batch))), params)
+            gradients = jax.value_and_grad(lambda p: jnp.mean((module.apply(p, batch) - targets) ** 2))
+            row[f"gradients_{name}_s"] = seconds(jax.jit(layout(gradients)), params, repeats=3)
+        rows.append(row)
+    config = NequIPConfig()
+    small = nequip_batch(structures[:16], config.cutoff)
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[
+        init_params(config, key, small) for key in jax.random.split(jax.random.PRNGKey(0), members)])
+    row = {"model": "nequip", "width": None}
+    for name, layout in LAYOUTS.items():
+        outputs = jax.jit(layout(lambda p: energy_forces_stress(p, config, small)))
+        row[f"forward_{name}_s"] = seconds(outputs, params, repeats=3)
+    rows.append(row)
+    for row in rows:
+        print(row, flush=True)
+    return rows
 
 
 #: Graphs per call of the throughput rows, (scoring, training), by platform.
@@ -138,7 +185,8 @@ def main() -> int:
     graphs = [crystal_graph(s, 4.0) for s in structures]
     result = {"device": str(jax.devices()[0]), "cores": len(os.sched_getaffinity(0)), "matmul_size": size,
               "matmul_gflops_per_s": peak / 1e9, "widths": [profile(structures, w) for w in (64, 256)],
-              "throughput": [row for w in (64, 256) for row in throughput(graphs, w, platform)]}
+              "throughput": [row for w in (64, 256) for row in throughput(graphs, w, platform)],
+              "member_layouts": member_layouts(structures)}
     print(f"{result['device']}, {result['cores']} cores: plain {size}² matmul {peak / 1e9:.1f} GFLOP/s")
     for row in result["widths"]:
         print(f"\nwidth {row['width']}: {row['graphs']} graphs, nodes {row['nodes_real']}/{row['nodes_padded']}, "
@@ -155,6 +203,13 @@ def main() -> int:
             ("structures_per_s", 11), ("forward_gflops_per_s", 9), ("train_structures_per_s", 11),
             ("train_gflops_per_s", 9))]
         print(f"{row['width']:>5} {row['graphs']:>7} " + " ".join(cells))
+    print(f"\n{'members':<24}{'vmap':>10}{'in turn':>10}{'speed-up':>10}  (seconds)")
+    for row in result["member_layouts"]:
+        name = f"{row['model']} {row['width'] or ''}".strip()
+        for part in ("forward", "gradients"):
+            if f"{part}_vmap_s" in row:
+                vmap, in_turn = row[f"{part}_vmap_s"], row[f"{part}_in_turn_s"]
+                print(f"{name + ' ' + part:<24}{vmap:>10.3f}{in_turn:>10.3f}{vmap / in_turn:>9.2f}x")
     write_results(args.json, result)
     return 0
 

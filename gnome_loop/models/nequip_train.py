@@ -14,12 +14,12 @@ NequIP-style training does (a frame has 3N force labels but one energy, and forc
 drive relaxations); the stress matters because many relaxations of symmetric
 candidates move only the cell, with every force zero by symmetry.
 
-Members are trained together under `jax.vmap`: each has its own initialisation and
-its own data order (the batches are stacked along the member axis), Adam with a
-cosine-decayed learning rate, and keeps its parameters of best validation loss
-(early stopping with `patience` epochs). All batches of a run are padded to one
-shape, so the train step and the evaluation compile once. The spread of the
-members' forces is the force uncertainty (`force_uncertainty`).
+Members are trained together in one program (`train.each_member`): each has its
+own initialisation and its own data order (the batches are stacked along the member
+axis), Adam with a cosine-decayed learning rate, and keeps its parameters of best
+validation loss (early stopping with `patience` epochs). All batches of a run are
+padded to one shape, so the train step and the evaluation compile once. The spread of
+the members' forces is the force uncertainty (`force_uncertainty`).
 
 Checkpoints are safe formats: `params.msgpack` (the members' stacked parameters),
 `nequip.json` (config, members) and `model_card.json`.
@@ -46,7 +46,7 @@ from gnome_loop.models.base import data_hash, read_model_card, write_model_card
 from gnome_loop.models.graph import power_of_two
 from gnome_loop.models.nequip import (NequIPBatch, NequIPConfig, _init_network, energy_forces_stress,
                                       fit_species_shift, init_params, nequip_batch)
-from gnome_loop.models.train import OPTIMIZER
+from gnome_loop.models.train import OPTIMIZER, each_member, over_members
 from gnome_loop.structures import structure_id
 
 ARCHITECTURE = "nequip"
@@ -186,13 +186,13 @@ def train_step(params: dict, opt_state, config: NequIPConfig, batch: NequIPBatch
         network = jax.tree.map(lambda p, d: p - learning_rate * d, params["params"], directions)
         return {**params, "params": network}, opt_state, value
 
-    return jax.vmap(member)(params, opt_state, batch, targets)
+    return each_member(member)(params, opt_state, batch, targets)
 
 
 @jax.jit
 def ensemble_outputs(params: dict, config: NequIPConfig, batch: NequIPBatch):
     """Energies (M, G), forces (M, N, 3) and stresses (M, G, 6) of every member on one batch."""
-    return jax.vmap(lambda p: energy_forces_stress(p, config, batch))(params)
+    return over_members(lambda p: energy_forces_stress(p, config, batch))(params)
 
 
 def split_frames(frames: Sequence[Frame], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

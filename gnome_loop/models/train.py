@@ -69,15 +69,21 @@ OPTIMIZER = optax.scale_by_adam()
 CACHED_NETWORKS = 4
 
 
-def over_members(function: Callable) -> Callable:
-    """`function(member_params, *args)` turned into `(stacked_params, *args)` -> results
-    stacked over the member axis. On a GPU or TPU the members run as one batched program
-    (`jax.vmap`). On a CPU they run one after the other (`jax.lax.map`): there the batched
-    gathers, scatter-adds and matmuls that vmap makes of a graph network cost 1.8-1.9×
-    what the members cost in turn (docs/performance.md, issue 20)."""
+def each_member(function: Callable) -> Callable:
+    """`function` mapped over the leading (member) axis of every argument, its results
+    stacked. On a GPU or TPU the members run as one batched program (`jax.vmap`). On a
+    CPU they run one after the other (`jax.lax.map`): there the batched gathers,
+    scatter-adds and matmuls that vmap makes of a graph network cost 1.2-1.9× what the
+    members cost in turn (docs/performance.md, issue 20)."""
     if jax.default_backend() == "cpu":
-        return lambda params, *args: jax.lax.map(lambda member: function(member, *args), params)
-    return lambda params, *args: jax.vmap(function, in_axes=(0,) + (None,) * len(args))(params, *args)
+        return lambda *stacked: jax.lax.map(lambda member: function(*member), stacked)
+    return jax.vmap(function)
+
+
+def over_members(function: Callable) -> Callable:
+    """`function(member_params, *shared)` as `(stacked_params, *shared)` -> results stacked
+    over the members (`each_member`)."""
+    return lambda params, *shared: each_member(lambda member: function(member, *shared))(params)
 
 
 @functools.lru_cache(maxsize=CACHED_NETWORKS)

@@ -270,8 +270,9 @@ class SiteGeometry(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def site_species(symbol: str) -> Composition:
     """An element as a site's species. pymatgen builds a Composition for every site given a
-    symbol; a shared one (Compositions are immutable) makes a 16-atom structure in half
-    the time, which counts where generators build millions."""
+    symbol; a shared one (pymatgen never changes a Composition in place: setting a site's
+    species replaces it) makes a 16-atom structure in half the time, which counts where
+    generators build millions."""
     return Composition({Element(symbol): 1})
 
 

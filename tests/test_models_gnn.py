@@ -9,11 +9,11 @@ from gnome_loop.models.registry import load_model
 from gnome_loop.models.composition import composition_input_error
 from gnome_loop.models.ensemble import CompositionEnsemble, StructureEnsemble, median_and_spread
 from gnome_loop.models.gnome import StructureGNN
-from gnome_loop.structures import minimum_distance
 from gnome_loop.models.graph import GraphError, batch_graphs, crystal_graph
 from gnome_loop.models.linear import LinearElementModel
 from gnome_loop.models.split import is_train
 from gnome_loop.models.train import init_ensemble, make_predict
+from gnome_loop.structures import minimum_distance
 
 CUTOFF = 4.0
 
@@ -80,7 +80,8 @@ def test_members_differ_and_median_spread_is_per_structure():
         (Structure(Lattice.cubic(5), ["Am", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]), "outside the embedding table"),
         (Structure(Lattice.cubic(5), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]]), "apart"),
         (Structure(Lattice.cubic(5), ["Na", "Cl"], [[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]]), "0.000 Å apart"),
-        (Structure(Lattice.cubic(0.4), ["Na"], [[0, 0, 0]]), "0.400 Å apart"),  # its own image
+        (Structure(Lattice.orthorhombic(0.4, 1, 1), ["Na"], [[0, 0, 0]]), "0.400 Å apart"),  # its own image
+        (Structure(Lattice.cubic(0.01), ["Na"], [[0, 0, 0]]), "less than 0.5 Å apart"),  # no neighbour search
         (Structure(Lattice.cubic(5), ["Na", "Cl"], [[0, 0, 0], [np.nan, 0.5, 0.5]]), "NaN"),
     ],
 )

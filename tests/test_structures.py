@@ -94,7 +94,6 @@ def test_decorating_a_geometry_is_substituting_then_expanding(species, volume):
     assert bond_ratio(made) >= 0.8 - 1e-9
 
 
-
 def _random_cells(count: int, seed: int = 0) -> list[Structure]:
     """Skewed random cells of 1-8 atoms of mixed sizes, packed from loose to overlapping."""
     rng = np.random.default_rng(seed)

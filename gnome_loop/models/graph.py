@@ -64,13 +64,18 @@ def graph_input_error(structure: Structure) -> str | None:
 
 
 def _site_error(structure: Structure) -> str | None:
-    """`graph_input_error` but for atoms too close."""
+    """`graph_input_error`'s checks other than the neighbour search for close contacts,
+    and a cell too small for any (which would make that search huge)."""
     if len(structure) == 0:
         return "empty structure: no atoms"
     if not structure.is_ordered:
         return "disordered structure: partial occupancies"
     if not (np.all(np.isfinite(structure.cart_coords)) and np.all(np.isfinite(structure.lattice.matrix))):
         return "NaN or infinite coordinates"
+    # spheres of diameter d pack at most π/(3√2): below d³/√2 per atom two are closer than d
+    per_atom = structure.volume / len(structure)
+    if per_atom < MIN_DISTANCE**3 / np.sqrt(2):
+        return f"atoms less than {MIN_DISTANCE} Å apart: {per_atom:.3g} Å³ per atom"
     too_heavy = sorted({site.specie.symbol for site in structure if site.specie.Z > MAX_Z})
     if too_heavy:
         return f"element(s) {','.join(too_heavy)} outside the embedding table (Z <= {MAX_Z})"
@@ -87,12 +92,12 @@ def crystal_graph(structure: Structure, cutoff: float) -> CrystalGraph:
     if error:
         raise GraphError(error)
     centers, points, distances = close_pairs(structure, cutoff)  # the edges, and the contacts check
-    if cutoff < CONTACT_SEARCH:
-        keep = distances <= cutoff
-        centers, points, distances = centers[keep], points[keep], distances[keep]
     error = _contact_error(distances.min(initial=np.inf))
     if error:
         raise GraphError(error)
+    if cutoff < CONTACT_SEARCH:  # the search went further: pymatgen's own test for "within"
+        keep = distances**2 < cutoff**2 + 1e-8
+        centers, points, distances = centers[keep], points[keep], distances[keep]
     order = np.argsort(centers, kind="stable")  # receivers sorted: the network's segment sums rely on it
     return CrystalGraph(
         species=np.array([site.specie.Z for site in structure], dtype=np.int32),

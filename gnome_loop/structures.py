@@ -165,6 +165,8 @@ def validate_structure(
     low, high = volume_per_atom_range
     if not low <= vpa <= high:
         return Reject("volume", f"{vpa:.2f} Å^3/atom is outside [{low}, {high}]")
+    if vpa < min_distance**3 / math.sqrt(2):  # spheres of diameter d pack at most π/(3√2)
+        return Reject("overlapping-atoms", f"{vpa:.3g} Å^3/atom packs two atoms closer than {min_distance} Å")
     radii = np.array([covalent_radius(symbol) for symbol in _symbols(structure)])
     # only pairs closer than these limits can fail them: a neighbour list that far
     first, second, distances = close_pairs(structure, max(min_distance, 2 * MIN_BOND_RATIO * radii.max()))

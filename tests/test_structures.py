@@ -135,3 +135,11 @@ def test_coincident_atoms_are_overlapping():
     two = Structure(Lattice.cubic(4), ["Na", "Cl"], [[0.2, 0.2, 0.2], [0.2, 0.2, 0.2]])
     assert validate_structure(two).category == "overlapping-atoms"
     assert shortest_contact(two, MIN_DISTANCE) == 0.0
+
+
+def test_a_collapsed_cell_is_overlapping_without_a_neighbour_search():
+    """Below the sphere-packing bound two atoms must be closer than the limit; the check
+    comes before a neighbour search that would list millions of images."""
+    collapsed = Structure(Lattice.cubic(0.01), ["Na"], [[0, 0, 0]])
+    reason = validate_structure(collapsed, volume_per_atom_range=(0.0, np.inf))
+    assert reason.category == "overlapping-atoms" and "packs two atoms closer" in reason

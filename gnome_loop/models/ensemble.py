@@ -1,8 +1,8 @@
 """Ensembles of GNoME networks as energy models for the campaign.
 
 The target is the energy per atom as a residual over a per-element linear
-reference, standardised. K members are trained
-together in one compiled program (`train.over_members`); the prediction is the median over members and the
+reference, standardised. K members are trained together in one compiled program
+(`train.over_members`); the prediction is the median over members and the
 uncertainty their interquartile range (the standard deviation below 4 members).
 Validation is GNoME's split by an MD5 hash of the reduced formula.
 

@@ -165,7 +165,7 @@ def validate_structure(
     low, high = volume_per_atom_range
     if not low <= vpa <= high:
         return Reject("volume", f"{vpa:.2f} Å^3/atom is outside [{low}, {high}]")
-    if vpa < min_distance**3 / math.sqrt(2):  # spheres of diameter d pack at most π/(3√2)
+    if vpa < packing_volume(min_distance):
         return Reject("overlapping-atoms", f"{vpa:.3g} Å^3/atom packs two atoms closer than {min_distance} Å")
     radii = np.array([covalent_radius(symbol) for symbol in _symbols(structure)])
     # only pairs closer than these limits can fail them: a neighbour list that far
@@ -180,19 +180,27 @@ def validate_structure(
     return None
 
 
-#: pymatgen's cell-list neighbour search slows down for small radii (many cells): the
-#: contact checks search at least this far, Å.
-CONTACT_SEARCH = 1.5
+#: pymatgen's cell-list neighbour search slows down for small radii (many cells): it
+#: searches at least this far, Å, and the pairs beyond the radius asked for are dropped.
+_MIN_SEARCH = 1.5
+
+
+def packing_volume(distance: float) -> float:
+    """Volume per atom (Å³) below which two atoms must be closer than `distance`: spheres
+    of that diameter pack at most π/(3√2). Checked before a neighbour search, which in
+    a cell this small would list millions of images."""
+    return distance**3 / math.sqrt(2)
 
 
 def close_pairs(structure: Structure, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(site, other site, distance) of every pair closer than `radius` Å (at least
-    `CONTACT_SEARCH`), periodic images included: an atom and its own image, and
-    coincident atoms too. A neighbour-list search, a few times cheaper than the distance
-    matrix, for the checks that only ask about close contacts."""
-    centers, points, _, distances = structure.get_neighbor_list(r=max(radius, CONTACT_SEARCH), exclude_self=False)
-    itself = (centers == points) & (distances < 1e-8)
-    return centers[~itself], points[~itself], distances[~itself]
+    """(site, other site, distance) of every pair within `radius` Å, periodic images
+    included: an atom and its own image, and coincident atoms too. A neighbour-list
+    search, a few times cheaper than the distance matrix, for the checks that only ask
+    about close contacts, and the crystal graphs' edges."""
+    centers, points, _, distances = structure.get_neighbor_list(r=max(radius, _MIN_SEARCH), exclude_self=False)
+    # pymatgen's own test for "within" (its exclude_self drops coincident atoms too)
+    keep = ~((centers == points) & (distances < 1e-8)) & (distances**2 < radius**2 + 1e-8)
+    return centers[keep], points[keep], distances[keep]
 
 
 def shortest_contact(structure: Structure, radius: float) -> float:

@@ -313,6 +313,7 @@ def test_graph_edges_are_every_neighbour_within_the_cutoff():
         graph = crystal_graph(structure, CUTOFF)
         centers, points, _, distances = structure.get_neighbor_list(r=CUTOFF)
         expected = sorted(zip(centers.tolist(), points.tolist(), np.round(distances, 4).tolist()))
-        found = sorted(zip(graph.receivers.tolist(), graph.senders.tolist(), np.round(graph.distances.astype(float), 4).tolist()))
+        found = sorted(zip(graph.receivers.tolist(), graph.senders.tolist(),
+                           np.round(graph.distances.astype(float), 4).tolist()))
         assert found == expected
         assert list(graph.receivers) == sorted(graph.receivers)

@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from pymatgen.core import Structure
 
-from gnome_loop.structures import CONTACT_SEARCH, MIN_DISTANCE, close_pairs, shortest_contact
+from gnome_loop.structures import MIN_DISTANCE, close_pairs, packing_volume, shortest_contact
 
 #: Largest atomic number of the species embedding table (Z = 1 … 94); index 0 is padding.
 MAX_Z = 94
@@ -72,9 +72,8 @@ def _site_error(structure: Structure) -> str | None:
         return "disordered structure: partial occupancies"
     if not (np.all(np.isfinite(structure.cart_coords)) and np.all(np.isfinite(structure.lattice.matrix))):
         return "NaN or infinite coordinates"
-    # spheres of diameter d pack at most π/(3√2): below d³/√2 per atom two are closer than d
     per_atom = structure.volume / len(structure)
-    if per_atom < MIN_DISTANCE**3 / np.sqrt(2):
+    if per_atom < packing_volume(MIN_DISTANCE):
         return f"atoms less than {MIN_DISTANCE} Å apart: {per_atom:.3g} Å³ per atom"
     too_heavy = sorted({site.specie.symbol for site in structure if site.specie.Z > MAX_Z})
     if too_heavy:
@@ -91,11 +90,11 @@ def crystal_graph(structure: Structure, cutoff: float) -> CrystalGraph:
     error = _site_error(structure)
     if error:
         raise GraphError(error)
-    centers, points, distances = close_pairs(structure, cutoff)  # the edges, and the contacts check
+    centers, points, distances = close_pairs(structure, max(cutoff, MIN_DISTANCE))  # the edges, the contacts check
     error = _contact_error(distances.min(initial=np.inf))
     if error:
         raise GraphError(error)
-    if cutoff < CONTACT_SEARCH:  # the search went further: pymatgen's own test for "within"
+    if cutoff < MIN_DISTANCE:  # a cutoff below the contact limit: the search went that far for the check
         keep = distances**2 < cutoff**2 + 1e-8
         centers, points, distances = centers[keep], points[keep], distances[keep]
     order = np.argsort(centers, kind="stable")  # receivers sorted: the network's segment sums rely on it

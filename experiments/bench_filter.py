@@ -27,6 +27,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import gnome_loop  # noqa: F401  (before pandas: pyarrow's threads would miss gnome_loop/malloc.py's settings)
 import pandas as pd
 from pymatgen.core import Structure
 

@@ -19,6 +19,7 @@ import warnings
 from collections import Counter
 
 import numpy as np
+import gnome_loop  # noqa: F401  (before pandas: pyarrow's threads would miss gnome_loop/malloc.py's settings)
 import pandas as pd
 from pymatgen.core import Structure
 

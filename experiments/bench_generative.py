@@ -59,6 +59,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import gnome_loop  # noqa: F401  (before pandas: pyarrow's threads would miss gnome_loop/malloc.py's settings)
 import pandas as pd
 import smact
 from pymatgen.analysis.structure_matcher import StructureMatcher

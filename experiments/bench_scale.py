@@ -23,7 +23,6 @@ By default every candidate is scored by the whole ensemble, as in the earlier ru
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import gnome_loop  # noqa: F401  (before pandas: pyarrow's threads would miss gnome_loop/malloc.py's settings)
 import pandas as pd
 import psutil
 from monty.serialization import loadfn
@@ -140,7 +140,9 @@ def screen_and_measure(context: ScreenContext, parents: list) -> tuple:
 def screen_round(context: ScreenContext, shards: list, workers: int, store_dir: Path) -> dict:
     """Screen every shard on a fresh `workers`-process LocalCluster, committing each
     shard to a store as the campaign does; the funnel, seconds and peak memory."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from gnome_loop.execute.local import local_cluster
 
     store = Store(store_dir / "campaign.db", create=True)
     totals: Counter = Counter()
@@ -156,9 +158,7 @@ def screen_round(context: ScreenContext, shards: list, workers: int, store_dir: 
         totals.update(result.funnel)
         summary_rows += len(result.summary)
 
-    with PeakMemory() as memory, LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                              dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
+    with PeakMemory() as memory, local_cluster(workers) as cluster, Client(cluster) as client:
         started = time.perf_counter()
         failed = run_shards(screen_and_measure, context, shards, record, client)
         seconds = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """Schedulers: inline, local dask cluster and manual manifest, all on EMT copper jobs."""
 
 import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from gnome_loop.execute import make_scheduler
 from gnome_loop.execute.inline import InlineScheduler
 from gnome_loop.execute.local import DaskScheduler
 from gnome_loop.execute.manual import ManualScheduler
+from gnome_loop.malloc import ENVIRONMENT
 from gnome_loop.oracle import read_result, run_job, write_job
 from tests.helpers import FCC
 
@@ -51,12 +53,15 @@ def test_dask_runs_jobs_on_worker_processes(tmp_path):
     scheduler = DaskScheduler(workers=2)
     try:
         scheduler.execute([*jobdirs, lost], done.append)
+        # each worker process started with gnome_loop's malloc settings (read only at start)
+        environments = scheduler.client().run(lambda: {key: os.environ.get(key) for key in ENVIRONMENT})
     finally:
         scheduler.close()
     assert sorted(done) == sorted(jobdirs)
     assert all(read_result(jobdir).ok for jobdir in jobdirs)
     assert read_result(lost) is None
     assert scheduler.survives_exit is False
+    assert list(environments.values()) == [ENVIRONMENT, ENVIRONMENT]
 
 
 def test_manual_writes_a_manifest_of_unfinished_jobs(tmp_path):

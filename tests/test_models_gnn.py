@@ -193,6 +193,31 @@ def test_training_batches_are_packed_into_one_budget():
         pack_graphs(graphs, order, 4, 2, max_edges)
 
 
+def test_bucket_sizes_lie_on_a_grid_just_above_the_request():
+    from gnome_loop.models.graph import bucket
+
+    assert [bucket(n) for n in (1, 17, 25, 33, 49, 100, 11475)] == [16, 24, 32, 48, 64, 128, 12288]
+    for n in range(1, 5000, 7):
+        size = bucket(n, per_octave=8)
+        octave = 1 << (size.bit_length() - 1)
+        assert size >= n and (size - octave) % (octave // 8) == 0
+        assert size <= max(16, 1.125 * n)
+
+
+def test_training_shape_holds_an_average_batch_with_little_padding():
+    structures = [rocksalt(5.64), perovskite(), *_training_set()] * 3
+    structures += [rocksalt(5.64).make_supercell([2, 1, 1], in_place=False), perovskite(4.1)]
+    model = StructureEnsemble(members=1, width=8, steps=1, cutoff=CUTOFF, batch_size=8)
+    features = model._features(structures)
+    model._prepare(features, np.arange(len(features)))
+    nodes, edges = model._train_shape
+    average = 8 * np.mean([g.n_edge for g in features])
+    assert average <= edges <= 1.125 * average
+    assert nodes - 1 >= 8 * np.mean([g.n_node for g in features])
+    batches = model._batches(features, np.zeros(len(features)), np.arange(len(features)), fixed=True)
+    assert {(len(b.species), len(b.senders)) for b, _ in batches} == {(nodes, edges)}  # exactly that shape
+
+
 def test_predictions_are_packed_into_few_shapes_and_equal_one_by_one_predictions():
     """Structures of 8 to 24 atoms in calls of every size: a few compiled shapes (each ~10 MB
     for the life of a screening worker), and the same numbers as predicting each alone."""

@@ -11,11 +11,23 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+import dask
 from distributed import Client, LocalCluster, as_completed
 
+from gnome_loop.malloc import worker_environment
 from gnome_loop.oracle.jobfolder import run_job
 
 log = logging.getLogger(__name__)
+
+
+def local_cluster(workers: int) -> LocalCluster:
+    """`workers` single-threaded worker processes on this machine, each started with
+    gnome_loop's malloc settings (`malloc.worker_environment`: glibc reads them only at
+    a process's start, so dask must set them before it spawns the worker)."""
+    key = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set({key: {**dask.config.get(key, {}), **worker_environment()}}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR)
 
 
 class DaskScheduler:
@@ -39,13 +51,7 @@ class DaskScheduler:
             if self.address:
                 self._client = Client(self.address)
             else:
-                self._cluster = LocalCluster(
-                    n_workers=self.workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
-                )
+                self._cluster = local_cluster(self.workers)
                 self._client = Client(self._cluster)
         return self._client
 

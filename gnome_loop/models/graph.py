@@ -106,11 +106,13 @@ def crystal_graph(structure: Structure, cutoff: float) -> CrystalGraph:
     )
 
 
-def bucket(n: int, minimum: int = 16) -> int:
-    """Smallest size of the form 2^k or 1.5·2^k that holds n (at least `minimum`)."""
+def bucket(n: float, minimum: int = 16, per_octave: int = 2) -> int:
+    """Smallest size on a grid of `per_octave` sizes between powers of two,
+    2^k · (1 + j / per_octave), that holds n (at least `minimum`, a power of two):
+    2^k or 1.5·2^k by default."""
     size = minimum
     while size < n:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+        size += max((1 << (size.bit_length() - 1)) // per_octave, 1)
     return size
 
 
@@ -129,16 +131,16 @@ def batch_graphs(graphs: Sequence[CrystalGraph], n_graphs: int, cutoff: float,
                  min_nodes: int = 0, min_edges: int = 0) -> GraphBatch:
     """Pad `graphs` into one batch of `n_graphs` real slots plus a padding graph.
 
-    Node and edge counts are rounded up to a bucket (at least `min_nodes`,
-    `min_edges`: training pads every batch to one shape); padding edges join the
-    padding node to itself at a distance beyond the cutoff.
+    Node and edge counts are padded to `min_nodes` and `min_edges` where the graphs fit
+    them (training pads every batch to one shape), else rounded up to a `bucket`;
+    padding edges join the padding node to itself at a distance beyond the cutoff.
     """
     if len(graphs) > n_graphs:
         raise ValueError(f"{len(graphs)} graphs do not fit a batch of {n_graphs}")
     n_real_nodes = sum(g.n_node for g in graphs)
     n_real_edges = sum(g.n_edge for g in graphs)
-    n_nodes = bucket(max(n_real_nodes + 1, min_nodes))
-    n_edges = bucket(max(n_real_edges, 1, min_edges))
+    n_nodes = min_nodes if n_real_nodes + 1 <= min_nodes else bucket(n_real_nodes + 1)
+    n_edges = min_edges if max(n_real_edges, 1) <= min_edges else bucket(max(n_real_edges, 1))
     pad_graph = n_graphs
     species = np.zeros(n_nodes, np.int32)
     node_graph = np.full(n_nodes, pad_graph, np.int32)

@@ -1,10 +1,12 @@
 """Ionic substitution (Hautier et al. 2011, as GNoME modified it)."""
 
+import math
+
 import pytest
 from monty.serialization import loadfn
 from pymatgen.core import Element, Lattice, Structure
 
-from gnome_loop.generate.substitution import LAMBDA_TABLE, substitute, substitution_model
+from gnome_loop.generate.substitution import LAMBDA_TABLE, SubstitutionProbability, substitute, substitution_model
 from gnome_loop.snapshot.prototypes import load_prototypes, prototype_templates
 from gnome_loop.structures import ChemicalSpace, validate_structure
 
@@ -36,6 +38,22 @@ def test_clamping_raises_negative_pair_weights():
     assert clamped.get_lambda(first, second) == 0.0
     assert clamped.cond_prob(first, second) != pytest.approx(shipped.cond_prob(first, second))
     assert clamped.alpha == shipped.alpha == -5.0
+
+
+def test_model_is_pymatgens_with_exact_marginals():
+    """The model set up from the table is the one pymatgen's own __init__ builds, its
+    marginals summed exactly (math.fsum) over every species."""
+    for clamped in (True, False):
+        model = substitution_model(clamped=clamped)
+        table = loadfn(LAMBDA_TABLE)
+        if clamped:
+            table = [[first, second, max(weight, 0.0)] for first, second, weight in table]
+        own = SubstitutionProbability(lambda_table=table, alpha=-5.0)
+        assert (model._l, model.species, model.alpha, model._lambda_table) == (own._l, own.species, -5.0, table)
+        species = sorted(own.species)
+        rows = {s: [math.exp(own.get_lambda(s, t)) for t in species] for s in species}
+        assert dict(model._px) == {s: math.fsum(row) for s, row in rows.items()}
+        assert model.Z == math.fsum(value for row in rows.values() for value in row)
 
 
 def test_nacl_gives_charge_balanced_rocksalts(nacl):

@@ -46,24 +46,40 @@ CHARGE_TOLERANCE = 1e-6
 def substitution_model(alpha: float = -5.0, clamped: bool = True) -> SubstitutionProbability:
     """pymatgen's substitution model, with pair weights clamped at λ ≥ 0 as in GNoME.
 
-    `alpha` is the λ of pairs never seen in the data. Building the model takes about
-    a second, so each (alpha, clamped) is built once per process.
+    `alpha` is the λ of pairs never seen in the data. Each (alpha, clamped) is built
+    once per process.
     """
     return _cached_model(float(alpha), bool(clamped))
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_model(alpha: float, clamped: bool) -> SubstitutionProbability:
-    rows = loadfn(LAMBDA_TABLE)
+    """pymatgen's model of the shipped λ table, set up as its __init__ does (pairs of
+    species, deuterium rows left out) but with the marginals summed once and exactly.
+
+    pymatgen's __init__ sums the marginals P(s) over every ordered pair of species, in
+    an order (and so to last bits) that Python's string hashing changes from process to
+    process; near-ties of P then ranked candidates differently on two workers. Here
+    P(s) sums exp(λ(s, t)) over every t (λ is symmetric) with math.fsum, exactly rounded
+    whatever the order; and since λ is α for every pair the table leaves out, only the
+    table's pairs are visited (the n² pairs of pymatgen's loop, hashing species by
+    their strings, took 2 s a process: a cost every screening worker paid)."""
+    table = loadfn(LAMBDA_TABLE)
     if clamped:
-        rows = [[first, second, max(weight, 0.0)] for first, second, weight in rows]
-    model = SubstitutionProbability(lambda_table=rows, alpha=alpha)
-    # pymatgen sums the marginals P(s) over a set of species, in an order (and so to last
-    # bits) that Python's string hashing changes from process to process; near-ties of P
-    # then ranked candidates differently on two workers. Exactly rounded sums (math.fsum)
-    # do not depend on the order. P(s) sums exp(λ(s, t)) over every t (λ is symmetric).
-    species = sorted(model.species)
-    weights = {s: [math.exp(model.get_lambda(s, t)) for t in species] for s in species}
+        table = [[first, second, max(weight, 0.0)] for first, second, weight in table]
+    rows = [row for row in table if "D1+" not in row]
+    species = {name: Species.from_str(name) for row in rows for name in row[:2]}
+    model = object.__new__(SubstitutionProbability)  # its __init__ is the n² loop
+    model._lambda_table, model.alpha = table, alpha
+    model._l = {frozenset((species[first], species[second])): float(weight) for first, second, weight in rows}
+    model.species = set(species.values())
+    partners: dict[Species, dict[Species, float]] = defaultdict(dict)
+    for pair, weight in model._l.items():
+        first, second = (*pair, *pair)[:2]  # a species paired with itself is a one-member set
+        partners[first][second] = partners[second][first] = weight
+    unseen = math.exp(alpha)
+    weights = {s: [math.exp(w) for w in partners[s].values()] + [unseen] * (len(model.species) - len(partners[s]))
+               for s in model.species}
     model._px = defaultdict(float, {s: math.fsum(row) for s, row in weights.items()})
     model.Z = math.fsum(value for row in weights.values() for value in row)
     return model

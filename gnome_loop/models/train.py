@@ -72,9 +72,10 @@ CACHED_NETWORKS = 4
 def each_member(function: Callable) -> Callable:
     """`function` mapped over the leading (member) axis of every argument, its results
     stacked. On a GPU or TPU the members run as one batched program (`jax.vmap`). On a
-    CPU they run one after the other (`jax.lax.map`): there the batched gathers,
-    scatter-adds and matmuls that vmap makes of a graph network cost 1.25-1.8× what the
-    members cost in turn (docs/performance.md, issue 20)."""
+    CPU they run one after the other (`jax.lax.map`): there the batched program of a
+    graph network costs 1.0-1.14× the members in turn, and its scratch memory is the
+    members' together (1.25-1.8× under glibc's default malloc, which faults a program's
+    scratch in on every call; docs/performance.md, issue 20)."""
     if jax.default_backend() == "cpu":
         return lambda *stacked: jax.lax.map(lambda member: function(*member), stacked)
     return jax.vmap(function)

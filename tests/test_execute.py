@@ -45,7 +45,9 @@ def test_inline_runs_jobs_in_order(tmp_path):
     assert scheduler.survives_exit is False
 
 
-def test_dask_runs_jobs_on_worker_processes(tmp_path):
+def test_dask_runs_jobs_on_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # left by a plain dask cluster, say
+    environment = dict(os.environ)
     jobdirs = copper_jobs(tmp_path)
     lost = tmp_path / "no-job-json"  # run_job raises on the worker: no result, no on_done
     lost.mkdir()
@@ -53,8 +55,10 @@ def test_dask_runs_jobs_on_worker_processes(tmp_path):
     scheduler = DaskScheduler(workers=2)
     try:
         scheduler.execute([*jobdirs, lost], done.append)
-        # each worker process started with gnome_loop's malloc settings (read only at start)
+        # each worker process started with gnome_loop's malloc settings (read only at
+        # start), and this process's environment, which VASP or sbatch inherit, as it was
         environments = scheduler.client().run(lambda: {key: os.environ.get(key) for key in ENVIRONMENT})
+        assert dict(os.environ) == environment
     finally:
         scheduler.close()
     assert sorted(done) == sorted(jobdirs)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gnome_loop.malloc import ENVIRONMENT, keep_freed_memory
+from gnome_loop.malloc import ENVIRONMENT, keep_freed_memory, worker_environment
 
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
 
@@ -30,7 +30,10 @@ print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
 
 
 def page_faults(**env: str) -> int:
-    out = subprocess.run([sys.executable, "-c", PROGRAM], env={**os.environ, **env}, capture_output=True,
+    """The faults of PROGRAM in a fresh process whose environment holds no malloc settings
+    (a dask cluster may have left some in this one) but `env`."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", PROGRAM], env={**clean, **env}, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -38,8 +41,10 @@ def page_faults(**env: str) -> int:
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
 def test_scratch_memory_is_reused_between_calls():
     system = page_faults(GNOME_LOOP_SYSTEM_MALLOC="1")
+    if system < 10_000:  # 20 calls × 32,768 pages of 4 kB where the kernel maps them one by one
+        pytest.skip(f"glibc's defaults fault only {system} pages here (huge pages?): nothing to compare")
     kept = page_faults(GNOME_LOOP_SYSTEM_MALLOC="0")
-    assert kept < 0.1 * system + 100, (kept, system)
+    assert kept < 0.2 * system, (kept, system)  # glibc faults it in on every call; kept: at most a few
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
@@ -48,3 +53,6 @@ def test_settings_are_taken_and_can_be_declined(monkeypatch):
     monkeypatch.setenv("GNOME_LOOP_SYSTEM_MALLOC", "1")
     assert keep_freed_memory() is False
     assert set(ENVIRONMENT) == {"MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"}
+    assert worker_environment() == {}
+    monkeypatch.setenv("GNOME_LOOP_SYSTEM_MALLOC", "0")
+    assert worker_environment() == ENVIRONMENT

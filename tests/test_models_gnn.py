@@ -202,6 +202,8 @@ def test_bucket_sizes_lie_on_a_grid_just_above_the_request():
         octave = 1 << (size.bit_length() - 1)
         assert size >= n and (size - octave) % (octave // 8) == 0
         assert size <= max(16, 1.125 * n)
+    with pytest.raises(ValueError, match="powers of two"):
+        bucket(33, per_octave=3)
 
 
 def test_training_shape_holds_an_average_batch_with_little_padding():

@@ -49,6 +49,8 @@ def test_model_is_pymatgens_with_exact_marginals():
         if clamped:
             table = [[first, second, max(weight, 0.0)] for first, second, weight in table]
         own = SubstitutionProbability(lambda_table=table, alpha=-5.0)
+        # every attribute pymatgen's __init__ sets (but monty's instance-cache marker)
+        assert set(vars(model)) == set(vars(own)) - {"_initialized"}
         assert (model._l, model.species, model.alpha, model._lambda_table) == (own._l, own.species, -5.0, table)
         species = sorted(own.species)
         rows = {s: [math.exp(own.get_lambda(s, t)) for t in species] for s in species}

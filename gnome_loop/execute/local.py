@@ -8,6 +8,7 @@ dask-jobqueue on a cluster).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -23,11 +24,25 @@ log = logging.getLogger(__name__)
 def local_cluster(workers: int) -> LocalCluster:
     """`workers` single-threaded worker processes on this machine, each started with
     gnome_loop's malloc settings (`malloc.worker_environment`: glibc reads them only at
-    a process's start, so dask must set them before it spawns the worker)."""
+    a process's start, so dask must set them before it spawns the worker).
+
+    dask's nanny sets its pre-spawn variables in this process's environment (where its
+    own value wins over dask's config) before it spawns a worker: ours are put there
+    for the start and this process's environment is put back afterwards, so that the
+    programs it runs later (VASP, sbatch, external generators) do not inherit one
+    malloc arena or one OpenMP thread. (A nanny that restarts a dead worker sets them
+    again.)"""
     key = "distributed.nanny.pre-spawn-environ"
-    with dask.config.set({key: {**dask.config.get(key, {}), **worker_environment()}}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                            silence_logs=logging.ERROR)
+    ours = worker_environment()
+    saved = dict(os.environ)
+    os.environ.update(ours)
+    try:
+        with dask.config.set({key: {**dask.config.get(key, {}), **ours}}):
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                silence_logs=logging.ERROR)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class DaskScheduler:

@@ -11,11 +11,11 @@ hold a window of the round, never all of it.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import uuid
 from typing import Callable, Sequence, TypeVar
+
+from gnome_loop import malloc
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +32,13 @@ MIN_IN_FLIGHT = 4
 RESUBMITS = 2
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
 def _run_and_trim(work: Callable[[object, Task], Result], shared: object, task: Task) -> Result:
     """`work(shared, task)`, then the heap's free pages handed back to the OS: a
     long-lived worker otherwise keeps the high-water mark of its largest task."""
     try:
         return work(shared, task)
     finally:
-        if _MALLOC_TRIM is not None:
-            _MALLOC_TRIM(0)
+        malloc.trim()
 
 
 def run_shards(work: Callable[[object, Task], Result], shared: object, tasks: Sequence[Task],

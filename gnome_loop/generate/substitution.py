@@ -75,7 +75,8 @@ def _cached_model(alpha: float, clamped: bool) -> SubstitutionProbability:
     model.species = set(species.values())
     partners: dict[Species, dict[Species, float]] = defaultdict(dict)
     for pair, weight in model._l.items():
-        first, second = (*pair, *pair)[:2]  # a species paired with itself is a one-member set
+        first, *other = pair  # a species paired with itself is a one-member set
+        second = other[0] if other else first
         partners[first][second] = partners[second][first] = weight
     unseen = math.exp(alpha)
     weights = {s: [math.exp(w) for w in partners[s].values()] + [unseen] * (len(model.species) - len(partners[s]))

@@ -108,8 +108,11 @@ def crystal_graph(structure: Structure, cutoff: float) -> CrystalGraph:
 
 def bucket(n: float, minimum: int = 16, per_octave: int = 2) -> int:
     """Smallest size on a grid of `per_octave` sizes between powers of two,
-    2^k · (1 + j / per_octave), that holds n (at least `minimum`, a power of two):
-    2^k or 1.5·2^k by default."""
+    2^k · (1 + j / per_octave), that holds n (at least `minimum`): 2^k or 1.5·2^k by
+    default. `minimum` and `per_octave` are powers of two, `per_octave` ≤ `minimum`."""
+    if minimum & (minimum - 1) or per_octave & (per_octave - 1) or not 1 <= per_octave <= minimum:
+        raise ValueError(f"bucket grid of {per_octave} sizes an octave from {minimum}: need powers of two, "
+                         "the first no larger than the second")
     size = minimum
     while size < n:
         size += max((1 << (size.bit_length() - 1)) // per_octave, 1)

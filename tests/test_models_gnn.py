@@ -344,3 +344,4 @@ def test_graph_edges_are_every_neighbour_within_the_cutoff():
                            np.round(graph.distances.astype(float), 4).tolist()))
         assert found == expected
         assert list(graph.receivers) == sorted(graph.receivers)
+        assert crystal_graph(structure, 0.4).n_edge == 0  # a cutoff below the contact limit: no pair that close

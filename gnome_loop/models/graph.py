@@ -95,8 +95,7 @@ def crystal_graph(structure: Structure, cutoff: float) -> CrystalGraph:
     if error:
         raise GraphError(error)
     if cutoff < MIN_DISTANCE:  # a cutoff below the contact limit: the search went that far for the check
-        keep = distances**2 < cutoff**2 + 1e-8
-        centers, points, distances = centers[keep], points[keep], distances[keep]
+        centers, points, distances = close_pairs(structure, cutoff)
     order = np.argsort(centers, kind="stable")  # receivers sorted: the network's segment sums rely on it
     return CrystalGraph(
         species=np.array([site.specie.Z for site in structure], dtype=np.int32),
